@@ -1,0 +1,30 @@
+"""meshcore: kafka-mesh's native data plane (Cython over librdkafka).
+
+It imports nothing of the control plane (the `sidecar` package); the control plane calls it through the names
+exported here.
+"""
+
+from __future__ import annotations
+
+from meshcore import producer as _producer
+from meshcore import wire as _wire
+from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaError, WireError
+from meshcore.producer import Producer, create_producer, librdkafka_version
+from meshcore.wire import decode_produce_request
+
+#: True in the debug build (KAFKA_MESH_DEBUG=1 at build time), which counts C handles.
+DEBUG: bool = _producer.debug_build
+
+
+def debug_counts() -> dict[str, tuple[int, int]]:
+    """Created/destroyed counts per kind of C handle; all zero in the release build."""
+    counts: dict[str, tuple[int, int]] = {}
+    for module in (_producer, _wire):
+        counts.update(module._debug_counts())
+    return counts
+
+
+__all__ = [
+    "ConfigError", "CoreError", "HandleClosedError", "KafkaError", "Producer", "WireError", "DEBUG",
+    "create_producer", "debug_counts", "decode_produce_request", "librdkafka_version",
+]

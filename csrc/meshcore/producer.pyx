@@ -1,0 +1,280 @@
+"""One librdkafka producer (rd_kafka_t), owned by one extension type with an explicit close.
+
+Threads: produce_request() parses and enqueues with the GIL released; delivery reports are served by whichever
+thread calls poll()/flush() (also without the GIL) and only touch the handle's C counters, which are atomic. The
+counters live in a separately allocated struct that is freed only after rd_kafka_destroy() returns, so a delivery
+report can never reach a freed wrapper.
+"""
+
+import warnings
+
+from cpython.bytes cimport PyBytes_AsString
+from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
+
+from meshcore.rdkafka cimport *
+from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_add, km_atomic_load
+from meshcore.wire cimport (
+    ProduceRequestView, Reader, RecordView, Slice, header_next, produce_request_parse, produce_request_view_free,
+)
+
+from meshcore.errors import ConfigError, HandleClosedError, KafkaError, WireError
+
+cdef enum:
+    # Kafka's own limit on a topic name's length.
+    MAX_TOPIC = 249
+
+#: True in the debug build, which counts C handles.
+debug_build = bool(KM_DEBUG_ENABLED)
+
+cdef int64_t _handles_created = 0
+cdef int64_t _handles_destroyed = 0
+
+
+cdef struct DeliveryStats:
+    int64_t delivered
+    int64_t failed
+    int64_t last_error
+
+
+cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) noexcept nogil:
+    cdef DeliveryStats *stats = <DeliveryStats *>opaque
+    if msg.err == RD_KAFKA_RESP_ERR_NO_ERROR:
+        km_atomic_add(&stats.delivered, 1)
+    else:
+        km_atomic_add(&stats.failed, 1)
+        stats.last_error = <int64_t>msg.err
+
+
+cdef raise_kafka_error(rd_kafka_resp_err_t err):
+    """Every librdkafka error code becomes a Python exception here and nowhere else."""
+    raise KafkaError(<int>err, rd_kafka_err2name(err).decode(), rd_kafka_err2str(err).decode())
+
+
+cdef class Producer:
+    """A librdkafka producer. Built by create_producer(); call close() when done."""
+
+    cdef rd_kafka_t *rk
+    cdef DeliveryStats *stats
+    cdef readonly str name
+
+    def __init__(self):
+        raise TypeError("Producer cannot be instantiated directly; use create_producer()")
+
+    cdef inline int _check_alive(self) except -1:
+        if self.rk == NULL:
+            raise HandleClosedError(f"producer {self.name!r} is closed")
+        return 0
+
+    def produce_request(self, data, int32_t queue_full_wait_ms=100):
+        """Enqueue every record of a serialized kafkamesh.v1.ProduceRequest to the topic each record names.
+
+        The bytes are parsed and enqueued with the GIL released and no Python object per record. A malformed
+        request raises WireError before any record is enqueued. A full librdkafka queue is waited out (serving
+        delivery reports meanwhile), never reported as an error. Returns (batch_id, enqueued, rejected): rejected
+        records (a topic name too long, a record too large for message.max.bytes, ...) count as failed deliveries.
+        """
+        self._check_alive()
+        cdef const unsigned char[::1] buf = data
+        cdef ProduceRequestView view
+        cdef int rc
+        cdef size_t enqueued = 0, rejected = 0
+        with nogil:
+            rc = produce_request_parse(&buf[0] if buf.shape[0] else <const unsigned char *>"", buf.shape[0], &view)
+            if rc == 0:
+                _enqueue_all(self.rk, self.stats, &view, queue_full_wait_ms, &enqueued, &rejected)
+                produce_request_view_free(&view)
+        if rc < 0:
+            raise WireError(view.err.decode(), view.err_pos)
+        return view.batch_id, enqueued, rejected
+
+    def poll(self, int timeout_ms=0):
+        """Serve delivery reports for up to timeout_ms; returns how many were served."""
+        self._check_alive()
+        cdef int n
+        with nogil:
+            n = rd_kafka_poll(self.rk, timeout_ms)
+        return n
+
+    def flush(self, int timeout_ms):
+        """Wait until every enqueued record is delivered or failed; returns how many are still outstanding."""
+        self._check_alive()
+        with nogil:
+            rd_kafka_flush(self.rk, timeout_ms)
+        return rd_kafka_outq_len(self.rk)
+
+    @property
+    def delivered(self):
+        self._check_alive()
+        return km_atomic_load(&self.stats.delivered)
+
+    @property
+    def failed(self):
+        self._check_alive()
+        return km_atomic_load(&self.stats.failed)
+
+    @property
+    def last_error(self):
+        """The name of the last delivery error (e.g. '_MSG_TIMED_OUT'), or None."""
+        self._check_alive()
+        if self.stats.last_error == 0:
+            return None
+        return rd_kafka_err2name(<rd_kafka_resp_err_t>self.stats.last_error).decode()
+
+    @property
+    def closed(self):
+        return self.rk == NULL
+
+    def close(self, int flush_timeout_ms=10000):
+        """Flush for up to flush_timeout_ms, then destroy the handle. Idempotent. Returns the records that were
+        still outstanding (and are lost) when the handle was destroyed."""
+        if self.rk == NULL:
+            return 0
+        cdef int left
+        with nogil:
+            rd_kafka_flush(self.rk, flush_timeout_ms)
+            left = rd_kafka_outq_len(self.rk)
+        self._destroy()
+        return left
+
+    cdef void _destroy(self) noexcept:
+        global _handles_destroyed
+        cdef rd_kafka_t *rk = self.rk
+        self.rk = NULL
+        if rk != NULL:
+            with nogil:
+                rd_kafka_destroy(rk)
+            if KM_DEBUG_ENABLED:
+                _handles_destroyed += 1
+        if self.stats != NULL:
+            free(self.stats)
+            self.stats = NULL
+
+    def __repr__(self):
+        return f"<meshcore.Producer {self.name!r} {'closed' if self.rk == NULL else 'open'}>"
+
+    def __dealloc__(self):
+        if self.rk != NULL:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+        self._destroy()
+
+
+cdef void _enqueue_all(rd_kafka_t *rk, DeliveryStats *stats, ProduceRequestView *view, int32_t wait_ms,
+                       size_t *enqueued, size_t *rejected) noexcept nogil:
+    cdef char topic[MAX_TOPIC + 1]
+    cdef rd_kafka_vu_t vus[7]
+    cdef size_t i, nvu
+    cdef RecordView *rec
+    cdef rd_kafka_headers_t *hdrs
+    cdef rd_kafka_error_t *error
+    cdef rd_kafka_resp_err_t code
+    cdef Reader hr
+    cdef Slice hname, hvalue
+    cdef uint8_t has_hvalue
+    for i in range(view.count):
+        rec = &view.records[i]
+        if rec.topic.n == 0 or rec.topic.n > MAX_TOPIC:
+            km_atomic_add(&stats.failed, 1)
+            stats.last_error = <int64_t>RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION
+            rejected[0] += 1
+            continue
+        memcpy(topic, rec.topic.p, rec.topic.n)
+        topic[rec.topic.n] = 0
+        hdrs = NULL
+        if rec.header_count:
+            hdrs = rd_kafka_headers_new(rec.header_count)
+            hr.buf = rec.raw.p
+            hr.len = rec.raw.n
+            hr.pos = 0
+            hr.err = NULL
+            while header_next(&hr, &hname, &hvalue, &has_hvalue) == 1:
+                rd_kafka_header_add(hdrs, <const char *>hname.p, hname.n,
+                                    hvalue.p if has_hvalue else NULL, hvalue.n if has_hvalue else 0)
+        nvu = 0
+        vus[nvu].vtype = RD_KAFKA_VTYPE_TOPIC; vus[nvu].u.cstr = topic; nvu += 1
+        vus[nvu].vtype = RD_KAFKA_VTYPE_MSGFLAGS; vus[nvu].u.i = RD_KAFKA_MSG_F_COPY; nvu += 1
+        vus[nvu].vtype = RD_KAFKA_VTYPE_PARTITION
+        vus[nvu].u.i32 = rec.partition if rec.has_partition else RD_KAFKA_PARTITION_UA
+        nvu += 1
+        if rec.has_key:
+            vus[nvu].vtype = RD_KAFKA_VTYPE_KEY
+            vus[nvu].u.mem.ptr = <void *>rec.key.p
+            vus[nvu].u.mem.size = rec.key.n
+            nvu += 1
+        if rec.has_value:
+            vus[nvu].vtype = RD_KAFKA_VTYPE_VALUE
+            vus[nvu].u.mem.ptr = <void *>rec.value.p
+            vus[nvu].u.mem.size = rec.value.n
+            nvu += 1
+        if rec.has_timestamp:
+            vus[nvu].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[nvu].u.i64 = rec.timestamp_ms; nvu += 1
+        if hdrs != NULL:
+            vus[nvu].vtype = RD_KAFKA_VTYPE_HEADERS; vus[nvu].u.headers = hdrs; nvu += 1
+        while True:
+            error = rd_kafka_produceva(rk, vus, nvu)
+            if error == NULL:
+                enqueued[0] += 1
+                break
+            code = rd_kafka_error_code(error)
+            rd_kafka_error_destroy(error)
+            if code == RD_KAFKA_RESP_ERR__QUEUE_FULL:
+                # Backpressure, not an error: serve delivery reports until the queue has room.
+                rd_kafka_poll(rk, wait_ms)
+                continue
+            # The headers are ours again when produceva fails.
+            if hdrs != NULL:
+                rd_kafka_headers_destroy(hdrs)
+            km_atomic_add(&stats.failed, 1)
+            stats.last_error = <int64_t>code
+            rejected[0] += 1
+            break
+        rd_kafka_poll(rk, 0)
+
+
+def create_producer(str name, dict config):
+    """Create a producer from librdkafka properties (all values str). Raises ConfigError naming the property."""
+    global _handles_created
+    cdef char errstr[512]
+    cdef rd_kafka_conf_t *conf = rd_kafka_conf_new()
+    cdef Producer p
+    cdef DeliveryStats *stats
+    cdef rd_kafka_t *rk
+    try:
+        for key, value in config.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ConfigError(f"librdkafka property {key!r} must map a str to a str, got {value!r}")
+            if rd_kafka_conf_set(conf, key.encode(), value.encode(), errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK:
+                raise ConfigError(f"librdkafka property {key!r}: {errstr.decode(errors='replace')}")
+    except BaseException:
+        rd_kafka_conf_destroy(conf)
+        raise
+    stats = <DeliveryStats *>calloc(1, sizeof(DeliveryStats))
+    if stats == NULL:
+        rd_kafka_conf_destroy(conf)
+        raise MemoryError()
+    rd_kafka_conf_set_dr_msg_cb(conf, _on_delivery)
+    rd_kafka_conf_set_opaque(conf, stats)
+    rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr))
+    if rk == NULL:
+        # On failure the configuration is still ours.
+        rd_kafka_conf_destroy(conf)
+        free(stats)
+        raise ConfigError(f"could not create producer {name!r}: {errstr.decode(errors='replace')}")
+    if KM_DEBUG_ENABLED:
+        _handles_created += 1
+    p = Producer.__new__(Producer)
+    p.rk = rk
+    p.stats = stats
+    p.name = name
+    return p
+
+
+def librdkafka_version():
+    """The linked librdkafka's version string, e.g. '2.0.2'."""
+    return rd_kafka_version_str().decode()
+
+
+def _debug_counts():
+    """Created/destroyed counts of rd_kafka_t handles (non-zero only in the debug build)."""
+    return {"rd_kafka_t": (_handles_created, _handles_destroyed)}

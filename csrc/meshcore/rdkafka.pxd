@@ -1,0 +1,116 @@
+# librdkafka declarations: only what the core uses, copied from rdkafka.h (2.0.x) signatures. Nothing else belongs
+# in this file; every Cython module of the core cimports librdkafka from here.
+
+from libc.stdint cimport int32_t, int64_t
+
+
+cdef extern from "librdkafka/rdkafka.h" nogil:
+    ctypedef struct rd_kafka_t:
+        pass
+    ctypedef struct rd_kafka_conf_t:
+        pass
+    ctypedef struct rd_kafka_topic_t:
+        pass
+    ctypedef struct rd_kafka_headers_t:
+        pass
+    ctypedef struct rd_kafka_error_t:
+        pass
+
+    ctypedef enum rd_kafka_type_t:
+        RD_KAFKA_PRODUCER
+        RD_KAFKA_CONSUMER
+
+    ctypedef enum rd_kafka_conf_res_t:
+        RD_KAFKA_CONF_UNKNOWN
+        RD_KAFKA_CONF_INVALID
+        RD_KAFKA_CONF_OK
+
+    ctypedef enum rd_kafka_resp_err_t:
+        RD_KAFKA_RESP_ERR__BAD_MSG
+        RD_KAFKA_RESP_ERR__DESTROY
+        RD_KAFKA_RESP_ERR__FAIL
+        RD_KAFKA_RESP_ERR__TRANSPORT
+        RD_KAFKA_RESP_ERR__MSG_TIMED_OUT
+        RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION
+        RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC
+        RD_KAFKA_RESP_ERR__INVALID_ARG
+        RD_KAFKA_RESP_ERR__TIMED_OUT
+        RD_KAFKA_RESP_ERR__QUEUE_FULL
+        RD_KAFKA_RESP_ERR__PURGE_QUEUE
+        RD_KAFKA_RESP_ERR__FATAL
+        RD_KAFKA_RESP_ERR_NO_ERROR
+        RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE
+        RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION
+
+    ctypedef enum rd_kafka_vtype_t:
+        RD_KAFKA_VTYPE_END
+        RD_KAFKA_VTYPE_TOPIC
+        RD_KAFKA_VTYPE_PARTITION
+        RD_KAFKA_VTYPE_VALUE
+        RD_KAFKA_VTYPE_KEY
+        RD_KAFKA_VTYPE_OPAQUE
+        RD_KAFKA_VTYPE_MSGFLAGS
+        RD_KAFKA_VTYPE_TIMESTAMP
+        RD_KAFKA_VTYPE_HEADERS
+
+    # rd_kafka_vu_t's value union: only the members the core sets. The member types below are never named in C.
+    ctypedef struct _rd_kafka_vu_mem:
+        void *ptr
+        size_t size
+    ctypedef union _rd_kafka_vu_value:
+        const char *cstr
+        int i
+        int32_t i32
+        int64_t i64
+        _rd_kafka_vu_mem mem
+        rd_kafka_headers_t *headers
+        void *ptr
+    ctypedef struct rd_kafka_vu_t:
+        rd_kafka_vtype_t vtype
+        _rd_kafka_vu_value u
+
+    ctypedef struct rd_kafka_message_t:
+        rd_kafka_resp_err_t err
+        rd_kafka_topic_t *rkt
+        int32_t partition
+        void *payload
+        size_t len
+        void *key
+        size_t key_len
+        int64_t offset
+        void *_private
+
+    enum:
+        RD_KAFKA_PARTITION_UA
+        RD_KAFKA_MSG_F_COPY
+
+    int rd_kafka_version()
+    const char *rd_kafka_version_str()
+    const char *rd_kafka_err2str(rd_kafka_resp_err_t err)
+    const char *rd_kafka_err2name(rd_kafka_resp_err_t err)
+
+    rd_kafka_conf_t *rd_kafka_conf_new()
+    void rd_kafka_conf_destroy(rd_kafka_conf_t *conf)
+    rd_kafka_conf_res_t rd_kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
+                                          char *errstr, size_t errstr_size)
+    void rd_kafka_conf_set_dr_msg_cb(rd_kafka_conf_t *conf,
+                                     void (*dr_msg_cb)(rd_kafka_t *rk, const rd_kafka_message_t *rkmessage,
+                                                       void *opaque) noexcept nogil)
+    void rd_kafka_conf_set_opaque(rd_kafka_conf_t *conf, void *opaque)
+
+    rd_kafka_t *rd_kafka_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, size_t errstr_size)
+    void rd_kafka_destroy(rd_kafka_t *rk)
+    int rd_kafka_poll(rd_kafka_t *rk, int timeout_ms)
+    rd_kafka_resp_err_t rd_kafka_flush(rd_kafka_t *rk, int timeout_ms)
+    int rd_kafka_outq_len(rd_kafka_t *rk)
+    rd_kafka_resp_err_t rd_kafka_fatal_error(rd_kafka_t *rk, char *errstr, size_t errstr_size)
+
+    rd_kafka_error_t *rd_kafka_produceva(rd_kafka_t *rk, const rd_kafka_vu_t *vus, size_t cnt)
+    rd_kafka_resp_err_t rd_kafka_error_code(const rd_kafka_error_t *error)
+    const char *rd_kafka_error_string(const rd_kafka_error_t *error)
+    void rd_kafka_error_destroy(rd_kafka_error_t *error)
+
+    rd_kafka_headers_t *rd_kafka_headers_new(size_t initial_count)
+    void rd_kafka_headers_destroy(rd_kafka_headers_t *hdrs)
+    rd_kafka_resp_err_t rd_kafka_header_add(rd_kafka_headers_t *hdrs, const char *name, ssize_t name_size,
+                                            const void *value, ssize_t value_size)

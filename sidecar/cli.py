@@ -1,0 +1,133 @@
+"""The `kafka-mesh` command. Thin: it parses arguments, builds settings, calls the modules that do the work, and
+prints; every error is one line naming its cause."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sidecar.config import DevSettings
+from sidecar.errors import MeshError, UsageError
+
+EPILOG_DEV = """examples:
+  kafka-mesh dev up --clusters 3            # three one-broker clusters and etcd, in the background
+  kafka-mesh dev up --clusters 2 --brokers-per-cluster 3 --json
+  kafka-mesh dev status
+  kafka-mesh dev down                       # stop them and remove their data
+
+environment: KAFKA_MESH_STATE_DIR (where servers keep data and logs), KAFKA_MESH_CACHE_DIR (Kafka jars),
+KAFKA_HOME (use an unpacked Kafka instead of Maven), ETCD_BIN, JAVA, MVN, KAFKA_MESH_BROKER_HEAP_MB (default 384)
+"""
+
+
+def _progress(msg: str) -> None:
+    print(f"kafka-mesh: {msg}", file=sys.stderr, flush=True)
+
+
+def _positive(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kafka-mesh",
+        description="kafka-mesh: use many Kafka clusters as one, through a per-host gRPC sidecar.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    dev = sub.add_parser("dev", help="a local sandbox of real Kafka clusters and etcd",
+                         description="A local sandbox: real Apache Kafka clusters (KRaft) and one etcd on "
+                                     "loopback ports, running in the background.",
+                         epilog=EPILOG_DEV, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dsub = dev.add_subparsers(dest="dev_command", metavar="ACTION", required=True)
+    d_up = dsub.add_parser("up", help="start the sandbox (or show the one running)", epilog=EPILOG_DEV,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Start N Kafka clusters and one etcd on free loopback ports, register the "
+                                       "clusters in etcd, and return once every broker answers.")
+    d_up.add_argument("--clusters", type=_positive, default=3, metavar="N", help="Kafka clusters to start (default 3)")
+    d_up.add_argument("--brokers-per-cluster", type=_positive, default=1, metavar="B",
+                      help="brokers in each cluster (default 1)")
+    d_up.add_argument("--port-base", type=_positive, default=None, metavar="PORT",
+                      help="use PORT, PORT+1, ... instead of free ports chosen by the system")
+    d_up.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
+                      help="give up when the servers are not ready by then (default 180)")
+    d_up.add_argument("--json", action="store_true", help="print one JSON object describing the sandbox")
+    d_st = dsub.add_parser("status", help="show what the sandbox runs")
+    d_st.add_argument("--json", action="store_true", help="print one JSON object")
+    dsub.add_parser("down", help="stop the sandbox and remove its data")
+    return parser
+
+
+def _print_sandbox(doc: dict[str, Any]) -> None:
+    etcd = doc["etcd"]
+    state = lambda ok: "running" if ok else "NOT RUNNING"  # noqa: E731
+    print(f"etcd      {etcd['endpoint']:<28} {state(etcd.get('running', True))}  (pid {etcd['pid']}, log {etcd['log']})")
+    for c in doc["clusters"]:
+        print(f"{c['name']:<9} {c['bootstrap']:<28} {state(c.get('running', True))}  "
+              f"({len(c['brokers'])} broker(s); logs under {doc['state_dir']}/{c['name']})")
+    print(f"namespace {doc['namespace']}; clusters registered under /kafka-mesh/{doc['namespace']}/clusters/")
+
+
+def _dev(args: argparse.Namespace, settings: DevSettings) -> int:
+    from sidecar.dev import sandbox
+
+    if args.dev_command == "up":
+        box, started = sandbox.up(settings, clusters=args.clusters, brokers_per_cluster=args.brokers_per_cluster,
+                                  port_base=args.port_base, progress=_progress, timeout=args.timeout)
+        if not started:
+            _progress(f"a sandbox is already running in {settings.state_dir}; not starting another")
+        doc = box.to_json()
+        if args.json:
+            print(json.dumps(doc))
+        else:
+            _print_sandbox(doc)
+        return 0
+    if args.dev_command == "status":
+        doc = sandbox.status(settings)
+        if doc is None:
+            if args.json:
+                print(json.dumps({"running": False, "state_dir": str(settings.state_dir)}))
+            else:
+                print(f"no sandbox is running (state dir {settings.state_dir})")
+            return 0
+        if args.json:
+            print(json.dumps(doc))
+        else:
+            _print_sandbox(doc)
+        return 0 if doc["running"] else 1
+    if args.dev_command == "down":
+        if not sandbox.down(settings, progress=_progress):
+            print(f"no sandbox is running (state dir {settings.state_dir}); nothing to stop")
+        else:
+            print("sandbox stopped")
+        return 0
+    raise AssertionError(args.dev_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = DevSettings.from_env(os.environ)
+        if args.command == "dev":
+            return _dev(args, settings)
+    except UsageError as e:
+        print(f"kafka-mesh: error: {e}", file=sys.stderr)
+        return 2
+    except (MeshError, ValueError) as e:
+        print(f"kafka-mesh: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("kafka-mesh: interrupted", file=sys.stderr)
+        return 130
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""A small asyncio etcd v3 client for kafka-mesh, over aetcd.
+
+aetcd is chosen because the sidecar's control plane runs on one asyncio loop (grpc.aio), and aetcd speaks etcd's
+gRPC API on that same loop; it imports with current protobuf, which the `etcd3` package does not. Everything else
+in kafka-mesh talks to etcd through this module, which turns aetcd's errors into EtcdError naming the endpoint.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aetcd
+
+from sidecar.errors import EtcdError, UsageError
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change seen by a watch: PUT or DELETE of key at revision."""
+
+    kind: str
+    key: str
+    value: bytes
+    revision: int
+
+
+def parse_endpoint(url: str) -> tuple[str, int]:
+    """'http://127.0.0.1:2379' or '127.0.0.1:2379' -> (host, port)."""
+    parsed = urllib.parse.urlsplit(url if "//" in url else f"http://{url}")
+    if parsed.scheme not in ("http", "") or not parsed.hostname or parsed.path not in ("", "/"):
+        raise UsageError(f"invalid etcd endpoint {url!r}: expected http://HOST:PORT")
+    try:
+        port = parsed.port or 2379
+    except ValueError:
+        raise UsageError(f"invalid etcd endpoint {url!r}: bad port") from None
+    return parsed.hostname, port
+
+
+class Etcd:
+    """An open connection to one etcd endpoint. Use as an async context manager."""
+
+    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
+        self.endpoint = endpoint
+        host, port = parse_endpoint(endpoint)
+        self._client = aetcd.Client(host=host, port=port, timeout=timeout, connect_wait_timeout=int(max(1, timeout)))
+
+    async def __aenter__(self) -> Etcd:
+        try:
+            await self._client.connect()
+        except Exception as e:
+            raise EtcdError(f"cannot reach etcd at {self.endpoint}: {e}") from e
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        await self._client.close()
+
+    def _error(self, what: str, e: Exception) -> EtcdError:
+        return EtcdError(f"etcd at {self.endpoint}: {what} failed: {type(e).__name__}: {e}")
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Put one key; returns the new revision."""
+        try:
+            r = await self._client.put(key.encode(), value)
+        except Exception as e:
+            raise self._error(f"put {key}", e) from e
+        return int(r.header.revision)
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        """(value, mod_revision) of key, or None when absent."""
+        try:
+            r = await self._client.get(key.encode())
+        except Exception as e:
+            raise self._error(f"get {key}", e) from e
+        return None if r is None else (bytes(r.value), int(r.mod_revision))
+
+    async def get_prefix(self, prefix: str) -> tuple[dict[str, bytes], int]:
+        """Every key under prefix with its value, and the store revision they were read at (one consistent read)."""
+        try:
+            r = await self._client.get_prefix(prefix.encode())
+        except Exception as e:
+            raise self._error(f"get prefix {prefix}", e) from e
+        items = {bytes(kv.key).decode(): bytes(kv.value) for kv in r}
+        return items, int(r.header.revision)
+
+    async def put_all(self, items: Mapping[str, bytes], delete_prefixes: tuple[str, ...] = ()) -> int:
+        """Delete every key under delete_prefixes and put items, in one transaction (one revision); returns it."""
+        tx = self._client.transactions
+        ops: list[Any] = [tx.delete_prefix(p.encode()) for p in delete_prefixes]
+        ops += [tx.put(k.encode(), v) for k, v in items.items()]
+        if not ops:
+            raise ValueError("put_all needs at least one key to put or prefix to delete")
+        try:
+            _, responses = await self._client.transaction(compare=[], success=ops, failure=[])
+        except Exception as e:
+            raise self._error("transaction", e) from e
+        # Every operation of a transaction reports the transaction's own revision in its header.
+        last = responses[-1]
+        return int(getattr(last, last.WhichOneof("response")).header.revision)
+
+    async def watch_prefix(self, prefix: str, start_revision: int | None = None) -> AsyncIterator[Event]:
+        """Every change under prefix from start_revision on (default: changes after now), in revision order."""
+        try:
+            watch = await self._client.watch_prefix(prefix.encode(), start_revision=start_revision)
+        except Exception as e:
+            raise self._error(f"watch {prefix}", e) from e
+        try:
+            async for ev in watch:
+                yield Event(kind=ev.kind.name, key=bytes(ev.kv.key).decode(), value=bytes(ev.kv.value),
+                            revision=int(ev.kv.mod_revision))
+        except aetcd.ClientError as e:
+            raise self._error(f"watch {prefix}", e) from e
+        finally:
+            await watch.cancel()

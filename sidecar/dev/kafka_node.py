@@ -1,0 +1,94 @@
+"""One Kafka node in KRaft mode: its configuration, storage format and command line.
+
+Every node of a sandbox cluster is a combined broker and controller, and the controller quorum is all of the
+cluster's nodes (static voters), so a cluster of B nodes needs no other process.
+"""
+
+from __future__ import annotations
+
+import base64
+import pathlib
+import subprocess
+import uuid
+from dataclasses import dataclass
+
+from sidecar.config import DevSettings
+from sidecar.errors import SandboxError
+from sidecar.dev.ports import HOST
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    cluster: str
+    node_id: int
+    port: int              # client listener
+    controller_port: int
+    data_dir: pathlib.Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.cluster}-broker-{self.node_id}"
+
+
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def server_properties(node: NodeSpec, voters: list[NodeSpec]) -> str:
+    rf = min(3, len(voters))
+    lines = {
+        "process.roles": "broker,controller",
+        "node.id": str(node.node_id),
+        "controller.quorum.voters": ",".join(f"{v.node_id}@{HOST}:{v.controller_port}" for v in voters),
+        "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(node.data_dir / "log"),
+        "num.partitions": "3",
+        "default.replication.factor": str(rf),
+        "offsets.topic.replication.factor": str(rf),
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": str(rf),
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": str(rf),
+        "share.coordinator.state.topic.min.isr": "1",
+        "min.insync.replicas": "1",
+        # A sandbox wants groups to form at once, not after the production default of 3 s.
+        "group.initial.rebalance.delay.ms": "0",
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        "log.cleaner.threads": "1",
+        "num.recovery.threads.per.data.dir": "1",
+    }
+    return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+
+def prepare(node: NodeSpec, voters: list[NodeSpec], cluster_id: str, cp: str, settings: DevSettings) -> pathlib.Path:
+    """Write the node's server.properties and format its storage; returns the properties file."""
+    node.data_dir.mkdir(parents=True, exist_ok=True)
+    props = node.data_dir / "server.properties"
+    props.write_text(server_properties(node, voters))
+    fmt = subprocess.run(
+        [settings.java_bin, "-Xmx128m", "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+         "-c", str(props), "--ignore-formatted"],
+        capture_output=True, text=True,
+    )
+    if fmt.returncode != 0:
+        log = node.data_dir / "format.log"
+        log.write_text(fmt.stdout + fmt.stderr)
+        raise SandboxError(f"formatting the storage of {node.name} failed (exit {fmt.returncode}); log: {log}")
+    return props
+
+
+def command(props: pathlib.Path, cp: str, settings: DevSettings) -> list[str]:
+    heap = settings.broker_heap_mb
+    return [
+        settings.java_bin, f"-Xms{min(heap, 128)}m", f"-Xmx{heap}m",
+        # Serial GC: on two shared cores a parallel collector's threads only compete with the other servers.
+        "-XX:+UseSerialGC", "-XX:-UsePerfData", "-Djava.awt.headless=true",
+        "-Dorg.slf4j.simpleLogger.showDateTime=true",
+        "-Dorg.slf4j.simpleLogger.log.kafka.request.logger=warn",
+        "-cp", cp, "kafka.Kafka", str(props),
+    ]
