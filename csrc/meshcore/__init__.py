@@ -6,9 +6,11 @@ exported here.
 
 from __future__ import annotations
 
+from meshcore import consumer as _consumer
 from meshcore import producer as _producer
 from meshcore import wire as _wire
 from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaError, WireError
+from meshcore.consumer import Consumer, create_consumer
 from meshcore.producer import Producer, create_producer, librdkafka_version
 from meshcore.wire import decode_produce_request
 
@@ -19,12 +21,12 @@ DEBUG: bool = _producer.debug_build
 def debug_counts() -> dict[str, tuple[int, int]]:
     """Created/destroyed counts per kind of C handle; all zero in the release build."""
     counts: dict[str, tuple[int, int]] = {}
-    for module in (_producer, _wire):
+    for module in (_consumer, _producer, _wire):
         counts.update(module._debug_counts())
     return counts
 
 
 __all__ = [
-    "ConfigError", "CoreError", "HandleClosedError", "KafkaError", "Producer", "WireError", "DEBUG",
-    "create_producer", "debug_counts", "decode_produce_request", "librdkafka_version",
+    "ConfigError", "Consumer", "CoreError", "HandleClosedError", "KafkaError", "Producer", "WireError", "DEBUG",
+    "create_consumer", "create_producer", "debug_counts", "decode_produce_request", "librdkafka_version",
 ]

@@ -156,7 +156,8 @@ cdef class Producer:
 
     def __dealloc__(self):
         if self.rk != NULL:
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            # No source=self: the warning would keep a reference to an object being freed.
+            warnings.warn(f"unclosed {self!r}", ResourceWarning)
         self._destroy()
 
 
@@ -277,4 +278,4 @@ def librdkafka_version():
 
 def _debug_counts():
     """Created/destroyed counts of rd_kafka_t handles (non-zero only in the debug build)."""
-    return {"rd_kafka_t": (_handles_created, _handles_destroyed)}
+    return {"rd_kafka_t(producer)": (_handles_created, _handles_destroyed)}

@@ -38,6 +38,7 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
         RD_KAFKA_RESP_ERR__QUEUE_FULL
         RD_KAFKA_RESP_ERR__PURGE_QUEUE
         RD_KAFKA_RESP_ERR__FATAL
+        RD_KAFKA_RESP_ERR__PARTITION_EOF
         RD_KAFKA_RESP_ERR_NO_ERROR
         RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE
         RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION
@@ -68,6 +69,21 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
     ctypedef struct rd_kafka_vu_t:
         rd_kafka_vtype_t vtype
         _rd_kafka_vu_value u
+
+    ctypedef struct rd_kafka_topic_partition_t:
+        char *topic
+        int32_t partition
+        int64_t offset
+        rd_kafka_resp_err_t err
+    ctypedef struct rd_kafka_topic_partition_list_t:
+        int cnt
+        int size
+        rd_kafka_topic_partition_t *elems
+
+    ctypedef enum rd_kafka_timestamp_type_t:
+        RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+        RD_KAFKA_TIMESTAMP_CREATE_TIME
+        RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME
 
     ctypedef struct rd_kafka_message_t:
         rd_kafka_resp_err_t err
@@ -114,3 +130,18 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
     void rd_kafka_headers_destroy(rd_kafka_headers_t *hdrs)
     rd_kafka_resp_err_t rd_kafka_header_add(rd_kafka_headers_t *hdrs, const char *name, ssize_t name_size,
                                             const void *value, ssize_t value_size)
+
+    const char *rd_kafka_topic_name(const rd_kafka_topic_t *rkt)
+    int64_t rd_kafka_message_timestamp(const rd_kafka_message_t *rkmessage, rd_kafka_timestamp_type_t *tstype)
+    void rd_kafka_message_destroy(rd_kafka_message_t *rkmessage)
+
+    rd_kafka_topic_partition_list_t *rd_kafka_topic_partition_list_new(int size)
+    void rd_kafka_topic_partition_list_destroy(rd_kafka_topic_partition_list_t *rkparlist)
+    rd_kafka_topic_partition_t *rd_kafka_topic_partition_list_add(rd_kafka_topic_partition_list_t *rktparlist,
+                                                                  const char *topic, int32_t partition)
+
+    rd_kafka_resp_err_t rd_kafka_poll_set_consumer(rd_kafka_t *rk)
+    rd_kafka_resp_err_t rd_kafka_subscribe(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *topics)
+    rd_kafka_message_t *rd_kafka_consumer_poll(rd_kafka_t *rk, int timeout_ms)
+    rd_kafka_resp_err_t rd_kafka_commit(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *offsets, int async)
+    rd_kafka_resp_err_t rd_kafka_consumer_close(rd_kafka_t *rk)

@@ -61,7 +61,7 @@ cdef inline int read_varint(Reader *r, uint64_t *out) noexcept nogil:
             out[0] = result
             return 0
         shift += 7
-    return _fail(r, "varint longer than 10 bytes")
+    return _fail(r, "varint overflows 64 bits")  # unreachable: the 10th byte check above ends every varint
 
 
 cdef inline int read_tag(Reader *r, uint32_t *field, int *wtype) noexcept nogil:

@@ -141,8 +141,9 @@ def up(settings: DevSettings, clusters: int = 3, brokers_per_cluster: int = 1, p
 
 def _start(settings: DevSettings, n_clusters: int, n_brokers: int, port_base: int | None, progress: Progress,
            detach: bool, timeout: float) -> Sandbox:
-    cp = kafka_dist.classpath(settings, progress)
+    # Ports first: a port in use is the user's to fix, and is told before any download.
     allocated = ports.allocate(2 + 2 * n_clusters * n_brokers, port_base)
+    cp = kafka_dist.classpath(settings, progress)
     if settings.state_dir.exists():
         shutil.rmtree(settings.state_dir)   # leftovers (logs) of a sandbox that failed to start
     settings.state_dir.mkdir(parents=True)
