@@ -87,12 +87,19 @@ class Etcd:
         return items, int(r.header.revision)
 
     async def put_all(self, items: Mapping[str, bytes], delete_prefixes: tuple[str, ...] = ()) -> int:
-        """Delete every key under delete_prefixes and put items, in one transaction (one revision); returns it."""
+        """Put items and delete every other key under delete_prefixes, in one transaction (one revision); returns
+        the revision. etcd refuses a transaction whose delete range holds a key it also puts, so the keys to
+        delete are read first and deleted one by one."""
         tx = self._client.transactions
-        ops: list[Any] = [tx.delete_prefix(p.encode()) for p in delete_prefixes]
+        stale: set[str] = set()
+        for prefix in delete_prefixes:
+            existing, _ = await self.get_prefix(prefix)
+            stale.update(k for k in existing if k not in items)
+        ops: list[Any] = [tx.delete(k.encode()) for k in sorted(stale)]
         ops += [tx.put(k.encode(), v) for k, v in items.items()]
         if not ops:
-            raise ValueError("put_all needs at least one key to put or prefix to delete")
+            _, revision = await self.get_prefix(delete_prefixes[0] if delete_prefixes else "/")
+            return revision
         try:
             _, responses = await self._client.transaction(compare=[], success=ops, failure=[])
         except Exception as e:
@@ -109,7 +116,9 @@ class Etcd:
             raise self._error(f"watch {prefix}", e) from e
         try:
             async for ev in watch:
-                yield Event(kind=ev.kind.name, key=bytes(ev.kv.key).decode(), value=bytes(ev.kv.value),
+                # aetcd gives the kind as an EventKind or as its plain string value.
+                kind = getattr(ev.kind, "value", ev.kind)
+                yield Event(kind=str(kind), key=bytes(ev.kv.key).decode(), value=bytes(ev.kv.value),
                             revision=int(ev.kv.mod_revision))
         except aetcd.ClientError as e:
             raise self._error(f"watch {prefix}", e) from e

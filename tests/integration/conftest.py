@@ -1,0 +1,46 @@
+"""Real servers for the integration tests: one sandbox (3 Kafka clusters + etcd) per test session, started by the
+same code as `kafka-mesh dev up`, on free loopback ports, and stopped at the end also when tests fail or are
+interrupted. Set KAFKA_MESH_TEST_STATE_DIR to the state folder of a sandbox already running (`dev up`) to reuse
+it instead; it is then left running."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from sidecar.config import DevSettings
+from sidecar.dev import sandbox as sandbox_mod
+from sidecar.dev.sandbox import Sandbox
+
+
+def test_settings(state_dir: pathlib.Path) -> DevSettings:
+    base = DevSettings.from_env(os.environ)
+    return DevSettings(state_dir=state_dir, cache_dir=base.cache_dir, kafka_home=base.kafka_home,
+                       etcd_bin=base.etcd_bin, java_bin=base.java_bin, mvn_bin=base.mvn_bin,
+                       broker_heap_mb=base.broker_heap_mb)
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    reuse = os.environ.get("KAFKA_MESH_TEST_STATE_DIR")
+    if reuse:
+        box = sandbox_mod.load(test_settings(pathlib.Path(reuse)))
+        assert box is not None, f"KAFKA_MESH_TEST_STATE_DIR={reuse} holds no running sandbox"
+        yield box
+        return
+    settings = test_settings(tmp_path_factory.mktemp("sandbox") / "state")
+    box, _ = sandbox_mod.up(settings, clusters=3, brokers_per_cluster=1, detach=False,
+                            progress=lambda m: print(f"[sandbox] {m}"))
+    try:
+        yield box
+    finally:
+        sandbox_mod.down(settings)
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
