@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     d_st = dsub.add_parser("status", help="show what the sandbox runs")
     d_st.add_argument("--json", action="store_true", help="print one JSON object")
     dsub.add_parser("down", help="stop the sandbox and remove its data")
+    dsub.add_parser("fetch", help="download the Kafka broker jars now (dev up does it on first use)")
     return parser
 
 
@@ -102,6 +103,11 @@ def _dev(args: argparse.Namespace, settings: DevSettings) -> int:
         else:
             _print_sandbox(doc)
         return 0 if doc["running"] else 1
+    if args.dev_command == "fetch":
+        from sidecar.dev import kafka_dist
+
+        print(kafka_dist.classpath(settings, _progress))
+        return 0
     if args.dev_command == "down":
         if not sandbox.down(settings, progress=_progress):
             print(f"no sandbox is running (state dir {settings.state_dir}); nothing to stop")
