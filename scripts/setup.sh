@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-python3 -m pip install -q --upgrade "pip>=23" "setuptools>=68" wheel "cython>=3.0.10"
+python3 -m pip install -q --upgrade "pip>=23" "setuptools>=77" wheel "cython>=3.0.10"
 python3 -m pip install -q --no-build-isolation -e ".[test]"
 kafka-mesh dev fetch >/dev/null
 echo "setup: done ($(python3 -c 'import meshcore; print("librdkafka", meshcore.librdkafka_version())'))"

@@ -31,7 +31,12 @@ class NodeSpec:
 
 
 def new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: a base64url UUID. Like Kafka's Uuid.randomUuid(), never one that starts with '-', which
+    the storage tool's command line would take for an option."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def server_properties(node: NodeSpec, voters: list[NodeSpec]) -> str:

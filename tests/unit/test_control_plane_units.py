@@ -97,3 +97,10 @@ def test_port_base_in_use_is_named() -> None:
             ports.allocate(2, base=busy)
     with pytest.raises(UsageError, match="--port-base must be between"):
         ports.allocate(4, base=80)
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    from sidecar.dev.kafka_node import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]   # about 1 in 64 raw ids starts with '-'
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
