@@ -13,11 +13,16 @@ build:        ## release build of the native core, in place
 build-debug:  ## debug build: counts C handles; the tests assert none leaks
 	KAFKA_MESH_DEBUG=1 $(BUILD)
 
-test:         ## unit tests on the debug build, then every test on the release build
+test:         ## lint, unit tests on the debug build, then every test on the release build
+	$(MAKE) lint
 	$(MAKE) build-debug
 	$(PYTHON) -m pytest -m unit
 	$(MAKE) build
 	$(PYTHON) -m pytest
+
+lint:         ## ruff, and mypy --strict on the control plane
+	$(PYTHON) -m ruff check sidecar tests scripts benchmarks
+	$(PYTHON) -m mypy sidecar
 
 test-unit:
 	$(PYTHON) -m pytest -m unit

@@ -24,8 +24,9 @@ PACKAGE = "sidecar.api"
 
 def generate(dest: pathlib.Path) -> list[pathlib.Path]:
     """Run protoc (from grpcio-tools) on every .proto under proto/ into dest; return the files written."""
-    from grpc_tools import protoc  # a test/dev dependency only
     import importlib.resources
+
+    from grpc_tools import protoc  # a test/dev dependency only
 
     protos = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
     include = str(importlib.resources.files("grpc_tools") / "_proto")
@@ -60,7 +61,8 @@ def main() -> int:
             for rel in sorted(set(fresh) | set(current)):
                 if fresh.get(rel) != current.get(rel):
                     stale = True
-                    diff = difflib.unified_diff((current.get(rel) or "").splitlines(), (fresh.get(rel) or "").splitlines(),
+                    diff = difflib.unified_diff((current.get(rel) or "").splitlines(),
+                                                (fresh.get(rel) or "").splitlines(),
                                                 f"committed/{rel}", f"generated/{rel}", lineterm="", n=1)
                     print("\n".join(list(diff)[:40]))
             if stale:

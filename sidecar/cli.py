@@ -68,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_sandbox(doc: dict[str, Any]) -> None:
     etcd = doc["etcd"]
-    state = lambda ok: "running" if ok else "NOT RUNNING"  # noqa: E731
-    print(f"etcd      {etcd['endpoint']:<28} {state(etcd.get('running', True))}  (pid {etcd['pid']}, log {etcd['log']})")
+    def state(ok: bool) -> str:
+        return "running" if ok else "NOT RUNNING"
+
+    print(f"etcd      {etcd['endpoint']:<28} {state(etcd.get('running', True))}  "
+          f"(pid {etcd['pid']}, log {etcd['log']})")
     for c in doc["clusters"]:
         print(f"{c['name']:<9} {c['bootstrap']:<28} {state(c.get('running', True))}  "
               f"({len(c['brokers'])} broker(s); logs under {doc['state_dir']}/{c['name']})")
@@ -91,18 +94,18 @@ def _dev(args: argparse.Namespace, settings: DevSettings) -> int:
             _print_sandbox(doc)
         return 0
     if args.dev_command == "status":
-        doc = sandbox.status(settings)
-        if doc is None:
+        current = sandbox.status(settings)
+        if current is None:
             if args.json:
                 print(json.dumps({"running": False, "state_dir": str(settings.state_dir)}))
             else:
                 print(f"no sandbox is running (state dir {settings.state_dir})")
             return 0
         if args.json:
-            print(json.dumps(doc))
+            print(json.dumps(current))
         else:
-            _print_sandbox(doc)
-        return 0 if doc["running"] else 1
+            _print_sandbox(current)
+        return 0 if current["running"] else 1
     if args.dev_command == "fetch":
         from sidecar.dev import kafka_dist
 

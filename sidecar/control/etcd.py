@@ -55,7 +55,8 @@ class Etcd:
             raise EtcdError(f"cannot reach etcd at {self.endpoint}: {e}") from e
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
         await self._client.close()
 
     def _error(self, what: str, e: Exception) -> EtcdError:

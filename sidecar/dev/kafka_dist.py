@@ -34,10 +34,12 @@ def classpath(settings: DevSettings, progress: Progress) -> str:
     if settings.kafka_home is not None:
         libs = settings.kafka_home / "libs"
         if not any(libs.glob("kafka_2.13-*.jar")):
-            raise SandboxError(f"KAFKA_HOME={settings.kafka_home} has no libs/kafka_2.13-*.jar: not a Kafka distribution")
+            raise SandboxError(f"KAFKA_HOME={settings.kafka_home} has no libs/kafka_2.13-*.jar: "
+                               "not a Kafka distribution")
         return f"{libs}/*"
     if shutil.which(settings.java_bin) is None:
-        raise SandboxError(f"Java was not found ({settings.java_bin!r}); install a JDK 17 (apt-get install openjdk-17-jre-headless)")
+        raise SandboxError(f"Java was not found ({settings.java_bin!r}); install a JDK 17 "
+                           "(apt-get install openjdk-17-jre-headless)")
     home = settings.cache_dir / f"kafka-{settings.kafka_version}"
     libs = home / "libs"
     if not (home / ".complete").exists():

@@ -13,8 +13,8 @@ import uuid
 from dataclasses import dataclass
 
 from sidecar.config import DevSettings
-from sidecar.errors import SandboxError
 from sidecar.dev.ports import HOST
+from sidecar.errors import SandboxError
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def spawn(name: str, argv: Sequence[str], log: pathlib.Path, cwd: pathlib.Path, *, detach: bool) -> tuple[Proc, subprocess.Popen[bytes]]:
+def spawn(name: str, argv: Sequence[str], log: pathlib.Path, cwd: pathlib.Path, *,
+          detach: bool) -> tuple[Proc, subprocess.Popen[bytes]]:
     """Start argv with stdout and stderr appended to log. detach=False ties its life to this process."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:

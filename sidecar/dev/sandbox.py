@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import pathlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -172,9 +171,10 @@ def _start(settings: DevSettings, n_clusters: int, n_brokers: int, port_base: in
         cluster_ids = [kafka_node.new_cluster_id() for _ in specs]
         with ThreadPoolExecutor(max_workers=4) as pool:
             props = list(pool.map(lambda a: kafka_node.prepare(a[0], a[1], a[2], cp, settings),
-                                  [(node, nodes, cid) for nodes, cid in zip(specs, cluster_ids) for node in nodes]))
+                                  [(node, nodes, cid) for nodes, cid in zip(specs, cluster_ids, strict=True)
+                                   for node in nodes]))
         it = iter(props)
-        for nodes, cid in zip(specs, cluster_ids):
+        for nodes, cid in zip(specs, cluster_ids, strict=True):
             cluster = ClusterState(nodes[0].cluster, cid, [])
             for node in nodes:
                 progress(f"starting Kafka {settings.kafka_version} {node.name} on {ports.HOST}:{node.port}")
@@ -272,8 +272,8 @@ def status(settings: DevSettings) -> dict[str, Any] | None:
         return None
     doc = sandbox.to_json()
     doc["etcd"]["running"] = sandbox.etcd.alive()
-    for c, cd in zip(sandbox.clusters, doc["clusters"]):
-        for b, bd in zip(c.brokers, cd["brokers"]):
+    for c, cd in zip(sandbox.clusters, doc["clusters"], strict=True):
+        for b, bd in zip(c.brokers, cd["brokers"], strict=True):
             bd["running"] = b.proc.alive()
         cd["running"] = all(b.proc.alive() for b in c.brokers)
     doc["running"] = doc["etcd"]["running"] and all(cd["running"] for cd in doc["clusters"])

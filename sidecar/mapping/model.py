@@ -47,7 +47,8 @@ class Cluster:
         if role not in ROLES:
             raise MappingError(f"{key}.role: must be one of {', '.join(ROLES)}, got {role!r}")
         config = data.get("config", {})
-        if not isinstance(config, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in config.items()):
+        if not isinstance(config, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in config.items()):
             raise MappingError(f"{key}.config: must map librdkafka property names to string values")
         return cls(name=name, bootstrap=bootstrap, role=role, config=dict(config))
 

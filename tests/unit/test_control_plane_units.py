@@ -23,7 +23,8 @@ def test_settings_come_from_the_environment_with_xdg_defaults() -> None:
     assert s.kafka_home is None and s.broker_heap_mb == 384
     s = DevSettings.from_env({"HOME": "/h", "KAFKA_MESH_STATE_DIR": "/s", "KAFKA_HOME": "/k", "ETCD_BIN": "/e",
                               "KAFKA_MESH_BROKER_HEAP_MB": "256"})
-    assert (s.state_dir, s.kafka_home, s.etcd_bin, s.broker_heap_mb) == (pathlib.Path("/s"), pathlib.Path("/k"), "/e", 256)
+    assert (s.state_dir, s.kafka_home, s.etcd_bin, s.broker_heap_mb) == (
+        pathlib.Path("/s"), pathlib.Path("/k"), "/e", 256)
 
 
 @pytest.mark.parametrize("heap", ["64", "lots", "-1"])

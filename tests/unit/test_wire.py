@@ -115,7 +115,8 @@ def _agrees_with_protobuf(raw: bytes) -> None:
     elif isinstance(theirs, DecodeError):
         # Only a string field with invalid UTF-8 (topic or header name) is accepted by us and refused by protobuf.
         assert "utf-8" in str(theirs).lower() or "utf8" in str(theirs).lower() or any(
-            "\udc80" <= ch <= "\udcff" for rec in ours[1] for ch in rec[0] + "".join(h[0] for h in rec[3])), (theirs, raw)
+            "\udc80" <= ch <= "\udcff"
+            for rec in ours[1] for ch in rec[0] + "".join(h[0] for h in rec[3])), (theirs, raw)
     else:
         assert ours == theirs, raw
 
