@@ -1,6 +1,6 @@
 """Produce throughput: meshcore's native path vs confluent-kafka called directly, same broker, same records.
 
-Both produce 20 batches of 1,000 records with 100-byte values to one topic and wait for every delivery report;
+Both produce 100 batches of 1,000 records with 100-byte values to one topic and wait for every delivery report;
 confluent-kafka gets a delivery callback per record, as an application that checks its writes would use.
 """
 
@@ -16,7 +16,7 @@ from sidecar.api.kafkamesh.v1 import mesh_pb2
 from sidecar.dev.sandbox import Sandbox
 from tests.integration.kafka_helpers import create_topic
 
-BATCHES = 20
+BATCHES = 100
 BATCH = 1000
 VALUE = b"x" * 100
 CONF = {"enable.idempotence": "true", "acks": "all", "linger.ms": "5"}
