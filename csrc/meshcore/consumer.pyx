@@ -10,6 +10,7 @@ import warnings
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 
+from meshcore.conf cimport conf_from_dict
 from meshcore.rdkafka cimport *
 from meshcore.support cimport KM_DEBUG_ENABLED
 
@@ -143,20 +144,11 @@ def create_consumer(str name, dict config):
     property."""
     global _handles_created
     cdef char errstr[512]
-    cdef rd_kafka_conf_t *conf = rd_kafka_conf_new()
     cdef rd_kafka_t *rk
     cdef Consumer c
-    try:
-        if "group.id" not in config:
-            raise ConfigError("a consumer needs the librdkafka property 'group.id'")
-        for key, value in config.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ConfigError(f"librdkafka property {key!r} must map a str to a str, got {value!r}")
-            if rd_kafka_conf_set(conf, key.encode(), value.encode(), errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK:
-                raise ConfigError(f"librdkafka property {key!r}: {errstr.decode(errors='replace')}")
-    except BaseException:
-        rd_kafka_conf_destroy(conf)
-        raise
+    if "group.id" not in config:
+        raise ConfigError("a consumer needs the librdkafka property 'group.id'")
+    cdef rd_kafka_conf_t *conf = conf_from_dict(config)
     rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr))
     if rk == NULL:
         rd_kafka_conf_destroy(conf)

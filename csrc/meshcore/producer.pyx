@@ -13,6 +13,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
+from meshcore.conf cimport conf_from_dict
 from meshcore.rdkafka cimport *
 from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_add, km_atomic_load
 from meshcore.wire cimport (
@@ -237,19 +238,10 @@ def create_producer(str name, dict config):
     """Create a producer from librdkafka properties (all values str). Raises ConfigError naming the property."""
     global _handles_created
     cdef char errstr[512]
-    cdef rd_kafka_conf_t *conf = rd_kafka_conf_new()
+    cdef rd_kafka_conf_t *conf = conf_from_dict(config)
     cdef Producer p
     cdef DeliveryStats *stats
     cdef rd_kafka_t *rk
-    try:
-        for key, value in config.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ConfigError(f"librdkafka property {key!r} must map a str to a str, got {value!r}")
-            if rd_kafka_conf_set(conf, key.encode(), value.encode(), errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK:
-                raise ConfigError(f"librdkafka property {key!r}: {errstr.decode(errors='replace')}")
-    except BaseException:
-        rd_kafka_conf_destroy(conf)
-        raise
     stats = <DeliveryStats *>calloc(1, sizeof(DeliveryStats))
     if stats == NULL:
         rd_kafka_conf_destroy(conf)
