@@ -45,7 +45,7 @@ def _extensions() -> list[Extension]:
     flags = _rdkafka_flags()
     macros = [("KM_DEBUG", "1")] if debug else []
     extra = ["-O0", "-g3"] if debug else ["-O2"]
-    modules = ["conf", "wire", "producer", "consumer"]
+    modules = ["conf", "wire", "producer", "consumer", "routes", "produce"]
     exts = [
         Extension(
             f"meshcore.{name}",

@@ -7,11 +7,15 @@ exported here.
 from __future__ import annotations
 
 from meshcore import consumer as _consumer
+from meshcore import produce as _produce
+from meshcore import routes as _routes
 from meshcore import producer as _producer
 from meshcore import wire as _wire
 from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaError, WireError
 from meshcore.consumer import Consumer, create_consumer
+from meshcore.produce import ProduceStream, open_stream
 from meshcore.producer import Producer, create_producer, librdkafka_version
+from meshcore.routes import RouteTable, build_route_table
 from meshcore.wire import decode_produce_request
 
 #: True in the debug build (KAFKA_MESH_DEBUG=1 at build time), which counts C handles.
@@ -21,12 +25,15 @@ DEBUG: bool = _producer.debug_build
 def debug_counts() -> dict[str, tuple[int, int]]:
     """Created/destroyed counts per kind of C handle; all zero in the release build."""
     counts: dict[str, tuple[int, int]] = {}
-    for module in (_consumer, _producer, _wire):
-        counts.update(module._debug_counts())
+    for module in (_consumer, _produce, _producer, _routes, _wire):
+        for kind, (created, freed) in module._debug_counts().items():
+            c0, f0 = counts.get(kind, (0, 0))
+            counts[kind] = (c0 + created, f0 + freed)
     return counts
 
 
 __all__ = [
-    "ConfigError", "Consumer", "CoreError", "HandleClosedError", "KafkaError", "Producer", "WireError", "DEBUG",
-    "create_consumer", "create_producer", "debug_counts", "decode_produce_request", "librdkafka_version",
+    "ConfigError", "Consumer", "CoreError", "HandleClosedError", "KafkaError", "ProduceStream", "Producer",
+    "RouteTable", "WireError", "DEBUG", "build_route_table", "create_consumer", "create_producer", "debug_counts",
+    "decode_produce_request", "librdkafka_version", "open_stream",
 ]

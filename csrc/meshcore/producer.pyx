@@ -1,9 +1,10 @@
 """One librdkafka producer (rd_kafka_t), owned by one extension type with an explicit close.
 
-Threads: produce_request() parses and enqueues with the GIL released; delivery reports are served by whichever
-thread calls poll()/flush() (also without the GIL) and only touch the handle's C counters, which are atomic. The
-counters live in a separately allocated struct that is freed only after rd_kafka_destroy() returns, so a delivery
-report can never reach a freed wrapper.
+Threads: produce_request() parses and enqueues with the GIL released. Delivery reports are served by the handle's
+own poll thread (km_poller.h), or by a thread calling poll()/flush(), all without the GIL; they touch only C state:
+the handle's atomic counters and, for messages enqueued by a ProduceStream, that batch's accounting (km_batch.h).
+The counters live in a separately allocated struct that is freed only after rd_kafka_destroy() returns, so a
+delivery report can never reach a freed wrapper.
 """
 
 import warnings
@@ -22,6 +23,14 @@ from meshcore.wire cimport (
 
 from meshcore.errors import ConfigError, HandleClosedError, KafkaError, WireError
 
+cdef extern from *:
+    """
+    #include "km_poller.h"
+    static size_t sizeof_km_poller(void) { return sizeof(km_poller); }
+    """
+    size_t sizeof_km_poller()
+
+
 cdef enum:
     # Kafka's own limit on a topic name's length.
     MAX_TOPIC = 249
@@ -33,10 +42,12 @@ cdef int64_t _handles_created = 0
 cdef int64_t _handles_destroyed = 0
 
 
-cdef struct DeliveryStats:
-    int64_t delivered
-    int64_t failed
-    int64_t last_error
+cdef extern from "km_batch.h" nogil:
+    ctypedef struct km_msgref:
+        pass
+    void km_msgref_delivered(km_msgref *ref, rd_kafka_resp_err_t err)
+    # This module's copy of the batch counters: a batch or stream freed on a delivery report is counted here.
+    int64_t km_batches_created, km_batches_freed, km_streams_created, km_streams_freed
 
 
 cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) noexcept nogil:
@@ -46,6 +57,8 @@ cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaq
     else:
         km_atomic_add(&stats.failed, 1)
         stats.last_error = <int64_t>msg.err
+    if msg._private != NULL:
+        km_msgref_delivered(<km_msgref *>msg._private, msg.err)
 
 
 cdef raise_kafka_error(rd_kafka_resp_err_t err):
@@ -56,14 +69,10 @@ cdef raise_kafka_error(rd_kafka_resp_err_t err):
 cdef class Producer:
     """A librdkafka producer. Built by create_producer(); call close() when done."""
 
-    cdef rd_kafka_t *rk
-    cdef DeliveryStats *stats
-    cdef readonly str name
-
     def __init__(self):
         raise TypeError("Producer cannot be instantiated directly; use create_producer()")
 
-    cdef inline int _check_alive(self) except -1:
+    cdef int _check_alive(self) except -1:
         if self.rk == NULL:
             raise HandleClosedError(f"producer {self.name!r} is closed")
         return 0
@@ -139,10 +148,21 @@ cdef class Producer:
         self._destroy()
         return left
 
+    @property
+    def outstanding(self):
+        """Records enqueued and not yet delivered or failed."""
+        self._check_alive()
+        return rd_kafka_outq_len(self.rk)
+
     cdef void _destroy(self) noexcept:
         global _handles_destroyed
         cdef rd_kafka_t *rk = self.rk
         self.rk = NULL
+        if self.poller != NULL:
+            with nogil:
+                km_poller_stop(self.poller)
+            free(self.poller)
+            self.poller = NULL
         if rk != NULL:
             with nogil:
                 rd_kafka_destroy(rk)
@@ -260,6 +280,10 @@ def create_producer(str name, dict config):
     p.rk = rk
     p.stats = stats
     p.name = name
+    p.poller = <km_poller *>calloc(1, sizeof_km_poller())
+    if p.poller == NULL or km_poller_start(p.poller, rk) != 0:
+        p._destroy()
+        raise MemoryError(f"could not start the delivery-report thread of producer {name!r}")
     return p
 
 
@@ -270,4 +294,6 @@ def librdkafka_version():
 
 def _debug_counts():
     """Created/destroyed counts of rd_kafka_t handles (non-zero only in the debug build)."""
-    return {"rd_kafka_t(producer)": (_handles_created, _handles_destroyed)}
+    return {"rd_kafka_t(producer)": (_handles_created, _handles_destroyed),
+            "produce_batch": (km_batches_created, km_batches_freed),
+            "produce_stream": (km_streams_created, km_streams_freed)}

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kafkamesh/v1/mesh.proto\x12\x0ckafkamesh.v1\"I\n\x0eProduceRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12%\n\x07records\x18\x02 \x03(\x0b\x32\x14.kafkamesh.v1.Record\"\xc8\x01\n\x06Record\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x03key\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12%\n\x07headers\x18\x04 \x03(\x0b\x32\x14.kafkamesh.v1.Header\x12\x19\n\x0ctimestamp_ms\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\tpartition\x18\x06 \x01(\x05H\x03\x88\x01\x01\x42\x06\n\x04_keyB\x08\n\x06_valueB\x0f\n\r_timestamp_msB\x0c\n\n_partition\"3\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x42\x08\n\x06_value\"`\n\x0fProduceResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08ok_count\x18\x02 \x01(\r\x12)\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x19.kafkamesh.v1.RecordError\"T\n\x0bRecordError\x12\r\n\x05index\x18\x01 \x01(\r\x12%\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x17.kafkamesh.v1.ErrorCode\x12\x0f\n\x07message\x18\x03 \x01(\t*\x9c\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_CODE_NO_ROUTE\x10\x01\x12\x1c\n\x18\x45RROR_CODE_INVALID_TOPIC\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_RECORD_TOO_LARGE\x10\x03\x12\"\n\x1e\x45RROR_CODE_CLUSTER_UNAVAILABLE\x10\x04\x12 \n\x1c\x45RROR_CODE_UNKNOWN_PARTITION\x10\x05\x12\x1d\n\x19\x45RROR_CODE_NOT_AUTHORIZED\x10\x06\x12\x1d\n\x19\x45RROR_CODE_QUOTA_EXCEEDED\x10\x07\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x08\x32R\n\x04Mesh\x12J\n\x07Produce\x12\x1c.kafkamesh.v1.ProduceRequest\x1a\x1d.kafkamesh.v1.ProduceResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kafkamesh/v1/mesh.proto\x12\x0ckafkamesh.v1\"I\n\x0eProduceRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12%\n\x07records\x18\x02 \x03(\x0b\x32\x14.kafkamesh.v1.Record\"\xc8\x01\n\x06Record\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x03key\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12%\n\x07headers\x18\x04 \x03(\x0b\x32\x14.kafkamesh.v1.Header\x12\x19\n\x0ctimestamp_ms\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\tpartition\x18\x06 \x01(\x05H\x03\x88\x01\x01\x42\x06\n\x04_keyB\x08\n\x06_valueB\x0f\n\r_timestamp_msB\x0c\n\n_partition\"3\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x42\x08\n\x06_value\"z\n\x0fProduceResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08ok_count\x18\x02 \x01(\r\x12)\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x19.kafkamesh.v1.RecordError\x12\x18\n\x10mapping_revision\x18\x04 \x01(\x04\"T\n\x0bRecordError\x12\r\n\x05index\x18\x01 \x01(\r\x12%\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x17.kafkamesh.v1.ErrorCode\x12\x0f\n\x07message\x18\x03 \x01(\t*\xba\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_CODE_NO_ROUTE\x10\x01\x12\x1c\n\x18\x45RROR_CODE_INVALID_TOPIC\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_RECORD_TOO_LARGE\x10\x03\x12\"\n\x1e\x45RROR_CODE_CLUSTER_UNAVAILABLE\x10\x04\x12 \n\x1c\x45RROR_CODE_UNKNOWN_PARTITION\x10\x05\x12\x1d\n\x19\x45RROR_CODE_NOT_AUTHORIZED\x10\x06\x12\x1d\n\x19\x45RROR_CODE_QUOTA_EXCEEDED\x10\x07\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x08\x12\x1c\n\x18\x45RROR_CODE_UNKNOWN_TOPIC\x10\t2R\n\x04Mesh\x12J\n\x07Produce\x12\x1c.kafkamesh.v1.ProduceRequest\x1a\x1d.kafkamesh.v1.ProduceResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kafkamesh.v1.mesh_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=557
-  _globals['_ERRORCODE']._serialized_end=841
+  _globals['_ERRORCODE']._serialized_start=583
+  _globals['_ERRORCODE']._serialized_end=897
   _globals['_PRODUCEREQUEST']._serialized_start=41
   _globals['_PRODUCEREQUEST']._serialized_end=114
   _globals['_RECORD']._serialized_start=117
@@ -40,9 +40,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEADER']._serialized_start=319
   _globals['_HEADER']._serialized_end=370
   _globals['_PRODUCERESPONSE']._serialized_start=372
-  _globals['_PRODUCERESPONSE']._serialized_end=468
-  _globals['_RECORDERROR']._serialized_start=470
-  _globals['_RECORDERROR']._serialized_end=554
-  _globals['_MESH']._serialized_start=843
-  _globals['_MESH']._serialized_end=925
+  _globals['_PRODUCERESPONSE']._serialized_end=494
+  _globals['_RECORDERROR']._serialized_start=496
+  _globals['_RECORDERROR']._serialized_end=580
+  _globals['_MESH']._serialized_start=899
+  _globals['_MESH']._serialized_end=981
 # @@protoc_insertion_point(module_scope)

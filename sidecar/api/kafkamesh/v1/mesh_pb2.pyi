@@ -18,6 +18,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_NOT_AUTHORIZED: _ClassVar[ErrorCode]
     ERROR_CODE_QUOTA_EXCEEDED: _ClassVar[ErrorCode]
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
+    ERROR_CODE_UNKNOWN_TOPIC: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_NO_ROUTE: ErrorCode
 ERROR_CODE_INVALID_TOPIC: ErrorCode
@@ -27,6 +28,7 @@ ERROR_CODE_UNKNOWN_PARTITION: ErrorCode
 ERROR_CODE_NOT_AUTHORIZED: ErrorCode
 ERROR_CODE_QUOTA_EXCEEDED: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
+ERROR_CODE_UNKNOWN_TOPIC: ErrorCode
 
 class ProduceRequest(_message.Message):
     __slots__ = ("batch_id", "records")
@@ -61,14 +63,16 @@ class Header(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class ProduceResponse(_message.Message):
-    __slots__ = ("batch_id", "ok_count", "errors")
+    __slots__ = ("batch_id", "ok_count", "errors", "mapping_revision")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OK_COUNT_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    MAPPING_REVISION_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     ok_count: int
     errors: _containers.RepeatedCompositeFieldContainer[RecordError]
-    def __init__(self, batch_id: _Optional[int] = ..., ok_count: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[RecordError, _Mapping]]] = ...) -> None: ...
+    mapping_revision: int
+    def __init__(self, batch_id: _Optional[int] = ..., ok_count: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[RecordError, _Mapping]]] = ..., mapping_revision: _Optional[int] = ...) -> None: ...
 
 class RecordError(_message.Message):
     __slots__ = ("index", "code", "message")

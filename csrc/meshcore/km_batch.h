@@ -1,0 +1,274 @@
+/* Per-batch delivery accounting for the Produce path, in C so that no Python object exists per record.
+ *
+ * A km_stream belongs to one gRPC Produce stream. Each ProduceRequest becomes one km_batch, which holds one
+ * km_msgref per (record, sink cluster) enqueued to librdkafka; the msgref is the message's opaque. Delivery
+ * reports arrive on the producers' poll threads (one per cluster, so possibly several at once for one batch):
+ * they record the first error of each record and count the batch down with atomics. The last report completes
+ * the batch: it is moved to the stream's completed list under the stream's lock and the stream's eventfd is
+ * written, which wakes the asyncio loop that encodes and sends the response.
+ *
+ * Lifetimes: a stream is reference-counted (its owner + each batch in flight), so a report that arrives after the
+ * gRPC stream ended still finds its stream, sees it closed, and frees the batch. */
+#ifndef KM_BATCH_H
+#define KM_BATCH_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "km_support.h"
+
+/* kafkamesh.v1.ErrorCode (proto/kafkamesh/v1/mesh.proto). */
+enum {
+    KM_OK = 0,
+    KM_NO_ROUTE = 1,
+    KM_INVALID_TOPIC = 2,
+    KM_RECORD_TOO_LARGE = 3,
+    KM_CLUSTER_UNAVAILABLE = 4,
+    KM_UNKNOWN_PARTITION = 5,
+    KM_NOT_AUTHORIZED = 6,
+    KM_QUOTA_EXCEEDED = 7,
+    KM_INTERNAL = 8,
+    KM_UNKNOWN_TOPIC = 9,
+};
+
+static inline int km_code_for(rd_kafka_resp_err_t err) {
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_NO_ERROR:
+        return KM_OK;
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+        return KM_RECORD_TOO_LARGE;
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND:
+        return KM_CLUSTER_UNAVAILABLE;
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+        return KM_UNKNOWN_PARTITION;
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+        return KM_UNKNOWN_TOPIC;
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        return KM_NOT_AUTHORIZED;
+    case RD_KAFKA_RESP_ERR_THROTTLING_QUOTA_EXCEEDED:
+        return KM_QUOTA_EXCEEDED;
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+        return KM_INVALID_TOPIC;
+    default:
+        return KM_INTERNAL;
+    }
+}
+
+struct km_batch;
+
+typedef struct km_msgref {
+    struct km_batch *batch;
+    uint32_t index;  /* record index in the request */
+    uint16_t sink;   /* index of the sink cluster in the route table the batch was routed by */
+} km_msgref;
+
+typedef struct km_stream {
+    pthread_mutex_t lock;
+    int efd;                 /* eventfd written when a batch completes; -1 once closed */
+    int closed;
+    int64_t refs;            /* atomic: the owner + one per batch in flight */
+    int64_t inflight_bytes;  /* atomic: request bytes of the batches in flight */
+    int64_t inflight_batches;
+    struct km_batch *head, *tail;   /* completed batches not yet drained (under lock) */
+} km_stream;
+
+typedef struct km_batch {
+    km_stream *stream;
+    struct km_batch *next;
+    uint64_t batch_id;
+    uint64_t revision;       /* the mapping revision the batch was routed under */
+    uint32_t n_records;
+    uint32_t n_refs;
+    int64_t pending;         /* atomic: deliveries outstanding + 1 while the batch is being enqueued */
+    int64_t bytes;
+    uint8_t *rec_code;       /* per record: KM_* of its first error, KM_OK if none */
+    int32_t *rec_kerr;       /* per record: the librdkafka error behind rec_code, if any */
+    uint16_t *rec_sink;      /* per record: the sink that reported that error */
+    char *names;             /* sink cluster names, NUL-separated, copied from the route table */
+    uint32_t *name_off;      /* offset of each sink's name in names */
+    km_msgref refs[];        /* one per (record, sink) enqueued */
+} km_batch;
+
+static int64_t km_batches_created = 0, km_batches_freed = 0;
+static int64_t km_streams_created = 0, km_streams_freed = 0;
+
+static inline km_stream *km_stream_new(void) {
+    km_stream *s = (km_stream *)calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s->efd < 0) {
+        free(s);
+        return NULL;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    s->refs = 1;
+    if (KM_DEBUG_ENABLED)
+        km_atomic_add(&km_streams_created, 1);
+    return s;
+}
+
+static inline void km_batch_free(km_batch *b) {
+    free(b);
+    if (KM_DEBUG_ENABLED)
+        km_atomic_add(&km_batches_freed, 1);
+}
+
+static inline void km_stream_unref(km_stream *s) {
+    if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    km_batch *b = s->head;
+    while (b) {
+        km_batch *next = b->next;
+        km_batch_free(b);
+        b = next;
+    }
+    if (s->efd >= 0)
+        close(s->efd);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+    if (KM_DEBUG_ENABLED)
+        km_atomic_add(&km_streams_freed, 1);
+}
+
+/* The owner is done with the stream: batches still in flight are freed when they complete. */
+static inline void km_stream_close(km_stream *s) {
+    pthread_mutex_lock(&s->lock);
+    s->closed = 1;
+    km_batch *b = s->head;
+    s->head = s->tail = NULL;
+    if (s->efd >= 0) {
+        close(s->efd);
+        s->efd = -1;
+    }
+    pthread_mutex_unlock(&s->lock);
+    while (b) {
+        km_batch *next = b->next;
+        km_batch_free(b);
+        b = next;
+    }
+    km_stream_unref(s);
+}
+
+/* Allocate a batch for n_records records and n_refs (record, sink) deliveries in one block. */
+static inline km_batch *km_batch_new(km_stream *s, uint64_t batch_id, uint64_t revision, uint32_t n_records,
+                                     uint32_t n_refs, int64_t bytes, const char *names, size_t names_len,
+                                     const uint32_t *name_off, uint32_t n_names) {
+    size_t head = sizeof(km_batch) + (size_t)n_refs * sizeof(km_msgref);
+    size_t off_code = head;
+    size_t off_kerr = (off_code + n_records + 3) & ~(size_t)3;
+    size_t off_sink = off_kerr + (size_t)n_records * sizeof(int32_t);
+    size_t off_noff = (off_sink + (size_t)n_records * sizeof(uint16_t) + 3) & ~(size_t)3;
+    size_t off_names = off_noff + (size_t)n_names * sizeof(uint32_t);
+    km_batch *b = (km_batch *)calloc(1, off_names + names_len + 1);
+    if (!b)
+        return NULL;
+    char *base = (char *)b;
+    b->stream = s;
+    b->batch_id = batch_id;
+    b->revision = revision;
+    b->n_records = n_records;
+    b->n_refs = n_refs;
+    b->pending = 1;
+    b->bytes = bytes;
+    b->rec_code = (uint8_t *)(base + off_code);
+    b->rec_kerr = (int32_t *)(base + off_kerr);
+    b->rec_sink = (uint16_t *)(base + off_sink);
+    b->name_off = (uint32_t *)(base + off_noff);
+    b->names = base + off_names;
+    if (n_names)
+        memcpy(b->name_off, name_off, (size_t)n_names * sizeof(uint32_t));
+    if (names_len)
+        memcpy(b->names, names, names_len);
+    __atomic_add_fetch(&s->refs, 1, __ATOMIC_ACQ_REL);
+    km_atomic_add(&s->inflight_bytes, bytes);
+    km_atomic_add(&s->inflight_batches, 1);
+    if (KM_DEBUG_ENABLED)
+        km_atomic_add(&km_batches_created, 1);
+    return b;
+}
+
+/* Record the first error of a record; later errors of the same record (from other sinks) are dropped. */
+static inline void km_batch_fail(km_batch *b, uint32_t index, int code, int32_t kerr, uint16_t sink) {
+    uint8_t expected = KM_OK;
+    if (__atomic_compare_exchange_n(&b->rec_code[index], &expected, (uint8_t)code, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        b->rec_kerr[index] = kerr;
+        b->rec_sink[index] = sink;
+    }
+}
+
+static inline void km_batch_complete(km_batch *b) {
+    km_stream *s = b->stream;
+    km_atomic_add(&s->inflight_bytes, -b->bytes);
+    km_atomic_add(&s->inflight_batches, -1);
+    pthread_mutex_lock(&s->lock);
+    if (s->closed) {
+        pthread_mutex_unlock(&s->lock);
+        km_batch_free(b);
+    } else {
+        b->next = NULL;
+        if (s->tail)
+            s->tail->next = b;
+        else
+            s->head = b;
+        s->tail = b;
+        uint64_t one = 1;
+        ssize_t w;
+        do {
+            w = write(s->efd, &one, sizeof(one));
+        } while (w < 0 && errno == EINTR);
+        pthread_mutex_unlock(&s->lock);
+    }
+    km_stream_unref(s);
+}
+
+/* One delivery settled (or, with n > 1, several that never reached librdkafka). */
+static inline void km_batch_settle(km_batch *b, int64_t n) {
+    if (__atomic_sub_fetch(&b->pending, n, __ATOMIC_ACQ_REL) == 0)
+        km_batch_complete(b);
+}
+
+/* The delivery report of one (record, sink) message. */
+static inline void km_msgref_delivered(km_msgref *ref, rd_kafka_resp_err_t err) {
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        km_batch_fail(ref->batch, ref->index, km_code_for(err), (int32_t)err, ref->sink);
+    km_batch_settle(ref->batch, 1);
+}
+
+/* Take the completed batches (the caller frees them). */
+static inline km_batch *km_stream_take_completed(km_stream *s) {
+    pthread_mutex_lock(&s->lock);
+    km_batch *b = s->head;
+    s->head = s->tail = NULL;
+    if (s->efd >= 0) {
+        uint64_t count;
+        ssize_t r;
+        do {
+            r = read(s->efd, &count, sizeof(count));
+        } while (r < 0 && errno == EINTR);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return b;
+}
+
+#endif

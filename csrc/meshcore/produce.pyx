@@ -1,0 +1,405 @@
+"""The Produce path of one gRPC stream: parse a ProduceRequest, route each record by a RouteTable, enqueue it to
+every sink's producer, account deliveries per batch in C (km_batch.h), and encode each batch's ProduceResponse.
+
+Threads: submit() runs on any one thread at a time (the servicer uses a worker thread, since a full librdkafka
+queue makes it wait); it holds no GIL while parsing and enqueuing. Delivery reports complete batches on the
+producers' poll threads and wake the owner through the eventfd returned by fileno(); drain() then encodes the
+completed batches' responses, one bytes object per batch.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdio cimport snprintf
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, strlen
+
+from meshcore.rdkafka cimport *
+from meshcore.routes cimport Route, RouteTable
+from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_load
+from meshcore.wire cimport (
+    ProduceRequestView, Reader, RecordView, Slice, header_next, produce_request_parse, produce_request_view_free,
+)
+
+from meshcore.errors import HandleClosedError, WireError
+
+
+cdef extern from "km_batch.h" nogil:
+    enum:
+        KM_OK
+        KM_NO_ROUTE
+        KM_INVALID_TOPIC
+        KM_INTERNAL
+    ctypedef struct km_batch
+    ctypedef struct km_msgref:
+        km_batch *batch
+        uint32_t index
+        uint16_t sink
+    ctypedef struct km_stream:
+        int efd
+        int64_t inflight_bytes
+        int64_t inflight_batches
+    ctypedef struct km_batch:
+        km_stream *stream
+        km_batch *next
+        uint64_t batch_id
+        uint64_t revision
+        uint32_t n_records
+        uint32_t n_refs
+        uint8_t *rec_code
+        int32_t *rec_kerr
+        uint16_t *rec_sink
+        char *names
+        uint32_t *name_off
+        km_msgref refs[1]
+    int64_t km_batches_created, km_batches_freed, km_streams_created, km_streams_freed
+    km_stream *km_stream_new()
+    void km_stream_close(km_stream *s)
+    km_batch *km_batch_new(km_stream *s, uint64_t batch_id, uint64_t revision, uint32_t n_records, uint32_t n_refs,
+                           int64_t bytes, const char *names, size_t names_len, const uint32_t *name_off,
+                           uint32_t n_names)
+    void km_batch_fail(km_batch *b, uint32_t index, int code, int32_t kerr, uint16_t sink)
+    void km_batch_settle(km_batch *b, int64_t n)
+    void km_batch_free(km_batch *b)
+    km_batch *km_stream_take_completed(km_stream *s)
+
+
+cdef enum:
+    MAX_TOPIC = 249
+
+
+cdef inline bint valid_topic(const unsigned char *p, size_t n) noexcept nogil:
+    """Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], and not "." or ".."."""
+    cdef size_t i
+    cdef unsigned char c
+    if n == 0 or n > MAX_TOPIC:
+        return False
+    if (n == 1 and p[0] == b'.') or (n == 2 and p[0] == b'.' and p[1] == b'.'):
+        return False
+    for i in range(n):
+        c = p[i]
+        if not ((c >= b'a' and c <= b'z') or (c >= b'A' and c <= b'Z') or (c >= b'0' and c <= b'9')
+                or c == b'.' or c == b'_' or c == b'-'):
+            return False
+    return True
+
+
+cdef int _submit(km_stream *stream, RouteTable table, ProduceRequestView *view, int64_t nbytes,
+                 int wait_ms, uint64_t *out_batch_id) except -1 nogil:
+    """Route and enqueue every record of view as one batch. Returns 0, or -1 (MemoryError) before enqueuing."""
+    cdef size_t i
+    cdef int s, k
+    cdef uint32_t n_refs = 0, ref = 0
+    cdef RecordView *rec
+    cdef const Route *route
+    cdef const Route **routes = <const Route **>malloc((view.count if view.count else 1) * sizeof(void *))
+    cdef uint8_t *codes = <uint8_t *>malloc(view.count if view.count else 1)
+    cdef km_batch *b
+    if routes == NULL or codes == NULL:
+        free(routes)
+        free(codes)
+        with gil:
+            raise MemoryError()
+    for i in range(view.count):
+        rec = &view.records[i]
+        routes[i] = NULL
+        codes[i] = KM_OK
+        if not valid_topic(rec.topic.p, rec.topic.n):
+            codes[i] = KM_INVALID_TOPIC
+            continue
+        route = table.lookup(rec.topic.p, rec.topic.n)
+        if route == NULL:
+            codes[i] = KM_NO_ROUTE
+            continue
+        routes[i] = route
+        n_refs += route.n
+    b = km_batch_new(stream, view.batch_id, table.revision, view.count, n_refs, nbytes, table.names,
+                     table.names_len, table.name_off, table.n_sinks)
+    if b == NULL:
+        free(routes)
+        free(codes)
+        with gil:
+            raise MemoryError()
+    out_batch_id[0] = view.batch_id
+    for i in range(view.count):
+        if codes[i] != KM_OK:
+            km_batch_fail(b, i, codes[i], 0, 0)
+            continue
+        route = routes[i]
+        for k in range(route.n):
+            s = route.sinks[k]
+            b.refs[ref].batch = b
+            b.refs[ref].index = i
+            b.refs[ref].sink = s
+            if _enqueue(table.rks[s], &view.records[i], &b.refs[ref], wait_ms) != RD_KAFKA_RESP_ERR_NO_ERROR:
+                pass    # _enqueue recorded the failure on the batch
+            ref += 1
+    free(routes)
+    free(codes)
+    km_batch_settle(b, 1)   # the submit guard: the batch may complete from here on
+    return 0
+
+
+cdef rd_kafka_resp_err_t _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *ref, int wait_ms) noexcept nogil:
+    cdef char topic[MAX_TOPIC + 1]
+    cdef rd_kafka_vu_t vus[8]
+    cdef size_t nvu = 0
+    cdef rd_kafka_headers_t *hdrs = NULL
+    cdef rd_kafka_error_t *error
+    cdef rd_kafka_resp_err_t code
+    cdef Reader hr
+    cdef Slice hname, hvalue
+    cdef uint8_t has_hvalue
+    memcpy(topic, rec.topic.p, rec.topic.n)
+    topic[rec.topic.n] = 0
+    if rec.header_count:
+        hdrs = rd_kafka_headers_new(rec.header_count)
+        hr.buf = rec.raw.p
+        hr.len = rec.raw.n
+        hr.pos = 0
+        hr.err = NULL
+        while header_next(&hr, &hname, &hvalue, &has_hvalue) == 1:
+            rd_kafka_header_add(hdrs, <const char *>hname.p, hname.n,
+                                hvalue.p if has_hvalue else NULL, hvalue.n if has_hvalue else 0)
+    vus[nvu].vtype = RD_KAFKA_VTYPE_TOPIC; vus[nvu].u.cstr = topic; nvu += 1
+    vus[nvu].vtype = RD_KAFKA_VTYPE_MSGFLAGS; vus[nvu].u.i = RD_KAFKA_MSG_F_COPY; nvu += 1
+    vus[nvu].vtype = RD_KAFKA_VTYPE_OPAQUE; vus[nvu].u.ptr = ref; nvu += 1
+    vus[nvu].vtype = RD_KAFKA_VTYPE_PARTITION
+    vus[nvu].u.i32 = rec.partition if rec.has_partition else RD_KAFKA_PARTITION_UA
+    nvu += 1
+    if rec.has_key:
+        vus[nvu].vtype = RD_KAFKA_VTYPE_KEY; vus[nvu].u.mem.ptr = <void *>rec.key.p; vus[nvu].u.mem.size = rec.key.n
+        nvu += 1
+    if rec.has_value:
+        vus[nvu].vtype = RD_KAFKA_VTYPE_VALUE
+        vus[nvu].u.mem.ptr = <void *>rec.value.p
+        vus[nvu].u.mem.size = rec.value.n
+        nvu += 1
+    if rec.has_timestamp:
+        vus[nvu].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[nvu].u.i64 = rec.timestamp_ms; nvu += 1
+    if hdrs != NULL:
+        vus[nvu].vtype = RD_KAFKA_VTYPE_HEADERS; vus[nvu].u.headers = hdrs; nvu += 1
+    while True:
+        error = rd_kafka_produceva(rk, vus, nvu)
+        if error == NULL:
+            # Counted now, settled by the delivery report.
+            _pending_add(ref, 1)
+            return RD_KAFKA_RESP_ERR_NO_ERROR
+        code = rd_kafka_error_code(error)
+        rd_kafka_error_destroy(error)
+        if code == RD_KAFKA_RESP_ERR__QUEUE_FULL:
+            # Backpressure, never an error: the poll thread frees room as deliveries complete.
+            rd_kafka_poll(rk, wait_ms)
+            continue
+        if hdrs != NULL:
+            rd_kafka_headers_destroy(hdrs)
+        km_batch_fail(ref.batch, ref.index, _code_for(code), <int32_t>code, ref.sink)
+        return code
+
+
+cdef extern from *:
+    """
+    #include "km_batch.h"
+    static inline void km_ref_pending_add(km_msgref *ref, int64_t n) {
+        __atomic_add_fetch(&ref->batch->pending, n, __ATOMIC_ACQ_REL);
+    }
+    """
+    void _pending_add "km_ref_pending_add"(km_msgref *ref, int64_t n) nogil
+    int _code_for "km_code_for"(rd_kafka_resp_err_t err) nogil
+
+
+cdef class ProduceStream:
+    """The native state of one Produce stream. Built by open_stream(); close() when the stream ends."""
+
+    cdef km_stream *s
+
+    def __init__(self):
+        raise TypeError("ProduceStream cannot be instantiated directly; use open_stream()")
+
+    cdef inline int _check_alive(self) except -1:
+        if self.s == NULL:
+            raise HandleClosedError("produce stream is closed")
+        return 0
+
+    def fileno(self):
+        """An eventfd that becomes readable when a batch has completed."""
+        self._check_alive()
+        return self.s.efd
+
+    @property
+    def inflight_bytes(self):
+        self._check_alive()
+        return km_atomic_load(&self.s.inflight_bytes)
+
+    @property
+    def inflight_batches(self):
+        self._check_alive()
+        return km_atomic_load(&self.s.inflight_batches)
+
+    def submit(self, RouteTable table not None, data, int queue_full_wait_ms=50):
+        """Parse a serialized ProduceRequest and enqueue its records by table. Returns the batch id.
+
+        A malformed request raises WireError and enqueues nothing. Per-record failures (invalid topic, no route,
+        a record librdkafka refuses) are reported in the batch's response, never raised."""
+        self._check_alive()
+        cdef const unsigned char[::1] buf = data
+        cdef ProduceRequestView view
+        cdef int rc
+        cdef uint64_t batch_id = 0
+        cdef int64_t nbytes = buf.shape[0]
+        with nogil:
+            rc = produce_request_parse(&buf[0] if buf.shape[0] else <const unsigned char *>"", buf.shape[0], &view)
+            if rc == 0:
+                try:
+                    _submit(self.s, table, &view, nbytes, queue_full_wait_ms, &batch_id)
+                finally:
+                    produce_request_view_free(&view)
+        if rc < 0:
+            raise WireError(view.err.decode(), view.err_pos)
+        return batch_id
+
+    def drain(self):
+        """The encoded ProduceResponse of every batch completed since the last call, one bytes object each."""
+        self._check_alive()
+        cdef km_batch *b = km_stream_take_completed(self.s)
+        cdef km_batch *next_b
+        out = []
+        try:
+            while b != NULL:
+                out.append(_encode_response(b))
+                next_b = b.next
+                km_batch_free(b)
+                b = next_b
+        finally:
+            while b != NULL:
+                next_b = b.next
+                km_batch_free(b)
+                b = next_b
+        return out
+
+    def close(self):
+        """End the stream: batches still in flight are settled and freed when their deliveries complete."""
+        if self.s != NULL:
+            km_stream_close(self.s)
+            self.s = NULL
+
+    def __dealloc__(self):
+        self.close()
+
+
+def open_stream():
+    cdef ProduceStream ps = ProduceStream.__new__(ProduceStream)
+    ps.s = km_stream_new()
+    if ps.s == NULL:
+        raise OSError("could not create an eventfd for the produce stream")
+    return ps
+
+
+cdef struct Buf:
+    char *p
+    size_t len
+    size_t cap
+
+
+cdef int buf_reserve(Buf *b, size_t extra) except -1:
+    cdef size_t cap = b.cap if b.cap else 256
+    cdef char *p
+    if b.len + extra <= b.cap:
+        return 0
+    while cap < b.len + extra:
+        cap *= 2
+    p = <char *>malloc(cap)
+    if p == NULL:
+        raise MemoryError()
+    if b.len:
+        memcpy(p, b.p, b.len)
+    free(b.p)
+    b.p = p
+    b.cap = cap
+    return 0
+
+
+cdef inline size_t varint_size(uint64_t v) noexcept nogil:
+    cdef size_t n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+cdef int put_varint(Buf *b, uint64_t v) except -1:
+    buf_reserve(b, 10)
+    while v >= 0x80:
+        b.p[b.len] = <char>((v & 0x7F) | 0x80)
+        b.len += 1
+        v >>= 7
+    b.p[b.len] = <char>v
+    b.len += 1
+    return 0
+
+
+cdef int put_bytes(Buf *b, const char *p, size_t n) except -1:
+    buf_reserve(b, n)
+    memcpy(b.p + b.len, p, n)
+    b.len += n
+    return 0
+
+
+cdef object _encode_response(km_batch *b):
+    """ProduceResponse{batch_id=1, ok_count=2, errors=3 (RecordError{index=1, code=2, message=3}),
+    mapping_revision=4}, encoded straight from the batch's C state."""
+    cdef Buf out
+    cdef uint32_t i, failed = 0
+    cdef char msg[512]
+    cdef int n
+    cdef size_t inner
+    cdef const char *sink
+    out.p = NULL
+    out.len = 0
+    out.cap = 0
+    try:
+        for i in range(b.n_records):
+            if b.rec_code[i] != KM_OK:
+                failed += 1
+        put_varint(&out, 0x08)
+        put_varint(&out, b.batch_id)
+        put_varint(&out, 0x10)
+        put_varint(&out, b.n_records - failed)
+        for i in range(b.n_records):
+            if b.rec_code[i] == KM_OK:
+                continue
+            if b.rec_code[i] == KM_NO_ROUTE:
+                n = snprintf(msg, sizeof(msg), "no producer route for this topic and no __default__ route "
+                             "(mapping revision %llu)", <unsigned long long>b.revision)
+            elif b.rec_code[i] == KM_INVALID_TOPIC and b.rec_kerr[i] == 0:
+                n = snprintf(msg, sizeof(msg), "invalid topic name: it must be 1 to 249 characters of "
+                             "[a-zA-Z0-9._-] and not '.' or '..'")
+            else:
+                sink = b.names + b.name_off[b.rec_sink[i]]
+                n = snprintf(msg, sizeof(msg), "cluster '%s': %s (%s)", sink,
+                             rd_kafka_err2str(<rd_kafka_resp_err_t>b.rec_kerr[i]),
+                             rd_kafka_err2name(<rd_kafka_resp_err_t>b.rec_kerr[i]))
+            if n < 0:
+                n = 0
+            elif n >= <int>sizeof(msg):
+                n = sizeof(msg) - 1
+            inner = 1 + varint_size(i) + 1 + varint_size(b.rec_code[i]) + 1 + varint_size(n) + n
+            put_varint(&out, 0x1a)
+            put_varint(&out, inner)
+            put_varint(&out, 0x08)
+            put_varint(&out, i)
+            put_varint(&out, 0x10)
+            put_varint(&out, b.rec_code[i])
+            put_varint(&out, 0x1a)
+            put_varint(&out, n)
+            put_bytes(&out, msg, n)
+        if b.revision:
+            put_varint(&out, 0x20)
+            put_varint(&out, b.revision)
+        return PyBytes_FromStringAndSize(out.p, out.len)
+    finally:
+        free(out.p)
+
+
+def _debug_counts():
+    return {"produce_batch": (km_batches_created, km_batches_freed),
+            "produce_stream": (km_streams_created, km_streams_freed)}

@@ -1,0 +1,37 @@
+from libc.stdint cimport uint32_t, uint64_t
+
+from meshcore.rdkafka cimport rd_kafka_t
+
+cdef enum:
+    MAX_SINKS = 16
+
+
+cdef struct Route:
+    int n
+    int sinks[MAX_SINKS]     # indices into RouteTable.rks
+
+
+cdef struct Slot:
+    const char *topic        # NULL: empty slot
+    size_t len
+    uint64_t hash
+    int route
+
+
+cdef class RouteTable:
+    cdef readonly uint64_t revision
+    cdef list _producers     # the Producer objects whose rd_kafka_t handles rks holds: kept alive by the table
+    cdef rd_kafka_t **rks
+    cdef int n_sinks
+    cdef char *names         # sink cluster names, NUL-separated
+    cdef size_t names_len
+    cdef uint32_t *name_off
+    cdef Route *routes
+    cdef int n_routes
+    cdef int default_route   # index into routes, or -1
+    cdef char *topics        # every topic name, back to back
+    cdef Slot *slots
+    cdef size_t mask
+    cdef object __weakref__
+
+    cdef const Route *lookup(self, const unsigned char *topic, size_t n) noexcept nogil

@@ -1,0 +1,173 @@
+"""The compiled producer routing table: an immutable snapshot of one mapping revision.
+
+Topic -> route is an open-addressing hash table (FNV-1a, linear probing, at most half full), so a lookup costs the
+same with 10 topics or 100,000, and reads only C memory. A table is never changed after it is built: a mapping
+change builds a new one and the control plane swaps its reference; a Produce batch looks its table up once and
+routes every record by it, so one batch is always routed by one revision. The table holds references to the
+Producer objects of its sinks, so their handles outlive every batch routed by it.
+"""
+
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcmp, memcpy
+
+from meshcore.producer cimport Producer
+from meshcore.rdkafka cimport rd_kafka_t
+from meshcore.support cimport KM_DEBUG_ENABLED
+
+from meshcore.errors import CoreError
+
+cdef int64_t _tables_created = 0
+cdef int64_t _tables_freed = 0
+
+
+cdef inline uint64_t fnv1a(const unsigned char *p, size_t n) noexcept nogil:
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef size_t i
+    for i in range(n):
+        h ^= p[i]
+        h *= 1099511628211ULL
+    return h
+
+
+cdef class RouteTable:
+    """Built by build_route_table(); immutable."""
+
+    def __init__(self):
+        raise TypeError("RouteTable cannot be instantiated directly; use build_route_table()")
+
+    cdef const Route *lookup(self, const unsigned char *topic, size_t n) noexcept nogil:
+        """The route of topic: its own, else __default__'s, else NULL."""
+        cdef uint64_t h
+        cdef size_t i
+        cdef Slot *s
+        if self.slots != NULL:
+            h = fnv1a(topic, n)
+            i = h & self.mask
+            while True:
+                s = &self.slots[i]
+                if s.topic == NULL:
+                    break
+                if s.hash == h and s.len == n and memcmp(s.topic, topic, n) == 0:
+                    return &self.routes[s.route]
+                i = (i + 1) & self.mask
+        if self.default_route >= 0:
+            return &self.routes[self.default_route]
+        return NULL
+
+    def sinks_for(self, str topic):
+        """The sink cluster names for topic (a test and diagnostic helper), or None when it has no route."""
+        raw = topic.encode()
+        cdef const Route *r = self.lookup(raw, len(raw))
+        if r == NULL:
+            return None
+        return tuple(self.sink_name(r.sinks[i]) for i in range(r.n))
+
+    def sink_name(self, int index):
+        if not 0 <= index < self.n_sinks:
+            raise IndexError(index)
+        return (self.names + self.name_off[index]).decode()
+
+    @property
+    def topic_count(self):
+        return 0 if self.slots == NULL else sum(1 for i in range(self.mask + 1) if self.slots[i].topic != NULL)
+
+    def __dealloc__(self):
+        global _tables_freed
+        if self.rks != NULL or self.slots != NULL or self.routes != NULL:
+            if KM_DEBUG_ENABLED:
+                _tables_freed += 1
+        free(self.rks)
+        free(self.names)
+        free(self.name_off)
+        free(self.routes)
+        free(self.topics)
+        free(self.slots)
+
+
+def build_route_table(uint64_t revision, list producers, list routes, default_sinks=None):
+    """Compile a routing table.
+
+    producers: the Producer of each sink, in sink-index order (its name is the cluster's name).
+    routes: [(topics, sink_indices), ...]; a topic may appear in only one route.
+    default_sinks: the sink indices of __default__, or None.
+    """
+    global _tables_created
+    cdef RouteTable t = RouteTable.__new__(RouteTable)
+    cdef Producer p
+    cdef int i, j, r
+    cdef size_t n_topics = 0, topics_len = 0, cap, slot
+    cdef uint64_t h
+    cdef bytes raw
+    t.revision = revision
+    t.default_route = -1
+    t._producers = list(producers)
+    t.n_sinks = len(producers)
+    names = []
+    for obj in producers:
+        names.append((<Producer?>obj).name.encode())
+    t.rks = <rd_kafka_t **>calloc(max(1, t.n_sinks), sizeof(rd_kafka_t *))
+    t.name_off = <uint32_t *>calloc(max(1, t.n_sinks), sizeof(uint32_t))
+    t.names_len = sum(len(n) + 1 for n in names)
+    t.names = <char *>calloc(t.names_len + 1, 1)
+    all_routes = list(routes) + ([([], list(default_sinks))] if default_sinks is not None else [])
+    t.n_routes = len(all_routes)
+    t.routes = <Route *>calloc(max(1, t.n_routes), sizeof(Route))
+    if t.rks == NULL or t.name_off == NULL or t.names == NULL or t.routes == NULL:
+        raise MemoryError()
+    if KM_DEBUG_ENABLED:
+        _tables_created += 1
+    cdef size_t off = 0
+    for i in range(t.n_sinks):
+        p = producers[i]
+        p._check_alive()
+        t.rks[i] = p.rk
+        t.name_off[i] = off
+        memcpy(t.names + off, <char *>names[i], len(names[i]))
+        off += len(names[i]) + 1
+    encoded = []
+    for r, (topics, sinks) in enumerate(all_routes):
+        sinks = list(sinks)
+        if not 1 <= len(sinks) <= MAX_SINKS:
+            raise CoreError(f"a route needs 1 to {MAX_SINKS} sinks, got {len(sinks)}")
+        t.routes[r].n = len(sinks)
+        for j, s in enumerate(sinks):
+            if not 0 <= s < t.n_sinks:
+                raise CoreError(f"sink index {s} is out of range (0..{t.n_sinks - 1})")
+            t.routes[r].sinks[j] = s
+        for topic in topics:
+            raw = topic.encode()
+            encoded.append((raw, r))
+            topics_len += len(raw)
+    if t.n_routes and default_sinks is not None:
+        t.default_route = t.n_routes - 1
+    n_topics = len(encoded)
+    if n_topics == 0:
+        return t
+    cap = 16
+    while cap < 2 * n_topics:
+        cap <<= 1
+    t.mask = cap - 1
+    t.slots = <Slot *>calloc(cap, sizeof(Slot))
+    t.topics = <char *>calloc(max(<size_t>1, topics_len), 1)
+    if t.slots == NULL or t.topics == NULL:
+        raise MemoryError()
+    off = 0
+    for raw, r in encoded:
+        h = fnv1a(raw, len(raw))
+        slot = h & t.mask
+        while t.slots[slot].topic != NULL:
+            if t.slots[slot].len == <size_t>len(raw) and memcmp(t.slots[slot].topic, <char *>raw, len(raw)) == 0:
+                raise CoreError(f"topic {raw.decode()!r} appears in more than one route")
+            slot = (slot + 1) & t.mask
+        memcpy(t.topics + off, <char *>raw, len(raw))
+        t.slots[slot].topic = t.topics + off
+        t.slots[slot].len = len(raw)
+        t.slots[slot].hash = h
+        t.slots[slot].route = r
+        off += len(raw)
+    return t
+
+
+def _debug_counts():
+    return {"route_table": (_tables_created, _tables_freed)}

@@ -1,0 +1,157 @@
+"""The compiled routing table and the native Produce stream, without a broker: routing, per-record errors in the
+encoded response, and the lifetime of batches that outlive their stream."""
+
+from __future__ import annotations
+
+import random
+import select
+import time
+
+import pytest
+
+import meshcore
+from sidecar.api.kafkamesh.v1 import mesh_pb2
+from tests.isolation import run_isolated
+
+NOWHERE = {"bootstrap.servers": "127.0.0.1:9", "log_level": "0", "message.timeout.ms": "200"}
+
+
+@pytest.fixture
+def producers() -> list[meshcore.Producer]:
+    ps = [meshcore.create_producer(f"c{i + 1}", dict(NOWHERE)) for i in range(3)]
+    yield ps
+    for p in ps:
+        p.close(flush_timeout_ms=0)
+
+
+def test_lookup_routes_topics_and_falls_back_to_default(producers: list[meshcore.Producer]) -> None:
+    t = meshcore.build_route_table(7, producers, [(["t1", "t2"], [0]), (["t3"], [1, 2])], [2])
+    assert (t.revision, t.topic_count) == (7, 3)
+    assert t.sinks_for("t1") == t.sinks_for("t2") == ("c1",)
+    assert t.sinks_for("t3") == ("c2", "c3")
+    assert t.sinks_for("other") == ("c3",)
+    assert meshcore.build_route_table(1, producers, [(["t1"], [0])]).sinks_for("other") is None
+
+
+def test_a_hundred_thousand_topics_all_resolve(producers: list[meshcore.Producer]) -> None:
+    topics = [f"topic-{i}" for i in range(100_000)]
+    routes = [(topics[i::3], [i]) for i in range(3)]
+    t = meshcore.build_route_table(1, producers, routes)
+    assert t.topic_count == 100_000
+    for i in random.Random(1).sample(range(100_000), 2000):
+        assert t.sinks_for(topics[i]) == (f"c{i % 3 + 1}",)
+    assert t.sinks_for("topic-100000") is None
+
+
+def test_bad_tables_are_refused(producers: list[meshcore.Producer]) -> None:
+    with pytest.raises(meshcore.CoreError, match="'t1' appears in more than one route"):
+        meshcore.build_route_table(1, producers, [(["t1"], [0]), (["t1"], [1])])
+    with pytest.raises(meshcore.CoreError, match="sink index 5 is out of range"):
+        meshcore.build_route_table(1, producers, [(["t1"], [5])])
+    with pytest.raises(meshcore.CoreError, match="1 to 16 sinks"):
+        meshcore.build_route_table(1, producers, [(["t1"], [])])
+    with pytest.raises(TypeError):
+        meshcore.build_route_table(1, ["not a producer"], [])
+
+
+def _responses(stream: meshcore.ProduceStream, count: int, timeout: float = 10) -> list[mesh_pb2.ProduceResponse]:
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        select.select([stream.fileno()], [], [], 0.2)
+        out += stream.drain()
+    return [mesh_pb2.ProduceResponse.FromString(raw) for raw in out]
+
+
+def test_each_record_error_is_reported_by_index_and_code(producers: list[meshcore.Producer]) -> None:
+    t = meshcore.build_route_table(3, producers, [(["t1"], [0])])
+    s = meshcore.open_stream()
+    try:
+        req = mesh_pb2.ProduceRequest(batch_id=11)
+        req.records.add(topic="t1", value=b"a")           # cluster unreachable: times out
+        req.records.add(topic="unrouted", value=b"b")     # no route, no default
+        req.records.add(topic="bad/name", value=b"c")     # invalid topic
+        req.records.add(topic="..", value=b"d")           # invalid topic
+        assert s.submit(t, req.SerializeToString()) == 11
+        [resp] = _responses(s, 1)
+    finally:
+        s.close()
+    assert (resp.batch_id, resp.ok_count, resp.mapping_revision) == (11, 0, 3)
+    assert [(e.index, e.code) for e in resp.errors] == [
+        (0, mesh_pb2.ERROR_CODE_CLUSTER_UNAVAILABLE), (1, mesh_pb2.ERROR_CODE_NO_ROUTE),
+        (2, mesh_pb2.ERROR_CODE_INVALID_TOPIC), (3, mesh_pb2.ERROR_CODE_INVALID_TOPIC)]
+    assert resp.errors[0].message == "cluster 'c1': Local: Message timed out (_MSG_TIMED_OUT)"
+    assert "mapping revision 3" in resp.errors[1].message
+
+
+def test_a_batch_with_only_immediate_errors_completes_at_once(producers: list[meshcore.Producer]) -> None:
+    t = meshcore.build_route_table(1, producers, [])
+    s = meshcore.open_stream()
+    try:
+        raw = mesh_pb2.ProduceRequest(batch_id=5, records=[mesh_pb2.Record(topic="x")]).SerializeToString()
+        s.submit(t, raw)
+        s.submit(t, mesh_pb2.ProduceRequest(batch_id=6).SerializeToString())   # an empty batch is answered too
+        got = {r.batch_id: r for r in _responses(s, 2, timeout=2)}
+    finally:
+        s.close()
+    assert got[5].ok_count == 0 and [e.code for e in got[5].errors] == [mesh_pb2.ERROR_CODE_NO_ROUTE]
+    assert got[6].ok_count == 0 and not got[6].errors
+
+
+def test_a_stream_closed_with_batches_in_flight_frees_them_when_they_settle(
+        producers: list[meshcore.Producer]) -> None:
+    t = meshcore.build_route_table(1, producers, [(["t1"], [0, 1])])
+    s = meshcore.open_stream()
+    raw = mesh_pb2.ProduceRequest(batch_id=1, records=[mesh_pb2.Record(topic="t1", value=b"v")] * 10)
+    s.submit(t, raw.SerializeToString())
+    assert s.inflight_batches == 1 and s.inflight_bytes == raw.ByteSize()
+    s.close()
+    deadline = time.monotonic() + 5
+    while any(p.outstanding for p in producers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(p.outstanding for p in producers)
+    with pytest.raises(meshcore.HandleClosedError):
+        s.submit(t, b"")
+    # The debug build's fixture checks that the batch and the stream were freed.
+
+
+def test_malformed_request_raises_and_leaves_no_batch(producers: list[meshcore.Producer]) -> None:
+    t = meshcore.build_route_table(1, producers, [(["t1"], [0])])
+    s = meshcore.open_stream()
+    try:
+        with pytest.raises(meshcore.WireError, match="truncated varint"):
+            s.submit(t, b"\x08")
+        assert s.inflight_batches == 0 and s.drain() == []
+    finally:
+        s.close()
+
+
+def _fuzz_stream(seed: int, rounds: int) -> int:
+    rnd = random.Random(seed)
+    ps = [meshcore.create_producer(f"c{i}", dict(NOWHERE)) for i in range(2)]
+    t = meshcore.build_route_table(1, ps, [(["topic-0"], [0]), (["topic-1"], [0, 1])], [1])
+    s = meshcore.open_stream()
+    refused = 0
+    try:
+        for i in range(rounds):
+            req = mesh_pb2.ProduceRequest(batch_id=i)
+            for j in range(rnd.randrange(0, 6)):
+                req.records.add(topic=f"topic-{rnd.randrange(3)}", value=rnd.randbytes(rnd.randrange(50)))
+            raw = bytearray(req.SerializeToString())
+            if i % 2 and raw:
+                for _ in range(rnd.randrange(1, 4)):
+                    raw[rnd.randrange(len(raw))] = rnd.randrange(256)
+            try:
+                s.submit(t, bytes(raw))
+            except meshcore.WireError:
+                refused += 1
+            s.drain()
+    finally:
+        s.close()
+        for p in ps:
+            p.close(flush_timeout_ms=0)
+    return refused
+
+
+def test_fuzzed_requests_never_crash_the_stream() -> None:
+    assert run_isolated(_fuzz_stream, 99, 4000) > 100
