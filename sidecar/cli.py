@@ -4,14 +4,14 @@ prints; every error is one line naming its cause."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sidecar.config import DevSettings
-from sidecar.errors import MeshError, UsageError
+from sidecar.config import ControlSettings, DevSettings
+from sidecar.errors import MappingError, MeshError, UsageError
 
 EPILOG_DEV = """examples:
   kafka-mesh dev up --clusters 3            # three one-broker clusters and etcd, in the background
@@ -21,6 +21,22 @@ EPILOG_DEV = """examples:
 
 environment: KAFKA_MESH_STATE_DIR (where servers keep data and logs), KAFKA_MESH_CACHE_DIR (Kafka jars),
 KAFKA_HOME (use an unpacked Kafka instead of Maven), ETCD_BIN, JAVA, MVN, KAFKA_MESH_BROKER_HEAP_MB (default 384)
+"""
+
+EPILOG_MAPPING = """examples:
+  kafka-mesh mapping apply mapping.json --etcd http://127.0.0.1:2379     # one etcd transaction
+  kafka-mesh mapping show --etcd http://127.0.0.1:2379 > mapping.json    # what is in force; apply-able as it is
+  KAFKA_MESH_ETCD=http://127.0.0.1:2379 kafka-mesh mapping show --json --namespace prod
+
+a mapping file (DESIGN.md section 2; each section in the seed's own format):
+  {"clusters": {"c1": {"bootstrap": "127.0.0.1:19092", "role": "fronting", "config": {"linger.ms": "5"}},
+                "c2": {"bootstrap": "127.0.0.1:29092", "role": "consumer"}},
+   "producer": {"t1, t2": {"where": [{"sink": "c1"}]},
+                "__default__": {"where": [{"sink": "c1"}, {"sink": "c2"}]}},
+   "consumer": {"foo": [{"vip": "c1"}, {"vip": "c2"}]}}
+a section left out stays as it is in etcd; a section given replaces that section whole.
+
+environment: KAFKA_MESH_ETCD (instead of --etcd), KAFKA_MESH_NAMESPACE (instead of --namespace; default "default")
 """
 
 
@@ -63,7 +79,32 @@ def build_parser() -> argparse.ArgumentParser:
     d_st.add_argument("--json", action="store_true", help="print one JSON object")
     dsub.add_parser("down", help="stop the sandbox and remove its data")
     dsub.add_parser("fetch", help="download the Kafka broker jars now (dev up does it on first use)")
+    _add_mapping_parser(sub)
     return parser
+
+
+def _add_mapping_parser(sub: Any) -> None:
+    mapping = sub.add_parser("mapping", help="apply and show the topic-to-cluster mapping in etcd",
+                             description="The mapping: Kafka clusters, producer routes and consumer routes, kept in "
+                                         "etcd under /kafka-mesh/NAMESPACE/ and changed one transaction at a time.",
+                             epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
+    msub = mapping.add_subparsers(dest="mapping_command", metavar="ACTION", required=True)
+    m_apply = msub.add_parser("apply", help="validate a mapping file and write it to etcd as one transaction",
+                              description="Validate FILE against what etcd holds and write the sections it has as "
+                                          "one etcd transaction (one revision); routes that FILE no longer has are "
+                                          "deleted. Sections FILE leaves out stay as they are.",
+                              epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m_apply.add_argument("file", metavar="FILE", help="a JSON mapping document")
+    m_show = msub.add_parser("show", help="print the mapping in force and its etcd revision",
+                             description="Print the mapping in force as a JSON document (one consistent read); the "
+                                         "revision it was read at goes to stderr, so the output can be applied again.",
+                             epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for p in (m_apply, m_show):
+        p.add_argument("--etcd", metavar="URL", default=None,
+                       help="etcd endpoint, http://HOST:PORT (default: $KAFKA_MESH_ETCD)")
+        p.add_argument("--namespace", metavar="NS", default=None,
+                       help="mapping namespace (default: $KAFKA_MESH_NAMESPACE, else default)")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _print_sandbox(doc: dict[str, Any]) -> None:
@@ -120,13 +161,52 @@ def _dev(args: argparse.Namespace, settings: DevSettings) -> int:
     raise AssertionError(args.dev_command)
 
 
+def _mapping(args: argparse.Namespace, settings: ControlSettings) -> int:
+    from sidecar.control.etcd import Etcd
+    from sidecar.control.keys import Keys
+    from sidecar.manage import mapping as mapping_mod
+    from sidecar.mapping.model import Mapping
+
+    keys = Keys(settings.namespace)
+    if args.mapping_command == "apply":
+        doc = mapping_mod.read_document(args.file)      # a bad file is refused before etcd is contacted
+
+        async def apply() -> Mapping:
+            async with Etcd(settings.etcd_endpoint) as etcd:
+                return await mapping_mod.apply_mapping(etcd, keys, doc)
+
+        applied = asyncio.run(apply())
+        counts = applied.counts()
+        if args.json:
+            print(json.dumps({"revision": applied.revision, "namespace": settings.namespace, **counts}))
+        else:
+            print(f"applied mapping at revision {applied.revision} (clusters: {counts['clusters']}, "
+                  f"producer routes: {counts['producer_routes']}, consumer routes: {counts['consumer_routes']})")
+        return 0
+    if args.mapping_command == "show":
+        async def load() -> Mapping:
+            async with Etcd(settings.etcd_endpoint) as etcd:
+                return await mapping_mod.load(etcd, keys)
+
+        current = asyncio.run(load())
+        if args.json:
+            print(json.dumps({"revision": current.revision, "mapping": current.to_document()}))
+        else:
+            print(json.dumps(current.to_document(), indent=2))
+            _progress(f"mapping of namespace {settings.namespace} at etcd revision {current.revision} "
+                      f"(under {keys.root})")
+        return 0
+    raise AssertionError(args.mapping_command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = DevSettings.from_env(os.environ)
         if args.command == "dev":
-            return _dev(args, settings)
-    except UsageError as e:
+            return _dev(args, DevSettings.from_env())
+        if args.command == "mapping":
+            return _mapping(args, ControlSettings.build(etcd=args.etcd, namespace=args.namespace))
+    except (UsageError, MappingError) as e:
         print(f"kafka-mesh: error: {e}", file=sys.stderr)
         return 2
     except (MeshError, ValueError) as e:

@@ -10,6 +10,8 @@ import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sidecar.errors import UsageError
+
 #: The Apache Kafka release the sandbox runs (KRaft). See README "Kafka version" for why 4.1.
 KAFKA_VERSION = "4.1.1"
 DEFAULT_NAMESPACE = "default"
@@ -34,7 +36,9 @@ class DevSettings:
     namespace: str = DEFAULT_NAMESPACE
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> DevSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DevSettings:
+        """From env (default: this process's environment)."""
+        env = os.environ if env is None else env
         home = _home(env)
         state = env.get("KAFKA_MESH_STATE_DIR") or str(
             pathlib.Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "kafka-mesh" / "sandbox")
@@ -52,3 +56,22 @@ class DevSettings:
             mvn_bin=env.get("MVN", "mvn"),
             broker_heap_mb=int(heap),
         )
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """How a management command reaches the mapping: the etcd endpoint and the namespace under /kafka-mesh/."""
+
+    etcd_endpoint: str                       # --etcd, else KAFKA_MESH_ETCD; required
+    namespace: str = DEFAULT_NAMESPACE       # --namespace, else KAFKA_MESH_NAMESPACE, else "default"
+
+    @classmethod
+    def build(cls, etcd: str | None = None, namespace: str | None = None,
+              env: Mapping[str, str] | None = None) -> ControlSettings:
+        """From the flags given (None when not given) over env (default: this process's environment)."""
+        env = os.environ if env is None else env
+        endpoint = etcd or env.get("KAFKA_MESH_ETCD")
+        if not endpoint:
+            raise UsageError("no etcd endpoint: give --etcd URL or set KAFKA_MESH_ETCD")
+        return cls(etcd_endpoint=endpoint,
+                   namespace=namespace or env.get("KAFKA_MESH_NAMESPACE") or DEFAULT_NAMESPACE)

@@ -1,7 +1,8 @@
 """The etcd key layout of one kafka-mesh namespace (DESIGN.md section 2).
 
     /kafka-mesh/<namespace>/clusters/<name>     JSON: bootstrap, role, librdkafka config
-    /kafka-mesh/<namespace>/producer/<route>    JSON: the seed's producer route value
+    /kafka-mesh/<namespace>/producer/<route>    JSON: the seed's producer route value; <route> is the route key as
+                                                written: "t1", "t1, t2" or "__default__"
     /kafka-mesh/<namespace>/consumer/<topic>    JSON: the seed's consumer route value
     /kafka-mesh/<namespace>/status/<host-id>    JSON, under a lease: what one sidecar has applied
 """
@@ -45,9 +46,16 @@ class Keys:
     def producer(self) -> str:
         return self.root + "producer/"
 
+    def producer_route(self, route_key: str) -> str:
+        """The key of one producer route: its route key exactly as written ("t1, t2", "__default__")."""
+        return self.producer + route_key
+
     @property
     def consumer(self) -> str:
         return self.root + "consumer/"
+
+    def consumer_route(self, topic: str) -> str:
+        return self.consumer + topic
 
     @property
     def status(self) -> str:

@@ -44,3 +44,28 @@ def test_help_has_examples() -> None:
     r = subprocess.run([sys.executable, "-m", "sidecar.cli", "dev", "up", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
     assert "kafka-mesh dev up --clusters 3" in r.stdout and "--brokers-per-cluster" in r.stdout
+
+
+def test_mapping_help_has_examples_and_the_file_format() -> None:
+    r = subprocess.run([sys.executable, "-m", "sidecar.cli", "mapping", "apply", "--help"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0
+    assert "kafka-mesh mapping apply mapping.json --etcd http://127.0.0.1:2379" in r.stdout
+    assert '"__default__": {"where": [{"sink": "c1"}, {"sink": "c2"}]}' in r.stdout and "KAFKA_MESH_ETCD" in r.stdout
+
+
+def test_mapping_without_an_etcd_endpoint_is_a_one_line_usage_error(tmp_path: pathlib.Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_MESH_ETCD"}
+    r = subprocess.run([sys.executable, "-m", "sidecar.cli", "mapping", "show"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == "kafka-mesh: error: no etcd endpoint: give --etcd URL or set KAFKA_MESH_ETCD\n"
+
+
+def test_mapping_file_with_a_json_error_names_file_and_line(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('{\n  "clusters": {"c1": {"bootstrap": "h:1"},}\n}\n')
+    r = _cli("mapping", "apply", str(path), "--etcd", "http://127.0.0.1:1", state=tmp_path / "s")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"kafka-mesh: error: {path}:2:43: not valid JSON: Expecting property name enclosed in "
+                        "double quotes\n")

@@ -135,7 +135,7 @@ def _fuzz_stream(seed: int, rounds: int) -> int:
     try:
         for i in range(rounds):
             req = mesh_pb2.ProduceRequest(batch_id=i)
-            for j in range(rnd.randrange(0, 6)):
+            for _ in range(rnd.randrange(0, 6)):
                 req.records.add(topic=f"topic-{rnd.randrange(3)}", value=rnd.randbytes(rnd.randrange(50)))
             raw = bytearray(req.SerializeToString())
             if i % 2 and raw:

@@ -1,0 +1,156 @@
+"""`kafka-mesh mapping apply|show` from a shell against the sandbox's real etcd, each test in a namespace of its own
+(the sandbox's own clusters are registered in namespace "default", which these tests leave alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import subprocess
+import uuid
+from typing import Any
+
+import pytest
+
+from sidecar.control.etcd import Etcd
+from sidecar.control.keys import Keys
+from sidecar.dev import ports
+from sidecar.dev.sandbox import Sandbox
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["kafka-mesh", *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=60)
+
+
+def _read(endpoint: str, prefix: str) -> dict[str, tuple[bytes, int]]:
+    """Every key under prefix with its value and mod_revision."""
+    async def go() -> dict[str, tuple[bytes, int]]:
+        async with Etcd(endpoint) as etcd:
+            items, _ = await etcd.get_prefix(prefix)
+            got = {k: await etcd.get(k) for k in items}
+            return {k: v for k, v in got.items() if v is not None}
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"ns{uuid.uuid4().hex[:8]}"
+
+
+def _mapping(sandbox: Sandbox) -> dict[str, Any]:
+    c1, c2, _ = sandbox.clusters
+    return {
+        "clusters": {
+            "c1": {"bootstrap": c1.bootstrap, "role": "fronting", "config": {"linger.ms": "5"}},
+            "c2": {"bootstrap": c2.bootstrap, "role": "consumer", "config": {}},
+        },
+        "producer": {
+            "t1, t2": {"where": [{"sink": "c1"}]},
+            "t3": {"where": [{"sink": "c2"}]},
+            "__default__": {"where": [{"sink": "c1"}, {"sink": "c2"}]},
+        },
+        "consumer": {"foo": [{"vip": "c1"}, {"vip": "c2"}]},
+    }
+
+
+def _apply(sandbox: Sandbox, ns: str, path: pathlib.Path, doc: dict[str, Any],
+           *extra: str) -> subprocess.CompletedProcess[str]:
+    path.write_text(json.dumps(doc, indent=2))
+    return _cli("mapping", "apply", str(path), "--etcd", sandbox.etcd_endpoint, "--namespace", ns, *extra)
+
+
+def _show(sandbox: Sandbox, ns: str) -> dict[str, Any]:
+    r = _cli("mapping", "show", "--etcd", sandbox.etcd_endpoint, "--namespace", ns, "--json")
+    assert r.returncode == 0, r.stderr
+    doc: dict[str, Any] = json.loads(r.stdout)
+    return doc
+
+
+def test_apply_then_show_returns_the_mapping_at_that_revision(sandbox: Sandbox, ns: str,
+                                                              tmp_path: pathlib.Path) -> None:
+    doc = _mapping(sandbox)
+    r = _apply(sandbox, ns, tmp_path / "m.json", doc)
+    assert r.returncode == 0, r.stderr
+    revision = int(r.stdout.split("revision ")[1].split()[0])
+    assert r.stdout == (f"applied mapping at revision {revision} (clusters: 2, producer routes: 3, "
+                        "consumer routes: 1)\n")
+    assert _show(sandbox, ns) == {"revision": revision, "mapping": doc}
+
+    human = _cli("mapping", "show", "--namespace", ns, env={"KAFKA_MESH_ETCD": sandbox.etcd_endpoint})
+    assert human.returncode == 0, human.stderr
+    assert json.loads(human.stdout) == doc              # stdout alone is a document that apply takes back
+    assert human.stderr == (f"kafka-mesh: mapping of namespace {ns} at etcd revision {revision} "
+                            f"(under /kafka-mesh/{ns}/)\n")
+
+
+def test_every_key_of_one_apply_shares_one_mod_revision(sandbox: Sandbox, ns: str, tmp_path: pathlib.Path) -> None:
+    r = _apply(sandbox, ns, tmp_path / "m.json", _mapping(sandbox), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"revision": out["revision"], "namespace": ns, "clusters": 2, "producer_routes": 3,
+                   "consumer_routes": 1}
+    stored = _read(sandbox.etcd_endpoint, Keys(ns).root)
+    assert sorted(stored) == [f"/kafka-mesh/{ns}/{k}" for k in (
+        "clusters/c1", "clusters/c2", "consumer/foo", "producer/__default__", "producer/t1, t2", "producer/t3")]
+    assert {rev for _, rev in stored.values()} == {out["revision"]}
+    assert json.loads(stored[f"/kafka-mesh/{ns}/producer/t1, t2"][0]) == {"where": [{"sink": "c1"}]}
+
+
+def test_second_apply_that_drops_a_route_deletes_its_key(sandbox: Sandbox, ns: str, tmp_path: pathlib.Path) -> None:
+    doc = _mapping(sandbox)
+    assert _apply(sandbox, ns, tmp_path / "m.json", doc).returncode == 0
+    del doc["producer"]["t3"]
+    del doc["consumer"]["foo"]
+    doc["producer"]["t1,t2,t3"] = doc["producer"].pop("t1, t2")       # a renamed key is a new key
+    r = _apply(sandbox, ns, tmp_path / "m.json", doc, "--json")
+    assert r.returncode == 0, r.stderr
+    revision = json.loads(r.stdout)["revision"]
+    stored = _read(sandbox.etcd_endpoint, Keys(ns).root)
+    assert sorted(stored) == [f"/kafka-mesh/{ns}/{k}" for k in (
+        "clusters/c1", "clusters/c2", "producer/__default__", "producer/t1,t2,t3")]
+    assert _show(sandbox, ns) == {"revision": revision, "mapping": doc}
+
+
+def test_producer_only_file_is_checked_against_the_clusters_in_etcd(sandbox: Sandbox, ns: str,
+                                                                    tmp_path: pathlib.Path) -> None:
+    doc = _mapping(sandbox)
+    assert _apply(sandbox, ns, tmp_path / "m.json", doc).returncode == 0
+
+    ok = _apply(sandbox, ns, tmp_path / "p.json", {"producer": {"t9": {"where": [{"sink": "c2"}]}}})
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.endswith("(clusters: 2, producer routes: 1, consumer routes: 1)\n")   # the rest as it was
+    before = _read(sandbox.etcd_endpoint, Keys(ns).root)
+
+    bad = _apply(sandbox, ns, tmp_path / "p.json", {"producer": {"t1": {"where": [{"sink": "c9"}]}}})
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr == "kafka-mesh: error: producer.t1.where[0].sink: unknown cluster 'c9'\n"
+    assert _read(sandbox.etcd_endpoint, Keys(ns).root) == before      # nothing written, nothing deleted
+
+    # A clusters-only file may not drop a cluster that a route it leaves in etcd still uses.
+    gone = _apply(sandbox, ns, tmp_path / "c.json", {"clusters": {"c1": doc["clusters"]["c1"]}})
+    assert gone.returncode == 2
+    assert gone.stderr.startswith("kafka-mesh: error: producer.t9.where[0].sink: unknown cluster 'c2' (in the "
+                                  "producer section that etcd holds at revision ")
+    assert _read(sandbox.etcd_endpoint, Keys(ns).root) == before
+
+
+def test_invalid_file_is_refused_before_etcd_is_contacted(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('{"producer": {"t1": {"where": [{"sink": "c1"}], "spread": true}}}')
+    r = _cli("mapping", "apply", str(path), "--etcd", f"http://127.0.0.1:{ports.allocate(1)[0]}")
+    assert (r.returncode, r.stderr) == (2, "kafka-mesh: error: producer.t1.spread: not supported yet\n")
+
+
+def test_unreachable_etcd_is_exit_1_naming_the_endpoint(tmp_path: pathlib.Path) -> None:
+    endpoint = f"http://127.0.0.1:{ports.allocate(1)[0]}"          # nothing listens there
+    path = tmp_path / "m.json"
+    path.write_text('{"clusters": {"c1": {"bootstrap": "127.0.0.1:9092"}}}')
+    for args in (["apply", str(path)], ["show"]):
+        r = _cli("mapping", *args, "--etcd", endpoint)
+        assert r.returncode == 1, r.stderr
+        assert r.stdout == ""
+        assert len(r.stderr.splitlines()) == 1
+        assert r.stderr.startswith(f"kafka-mesh: error: etcd at {endpoint}: ")
