@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("down", help="stop the sandbox and remove its data")
     dsub.add_parser("fetch", help="download the Kafka broker jars now (dev up does it on first use)")
     _add_mapping_parser(sub)
+    _add_sidecar_parser(sub)
     return parser
 
 
@@ -105,6 +106,46 @@ def _add_mapping_parser(sub: Any) -> None:
         p.add_argument("--namespace", metavar="NS", default=None,
                        help="mapping namespace (default: $KAFKA_MESH_NAMESPACE, else default)")
         p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+EPILOG_SIDECAR = """examples:
+  kafka-mesh sidecar --etcd http://127.0.0.1:2379
+  kafka-mesh sidecar --etcd http://127.0.0.1:2379 --namespace team-a --listen unix:/run/kafka-mesh.sock
+  kafka-mesh sidecar --mapping mapping.json --listen 127.0.0.1:7420     # no etcd: serve one mapping file
+
+Every setting can also come from a TOML file (--config FILE, same names with underscores) or from the environment
+(KAFKA_MESH_ETCD, KAFKA_MESH_NAMESPACE, KAFKA_MESH_LISTEN=a,b, KAFKA_MESH_MAPPING_FILE, ...); a flag beats the
+environment, which beats the file. SIGTERM: stop accepting streams, answer the batches in flight, exit 0.
+"""
+
+
+def _add_sidecar_parser(sub: Any) -> None:
+    p = sub.add_parser("sidecar", help="run the per-host sidecar (the Produce API over gRPC)",
+                       description="Serve the kafkamesh.v1.Mesh gRPC API on a Unix socket and 127.0.0.1, routing "
+                                   "each topic to the clusters the mapping in etcd names; mapping changes apply live.",
+                       epilog=EPILOG_SIDECAR, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--etcd", metavar="URL", help="etcd endpoint, http://HOST:PORT")
+    p.add_argument("--namespace", metavar="NS", help="mapping namespace (default: default)")
+    p.add_argument("--listen", metavar="ADDR", action="append", default=[],
+                   help="unix:PATH or HOST:PORT; repeat for several (default: a Unix socket under $XDG_RUNTIME_DIR "
+                        "and 127.0.0.1:7420)")
+    p.add_argument("--config", metavar="FILE", help="a TOML file of settings")
+    p.add_argument("--mapping", dest="mapping_file", metavar="FILE", help="serve this mapping file instead of etcd")
+    p.add_argument("--host-id", metavar="NAME", help="this sidecar's name in etcd's status/ (default: host name)")
+    p.add_argument("--cache-dir", metavar="DIR", help="where the last applied mapping is cached")
+    p.add_argument("--max-inflight-bytes", metavar="N", help="per stream: stop reading past this (default 64 MiB)")
+    p.add_argument("--delivery-timeout-ms", metavar="MS", help="fail a record not acknowledged by then (default 60000)")
+    p.add_argument("--shutdown-grace-s", metavar="S", help="on SIGTERM, time for in-flight batches (default 30)")
+    p.add_argument("--log-level", metavar="LEVEL", help="debug, info (default), warning or error")
+
+
+def _sidecar(args: argparse.Namespace) -> int:
+    from sidecar import logs, server
+    from sidecar.config import SidecarSettings
+
+    settings = SidecarSettings.build(vars(args))
+    logs.setup(settings.log_level)
+    return server.run(settings)
 
 
 def _print_sandbox(doc: dict[str, Any]) -> None:
@@ -206,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dev(args, DevSettings.from_env())
         if args.command == "mapping":
             return _mapping(args, ControlSettings.build(etcd=args.etcd, namespace=args.namespace))
+        if args.command == "sidecar":
+            return _sidecar(args)
     except (UsageError, MappingError) as e:
         print(f"kafka-mesh: error: {e}", file=sys.stderr)
         return 2

@@ -75,3 +75,104 @@ class ControlSettings:
             raise UsageError("no etcd endpoint: give --etcd URL or set KAFKA_MESH_ETCD")
         return cls(etcd_endpoint=endpoint,
                    namespace=namespace or env.get("KAFKA_MESH_NAMESPACE") or DEFAULT_NAMESPACE)
+
+
+def _runtime_dir(env: Mapping[str, str]) -> pathlib.Path:
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return pathlib.Path(runtime) / "kafka-mesh"
+    return pathlib.Path("/tmp") / f"kafka-mesh-{os.getuid()}"
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    """Everything `kafka-mesh sidecar` needs. Each field can come from the config file (TOML, same names), an
+    environment variable (KAFKA_MESH_ + the name in capitals) or a flag (--the-name-with-dashes); a flag beats the
+    environment, which beats the file, which beats the default."""
+
+    etcd: str | None = None                  # etcd endpoint; None with mapping_file
+    namespace: str = DEFAULT_NAMESPACE
+    listen: tuple[str, ...] = ()             # unix:PATH or HOST:PORT; default: a Unix socket and 127.0.0.1:7420
+    mapping_file: pathlib.Path | None = None # serve this mapping file instead of etcd
+    cache_dir: pathlib.Path = pathlib.Path(".")   # where the last applied mapping is cached
+    host_id: str = ""                        # this sidecar's name under status/ (default: the host name)
+    max_inflight_bytes: int = 64 << 20       # per Produce stream: stop reading the stream past this
+    max_request_bytes: int = 64 << 20        # largest ProduceRequest accepted
+    delivery_timeout_ms: int = 60_000        # a record not acknowledged by then fails with CLUSTER_UNAVAILABLE
+    shutdown_grace_s: float = 30.0           # on SIGTERM: how long in-flight batches may take to finish
+    etcd_timeout_s: float = 5.0
+    status_ttl_s: int = 10
+    log_level: str = "info"
+
+    @classmethod
+    def build(cls, flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> SidecarSettings:
+        """flags: the command line's values (None when not given), by field name, plus "config" (a file path)."""
+        import socket
+        import tomllib
+
+        env = os.environ if env is None else env
+        values: dict[str, object] = {
+            "listen": (f"unix:{_runtime_dir(env) / 'sidecar.sock'}", "127.0.0.1:7420"),
+            "cache_dir": str(pathlib.Path(env.get("XDG_CACHE_HOME") or _home(env) / ".cache") / "kafka-mesh"),
+            "host_id": socket.gethostname(),
+        }
+        names = set(cls.__dataclass_fields__)
+        config = flags.get("config") or env.get("KAFKA_MESH_CONFIG")
+        if config:
+            try:
+                with open(str(config), "rb") as f:
+                    doc = tomllib.load(f)
+            except OSError as e:
+                raise UsageError(f"cannot read the config file {config}: {e.strerror}") from e
+            except tomllib.TOMLDecodeError as e:
+                raise UsageError(f"config file {config}: {e}") from e
+            unknown = sorted(set(doc) - names)
+            if unknown:
+                raise UsageError(f"config file {config}: unknown setting(s) {', '.join(unknown)}")
+            values.update(doc)
+        for name in names:
+            raw = env.get(f"KAFKA_MESH_{name.upper()}")
+            if raw:
+                values[name] = raw.split(",") if name == "listen" else raw
+        for name in names:
+            if flags.get(name) not in (None, [], ()):
+                values[name] = flags[name]
+        return cls._typed(values)
+
+    @classmethod
+    def _typed(cls, values: Mapping[str, object]) -> SidecarSettings:
+        def num(name: str, kind: type[int] | type[float], low: float) -> int | float:
+            raw = values.get(name, getattr(cls, name))
+            try:
+                value = kind(raw)   # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise UsageError(f"{name.replace('_', '-')} must be a number, got {raw!r}") from None
+            if value < low:
+                raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {raw!r}")
+            return value
+
+        listen = values.get("listen") or ()
+        if isinstance(listen, str):
+            listen = [listen]
+        mapping_file = values.get("mapping_file")
+        etcd = values.get("etcd")
+        if etcd and mapping_file:
+            raise UsageError("give either --etcd or --mapping, not both")
+        level = str(values.get("log_level", "info")).lower()
+        if level not in ("debug", "info", "warning", "error"):
+            raise UsageError(f"log-level must be debug, info, warning or error, got {level!r}")
+        return cls(
+            etcd=str(etcd) if etcd else None,
+            namespace=str(values.get("namespace") or DEFAULT_NAMESPACE),
+            listen=tuple(str(x).strip() for x in listen if str(x).strip()),   # type: ignore[union-attr]
+            mapping_file=pathlib.Path(str(mapping_file)) if mapping_file else None,
+            cache_dir=pathlib.Path(str(values["cache_dir"])),
+            host_id=str(values.get("host_id") or "sidecar"),
+            max_inflight_bytes=int(num("max_inflight_bytes", int, 1024)),
+            max_request_bytes=int(num("max_request_bytes", int, 1024)),
+            delivery_timeout_ms=int(num("delivery_timeout_ms", int, 100)),
+            shutdown_grace_s=float(num("shutdown_grace_s", float, 0)),
+            etcd_timeout_s=float(num("etcd_timeout_s", float, 0.1)),
+            status_ttl_s=int(num("status_ttl_s", int, 2)),
+            log_level=level,
+        )

@@ -217,12 +217,15 @@ static inline void km_batch_fail(km_batch *b, uint32_t index, int code, int32_t 
     }
 }
 
+/* The in-flight counters drop only once the batch is on the completed list (under the lock), so an owner that
+ * reads inflight_batches == 0 and then takes the completed list is sure to get every batch. */
 static inline void km_batch_complete(km_batch *b) {
     km_stream *s = b->stream;
-    km_atomic_add(&s->inflight_bytes, -b->bytes);
-    km_atomic_add(&s->inflight_batches, -1);
+    int64_t bytes = b->bytes;
     pthread_mutex_lock(&s->lock);
     if (s->closed) {
+        km_atomic_add(&s->inflight_bytes, -bytes);
+        km_atomic_add(&s->inflight_batches, -1);
         pthread_mutex_unlock(&s->lock);
         km_batch_free(b);
     } else {
@@ -237,6 +240,8 @@ static inline void km_batch_complete(km_batch *b) {
         do {
             w = write(s->efd, &one, sizeof(one));
         } while (w < 0 && errno == EINTR);
+        km_atomic_add(&s->inflight_bytes, -bytes);
+        km_atomic_add(&s->inflight_batches, -1);
         pthread_mutex_unlock(&s->lock);
     }
     km_stream_unref(s);

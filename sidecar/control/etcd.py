@@ -62,13 +62,32 @@ class Etcd:
     def _error(self, what: str, e: Exception) -> EtcdError:
         return EtcdError(f"etcd at {self.endpoint}: {what} failed: {type(e).__name__}: {e}")
 
-    async def put(self, key: str, value: bytes) -> int:
-        """Put one key; returns the new revision."""
+    async def put(self, key: str, value: bytes, lease: Any = None) -> int:
+        """Put one key (attached to lease, when given); returns the new revision."""
         try:
-            r = await self._client.put(key.encode(), value)
+            r = await self._client.put(key.encode(), value, lease=lease)
         except Exception as e:
             raise self._error(f"put {key}", e) from e
         return int(r.header.revision)
+
+    async def lease(self, ttl: int) -> Any:
+        """A new lease of ttl seconds; keys put with it vanish when it is not refreshed in time."""
+        try:
+            return await self._client.lease(ttl)
+        except Exception as e:
+            raise self._error("lease grant", e) from e
+
+    async def refresh(self, lease: Any) -> None:
+        try:
+            await lease.refresh()
+        except Exception as e:
+            raise self._error("lease refresh", e) from e
+
+    async def revoke(self, lease: Any) -> None:
+        try:
+            await lease.revoke()
+        except Exception as e:
+            raise self._error("lease revoke", e) from e
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         """(value, mod_revision) of key, or None when absent."""

@@ -1,0 +1,16 @@
+"""Logging: one line per event, `key=value` fields after the message, to stderr. INFO is quiet in steady state:
+it logs starts, stops and mapping changes, not records or batches."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def setup(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("kafka_mesh")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,121 @@
+"""Producer routing: one meshcore Producer per Kafka cluster, and the compilation of a Mapping into the core's
+immutable RouteTable, swapped in whole for each mapping revision.
+
+Runs on the event loop thread: compiling is quick (it builds C arrays) and a new producer connects in librdkafka's
+own threads. A producer whose cluster left the mapping (or whose definition changed) is retired, and closed (with a
+flush, in a worker thread) only once no RouteTable that names it is alive: a batch holds its table for as long as it
+is being enqueued, so no batch can reach a closed handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import meshcore
+from sidecar.errors import MappingError
+from sidecar.mapping.model import Cluster, Mapping
+
+log = logging.getLogger("kafka_mesh.routing")
+
+#: librdkafka settings of every sidecar producer, before the cluster registry's per-cluster overrides.
+PRODUCER_DEFAULTS: dict[str, str] = {
+    "enable.idempotence": "true",
+    "acks": "all",
+    # The Java client's partitioner: a key lands on the same partition whichever language produced it.
+    "partitioner": "murmur2_random",
+    "linger.ms": "5",
+    "queue.buffering.max.messages": "1000000",
+    "log_level": "4",
+}
+
+
+@dataclass
+class _Entry:
+    cluster: Cluster
+    producer: meshcore.Producer
+    tables: weakref.WeakSet[meshcore.RouteTable] = field(default_factory=weakref.WeakSet)
+
+
+class RouteState:
+    """The routing table in force, and the producers behind it."""
+
+    def __init__(self, delivery_timeout_ms: int, on_change: Callable[[Mapping], None] | None = None) -> None:
+        self._defaults = dict(PRODUCER_DEFAULTS, **{"message.timeout.ms": str(delivery_timeout_ms)})
+        self._live: dict[str, _Entry] = {}
+        self._retired: list[_Entry] = []
+        self._on_change = on_change
+        self.mapping: Mapping | None = None
+        self.table: meshcore.RouteTable | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def revision(self) -> int:
+        return -1 if self.mapping is None else self.mapping.revision
+
+    def apply(self, mapping: Mapping) -> None:
+        """Compile mapping and make it the table in force. Raises MappingError (the table in force stays) when a
+        producer cannot be created from a cluster's settings."""
+        used = sorted({s for r in mapping.producer for s in r.sinks})
+        created: dict[str, _Entry] = {}
+        try:
+            for name in used:
+                cluster = mapping.clusters[name]
+                entry = self._live.get(name)
+                if entry is None or entry.cluster != cluster:
+                    config = {**self._defaults, **cluster.config, "bootstrap.servers": cluster.bootstrap}
+                    try:
+                        created[name] = _Entry(cluster, meshcore.create_producer(name, config))
+                    except meshcore.ConfigError as e:
+                        raise MappingError(f"clusters.{name}.config: {e}") from e
+        except BaseException:
+            for entry in created.values():
+                entry.producer.close(flush_timeout_ms=0)
+            raise
+        entries = {name: created.get(name) or self._live[name] for name in used}
+        index = {name: i for i, name in enumerate(used)}
+        routes = [(list(r.topics), [index[s] for s in r.sinks]) for r in mapping.producer if not r.is_default]
+        default = mapping.default_sinks
+        table = meshcore.build_route_table(mapping.revision, [entries[n].producer for n in used], routes,
+                                           [index[s] for s in default] if default else None)
+        for entry in entries.values():
+            entry.tables.add(table)
+        for name, entry in self._live.items():
+            if entries.get(name) is not entry:
+                self._retired.append(entry)
+        self._live = entries
+        self.table = table
+        self.mapping = mapping
+        log.info("mapping applied revision=%d clusters=%d routes=%d default=%s", mapping.revision, len(used),
+                 len(routes), ",".join(default) if default else "-")
+        self.reap()
+        if self._on_change is not None:
+            self._on_change(mapping)
+
+    def reap(self) -> None:
+        """Close every retired producer that no live table names any more (in a worker thread: close flushes)."""
+        keep = []
+        for entry in self._retired:
+            if len(entry.tables):
+                keep.append(entry)
+                continue
+            task = asyncio.get_running_loop().create_task(self._close(entry))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        self._retired = keep
+
+    async def _close(self, entry: _Entry) -> None:
+        lost = await asyncio.to_thread(entry.producer.close, int(self._defaults["message.timeout.ms"]))
+        log.info("producer closed cluster=%s undelivered=%d", entry.cluster.name, lost)
+
+    async def close(self, flush_timeout_ms: int) -> int:
+        """Flush and close every producer; returns the records still undelivered (lost)."""
+        self.table = None
+        entries = list(self._live.values()) + self._retired
+        self._live, self._retired = {}, []
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        lost = await asyncio.gather(*(asyncio.to_thread(e.producer.close, flush_timeout_ms) for e in entries))
+        return sum(lost)

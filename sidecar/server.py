@@ -1,0 +1,105 @@
+"""Server assembly: the gRPC server with the Mesh service, health checking and reflection, on its listeners; the
+mapping source; status registration; and an orderly stop on SIGTERM or SIGINT.
+
+Everything runs on one asyncio event loop (grpc.aio, aetcd), except the native core's threads (librdkafka's, one
+delivery-report thread per producer) and the produce-submit worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sidecar.api.kafkamesh.v1 import mesh_pb2 as _mesh_pb2
+from sidecar.config import SidecarSettings
+from sidecar.control.source import MappingSource
+from sidecar.control.status import StatusReporter
+from sidecar.errors import MeshError, UsageError
+from sidecar.routing import RouteState
+from sidecar.servicers.produce import SERVICE, ProduceServicer
+
+log = logging.getLogger("kafka_mesh.server")
+
+
+def _listen_address(spec: str) -> str:
+    if spec.startswith("unix:"):
+        path = spec[len("unix:"):]
+        if not path:
+            raise UsageError(f"invalid listen address {spec!r}: unix: needs a path")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)   # a stale socket of an earlier run
+        return f"unix:{path}"
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"invalid listen address {spec!r}: expected unix:PATH or HOST:PORT")
+    return spec
+
+
+async def serve(settings: SidecarSettings) -> int:
+    """Run the sidecar until SIGTERM/SIGINT; returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    status = StatusReporter(settings)
+    routes = RouteState(settings.delivery_timeout_ms, on_change=status.applied)
+    source = MappingSource(settings, routes.apply)
+    await source.start()             # raises when there is no mapping at all to serve
+    produce = ProduceServicer(routes, settings.max_inflight_bytes)
+    status.streams = lambda: produce.streams
+
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.so_reuseport", 0),
+    ])
+    server.add_generic_rpc_handlers((produce.handler(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (_mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name, health_pb2.DESCRIPTOR.services_by_name[
+            "Health"].full_name, reflection.SERVICE_NAME), server)
+    for spec in settings.listen:
+        address = _listen_address(spec)
+        try:
+            if address.startswith("unix:"):
+                server.add_insecure_port(address)
+            elif server.add_insecure_port(address) == 0:
+                raise UsageError(f"cannot listen on {spec}: the port is in use or the address is not local")
+        except RuntimeError as e:
+            raise UsageError(f"cannot listen on {spec}: {e}") from e
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await status.start()
+    log.info("serving listen=%s namespace=%s revision=%d", ",".join(settings.listen), settings.namespace,
+             routes.revision)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("stopping: no new streams; answering the batches in flight")
+    await health_servicer.enter_graceful_shutdown()
+    produce.shutdown()
+    await server.stop(grace=settings.shutdown_grace_s)
+    await source.stop()
+    await status.stop()
+    lost = await routes.close(flush_timeout_ms=int(settings.shutdown_grace_s * 1000))
+    produce.close()
+    if lost:
+        log.warning("stopped with %d records undelivered", lost)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+def run(settings: SidecarSettings) -> int:
+    try:
+        return asyncio.run(serve(settings))
+    except MeshError:
+        raise
