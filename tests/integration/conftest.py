@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -44,3 +46,24 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 @pytest.fixture
 def topic() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def sidecar_factory(tmp_path: pathlib.Path, sandbox: Sandbox) -> Iterator[Any]:
+    """Start real sidecar processes (kafka-mesh sidecar) for a test; every one is killed at the end."""
+    from tests.integration.sidecar_proc import SidecarProc
+
+    started: list[SidecarProc] = []
+
+    def start(namespace: str, *extra: str, wait: bool = True, etcd: str | None = None,
+              name: str = "sidecar") -> SidecarProc:
+        workdir = tmp_path / f"{name}-{len(started)}"
+        workdir.mkdir()
+        proc = SidecarProc(sandbox, workdir, namespace, *extra, etcd=etcd)
+        started.append(proc)
+        return proc.start(wait=wait)
+
+    yield start
+    for proc in started:
+        if proc.alive():
+            proc.stop(signal.SIGKILL)
