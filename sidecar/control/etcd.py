@@ -106,6 +106,15 @@ class Etcd:
         items = {bytes(kv.key).decode(): bytes(kv.value) for kv in r}
         return items, int(r.header.revision)
 
+    async def get_prefix_revisions(self, prefix: str) -> tuple[dict[str, tuple[bytes, int]], int]:
+        """Like get_prefix, with each key's mod_revision: {key: (value, mod_revision)}, read revision."""
+        try:
+            r = await self._client.get_prefix(prefix.encode())
+        except Exception as e:
+            raise self._error(f"get prefix {prefix}", e) from e
+        items = {bytes(kv.key).decode(): (bytes(kv.value), int(kv.mod_revision)) for kv in r}
+        return items, int(r.header.revision)
+
     async def put_all(self, items: Mapping[str, bytes], delete_prefixes: tuple[str, ...] = ()) -> int:
         """Put items and delete every other key under delete_prefixes, in one transaction (one revision); returns
         the revision. etcd refuses a transaction whose delete range holds a key it also puts, so the keys to

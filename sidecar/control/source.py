@@ -41,11 +41,26 @@ class MappingSource:
         self._keys = Keys(settings.namespace)
         self._task: asyncio.Task[None] | None = None
         self.applied_revision = -1
+        self._last_event = 0
+        self._applied_doc: dict[str, object] | None = None
         self.connected = asyncio.Event()
 
     @property
     def cache_path(self) -> pathlib.Path:
         return self._settings.cache_dir / f"mapping-{self._settings.namespace}.json"
+
+    def _is_mapping_key(self, key: str) -> bool:
+        # status/ is the sidecars' own liveness, not mapping: writing it must neither reload nor relabel.
+        return not key.startswith(self._keys.status)
+
+    async def _load(self, etcd: Etcd) -> Mapping:
+        """The namespace in one read. Its revision is that of the newest change to a mapping key: the newest
+        mod_revision among them, or a newer deletion the watch has reported. So a mapping written by one
+        `mapping apply` carries exactly that apply's revision, whatever else etcd stores meanwhile."""
+        items, _ = await etcd.get_prefix_revisions(self._keys.root)
+        mapping_items = {k: v for k, (v, _) in items.items() if self._is_mapping_key(k)}
+        newest = max((rev for k, (_, rev) in items.items() if self._is_mapping_key(k)), default=0)
+        return Mapping.from_etcd(mapping_items, self._keys, max(newest, self._last_event))
 
     async def start(self) -> None:
         """Apply the first mapping (from the file, etcd, or the on-disk cache) and start following changes."""
@@ -59,7 +74,7 @@ class MappingSource:
             raise MappingError("no mapping source: give --etcd URL or --mapping FILE")
         try:
             async with Etcd(self._settings.etcd, timeout=self._settings.etcd_timeout_s) as etcd:
-                mapping = await mapping_store.load(etcd, self._keys)
+                mapping = await self._load(etcd)
             self._use(mapping)
             self.connected.set()
         except EtcdError as e:
@@ -81,6 +96,7 @@ class MappingSource:
     def _use(self, mapping: Mapping) -> None:
         self._apply(mapping)
         self.applied_revision = mapping.revision
+        self._applied_doc = mapping.to_document()
         self._write_cache(mapping)
 
     async def _follow(self) -> None:
@@ -92,8 +108,8 @@ class MappingSource:
                     self.connected.set()
                     backoff = 0.2
                     async for event in etcd.watch_prefix(self._keys.root, start_revision=self.applied_revision + 1):
-                        # status/ is the sidecars' own liveness, not mapping: writing it must not reload.
-                        if event.revision > self.applied_revision and not event.key.startswith(self._keys.status):
+                        if event.revision > self.applied_revision and self._is_mapping_key(event.key):
+                            self._last_event = max(self._last_event, event.revision)
                             await self._reload(etcd)
             except asyncio.CancelledError:
                 raise
@@ -110,11 +126,11 @@ class MappingSource:
 
     async def _reload(self, etcd: Etcd) -> None:
         try:
-            mapping = await mapping_store.load(etcd, self._keys)
+            mapping = await self._load(etcd)
         except MappingError as e:
             log.error("invalid mapping in etcd; keeping revision=%d error=%s", self.applied_revision, e)
             return
-        if mapping.revision <= self.applied_revision:
+        if mapping.revision <= self.applied_revision and mapping.to_document() == self._applied_doc:
             return
         try:
             self._use(mapping)

@@ -19,7 +19,7 @@ from sidecar.dev import sandbox as sandbox_mod
 from sidecar.dev.sandbox import Sandbox
 
 
-def test_settings(state_dir: pathlib.Path) -> DevSettings:
+def sandbox_settings(state_dir: pathlib.Path) -> DevSettings:
     base = DevSettings.from_env(os.environ)
     return DevSettings(state_dir=state_dir, cache_dir=base.cache_dir, kafka_home=base.kafka_home,
                        etcd_bin=base.etcd_bin, java_bin=base.java_bin, mvn_bin=base.mvn_bin,
@@ -30,11 +30,11 @@ def test_settings(state_dir: pathlib.Path) -> DevSettings:
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     reuse = os.environ.get("KAFKA_MESH_TEST_STATE_DIR")
     if reuse:
-        box = sandbox_mod.load(test_settings(pathlib.Path(reuse)))
+        box = sandbox_mod.load(sandbox_settings(pathlib.Path(reuse)))
         assert box is not None, f"KAFKA_MESH_TEST_STATE_DIR={reuse} holds no running sandbox"
         yield box
         return
-    settings = test_settings(tmp_path_factory.mktemp("sandbox") / "state")
+    settings = sandbox_settings(tmp_path_factory.mktemp("sandbox") / "state")
     box, _ = sandbox_mod.up(settings, clusters=3, brokers_per_cluster=1, detach=False,
                             progress=lambda m: print(f"[sandbox] {m}"))
     try:
