@@ -144,16 +144,15 @@ class SidecarSettings:
         def num(name: str, kind: type[int] | type[float], low: float) -> int | float:
             raw = values.get(name, getattr(cls, name))
             try:
-                value = kind(raw)   # type: ignore[arg-type]
+                value = kind(str(raw))
             except (TypeError, ValueError):
                 raise UsageError(f"{name.replace('_', '-')} must be a number, got {raw!r}") from None
             if value < low:
                 raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {raw!r}")
             return value
 
-        listen = values.get("listen") or ()
-        if isinstance(listen, str):
-            listen = [listen]
+        raw_listen = values.get("listen") or ()
+        listen: list[object] = [raw_listen] if isinstance(raw_listen, str) else list(raw_listen)  # type: ignore[call-overload]
         mapping_file = values.get("mapping_file")
         etcd = values.get("etcd")
         if etcd and mapping_file:
@@ -164,7 +163,7 @@ class SidecarSettings:
         return cls(
             etcd=str(etcd) if etcd else None,
             namespace=str(values.get("namespace") or DEFAULT_NAMESPACE),
-            listen=tuple(str(x).strip() for x in listen if str(x).strip()),   # type: ignore[union-attr]
+            listen=tuple(str(x).strip() for x in listen if str(x).strip()),
             mapping_file=pathlib.Path(str(mapping_file)) if mapping_file else None,
             cache_dir=pathlib.Path(str(values["cache_dir"])),
             host_id=str(values.get("host_id") or "sidecar"),

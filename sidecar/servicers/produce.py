@@ -103,7 +103,7 @@ class ProduceServicer:
                 while stream.inflight_bytes >= self._max_inflight:
                     room.clear()
                     await room.wait()
-                nxt = loop.create_task(anext(it))   # type: ignore[arg-type]
+                nxt: asyncio.Task[bytes] = loop.create_task(anext(it))   # type: ignore[arg-type]
                 await asyncio.wait([nxt, stopping], return_when=asyncio.FIRST_COMPLETED)
                 if not nxt.done():
                     nxt.cancel()

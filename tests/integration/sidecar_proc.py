@@ -106,7 +106,8 @@ def batch(batch_id: int, records: list[tuple[str, str]]) -> mesh_pb2.ProduceRequ
     return req
 
 
-def produce(target: str, requests: list[mesh_pb2.ProduceRequest], timeout: float = 120) -> dict[int, mesh_pb2.ProduceResponse]:
+def produce(target: str, requests: list[mesh_pb2.ProduceRequest],
+            timeout: float = 120) -> dict[int, mesh_pb2.ProduceResponse]:
     with grpc.insecure_channel(target) as ch:
         responses = mesh_pb2_grpc.MeshStub(ch).Produce(iter(requests), timeout=timeout)
         return {r.batch_id: r for r in responses}

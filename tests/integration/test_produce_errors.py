@@ -100,7 +100,7 @@ def test_thousands_of_fuzzed_requests_never_crash_the_sidecar(
     sent = refused = 0
     with grpc.insecure_channel(sc.target) as ch:
         call = ch.stream_stream("/kafkamesh.v1.Mesh/Produce")
-        for s in range(300):
+        for _ in range(300):
             requests = []
             for i in range(10):
                 raw = bytearray(batch(i, [(rnd.choice([topic, "x", ""]), str(j)) for j in range(rnd.randrange(4))])
