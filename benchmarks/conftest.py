@@ -27,3 +27,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         for name, rate in sorted(rates.items(), key=lambda kv: -kv[1]):
             ratio = f"{rate / base:5.2f}x" if base else "  n/a"
             tr.write_line(f"{group:<24} {name:<48} {rate:>12,.0f}  {ratio}")
+    for bench in session.benchmarks:
+        extra = {k: v for k, v in bench.extra_info.items() if k != "records"}
+        if extra:
+            tr.write_line(f"{bench.name}: {extra}")

@@ -28,7 +28,10 @@ PRODUCER_DEFAULTS: dict[str, str] = {
     # The Java client's partitioner: a key lands on the same partition whichever language produced it.
     "partitioner": "murmur2_random",
     "linger.ms": "5",
-    "queue.buffering.max.messages": "1000000",
+    # Large enough that the per-stream in-flight bound stops reading long before a queue fills: submit then never
+    # waits for Kafka on the event loop.
+    "queue.buffering.max.messages": "10000000",
+    "queue.buffering.max.kbytes": "2097151",
     "log_level": "4",
 }
 
@@ -59,7 +62,9 @@ class RouteState:
     def apply(self, mapping: Mapping) -> None:
         """Compile mapping and make it the table in force. Raises MappingError (the table in force stays) when a
         producer cannot be created from a cluster's settings."""
-        used = sorted({s for r in mapping.producer for s in r.sinks})
+        # A producer for every registered cluster, used or not, so that a route switched to another cluster (a
+        # topic move) finds its producer connected and its idempotent producer id acquired.
+        used = sorted(set(mapping.clusters) | {s for r in mapping.producer for s in r.sinks})
         created: dict[str, _Entry] = {}
         try:
             for name in used:

@@ -16,7 +16,7 @@ from meshcore.consumer import Consumer, create_consumer
 from meshcore.produce import ProduceStream, open_stream
 from meshcore.producer import Producer, create_producer, librdkafka_version
 from meshcore.routes import RouteTable, build_route_table
-from meshcore.wire import decode_produce_request
+from meshcore.wire import decode_produce_request, encode_records
 
 #: True in the debug build (KAFKA_MESH_DEBUG=1 at build time), which counts C handles.
 DEBUG: bool = _producer.debug_build
@@ -35,5 +35,5 @@ def debug_counts() -> dict[str, tuple[int, int]]:
 __all__ = [
     "ConfigError", "Consumer", "CoreError", "HandleClosedError", "KafkaError", "ProduceStream", "Producer",
     "RouteTable", "WireError", "DEBUG", "build_route_table", "create_consumer", "create_producer", "debug_counts",
-    "decode_produce_request", "librdkafka_version", "open_stream",
+    "decode_produce_request", "encode_records", "librdkafka_version", "open_stream",
 ]

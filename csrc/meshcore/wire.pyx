@@ -7,7 +7,9 @@ that newer clients stay compatible. Parsing holds no GIL and makes no Python obj
 """
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, INT32_MIN, INT32_MAX
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
 
 from meshcore.support cimport KM_DEBUG_ENABLED
 
@@ -348,3 +350,71 @@ def decode_produce_request(data):
 def _debug_counts():
     """Created/freed counts of the C allocations this module owns (non-zero only in the debug build)."""
     return {"produce_request_view": (_views_created, _views_freed)}
+
+
+cdef inline size_t _varint_len(uint64_t v) noexcept nogil:
+    cdef size_t n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+cdef inline char *_put_varint(char *p, uint64_t v) noexcept nogil:
+    while v >= 0x80:
+        p[0] = <char>((v & 0x7F) | 0x80)
+        p += 1
+        v >>= 7
+    p[0] = <char>v
+    return p + 1
+
+
+cdef inline char *_put_field(char *p, unsigned char tag, const char *data, size_t n) noexcept nogil:
+    p[0] = <char>tag
+    p = _put_varint(p + 1, n)
+    memcpy(p, data, n)
+    return p + n
+
+
+def encode_records(uint64_t batch_id, str topic, list values, list keys=None):
+    """The wire bytes of a ProduceRequest of len(values) records to one topic, written straight from the bytes
+    objects given (keys[i] None: no key), with no message object per record. For clients that send at high rate;
+    the bytes decode with the protobuf runtime like any ProduceRequest."""
+    cdef bytes t = topic.encode()
+    cdef Py_ssize_t n = len(values), i
+    cdef size_t tlen = len(t), total = 1 + _varint_len(batch_id), rec, klen, vlen
+    cdef object v, k
+    if keys is not None and len(keys) != n:
+        raise ValueError(f"keys has {len(keys)} entries for {n} values")
+    for i in range(n):
+        v = values[i]
+        if type(v) is not bytes:
+            raise TypeError(f"values[{i}] must be bytes, got {type(v).__name__}")
+        rec = 1 + _varint_len(tlen) + tlen + 1 + _varint_len(len(<bytes>v)) + len(<bytes>v)
+        if keys is not None:
+            k = keys[i]
+            if k is not None:
+                if type(k) is not bytes:
+                    raise TypeError(f"keys[{i}] must be bytes or None, got {type(k).__name__}")
+                rec += 1 + _varint_len(len(<bytes>k)) + len(<bytes>k)
+        total += 1 + _varint_len(rec) + rec
+    out = PyBytes_FromStringAndSize(NULL, total)
+    cdef char *p = PyBytes_AS_STRING(out)
+    cdef char *tp = <char *>t
+    p[0] = 0x08
+    p = _put_varint(p + 1, batch_id)
+    for i in range(n):
+        v = values[i]
+        vlen = len(<bytes>v)
+        k = keys[i] if keys is not None else None
+        klen = len(<bytes>k) if k is not None else 0
+        rec = 1 + _varint_len(tlen) + tlen + 1 + _varint_len(vlen) + vlen
+        if k is not None:
+            rec += 1 + _varint_len(klen) + klen
+        p[0] = 0x12
+        p = _put_varint(p + 1, rec)
+        p = _put_field(p, 0x0a, tp, tlen)
+        if k is not None:
+            p = _put_field(p, 0x12, <char *>(<bytes>k), klen)
+        p = _put_field(p, 0x1a, <char *>(<bytes>v), vlen)
+    return out

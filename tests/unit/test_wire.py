@@ -157,3 +157,24 @@ def _fuzz(seed: int, rounds: int) -> int:
 def test_fuzzed_bytes_never_crash_the_parser_or_producer() -> None:
     errors = run_isolated(_fuzz, 1234, 6000)
     assert errors > 1000   # the corpus really exercised the error paths
+
+
+def test_encode_records_decodes_with_the_protobuf_runtime() -> None:
+    values = [b"", b"v" * 300, bytes(range(256))]
+    keys = [None, b"", b"k"]
+    raw = meshcore.encode_records(2**40, "orders.v1", values, keys)
+    req = mesh_pb2.ProduceRequest.FromString(raw)
+    assert req.batch_id == 2**40
+    assert [(r.topic, r.HasField("key"), r.key, r.value) for r in req.records] == [
+        ("orders.v1", False, b"", b""), ("orders.v1", True, b"", b"v" * 300), ("orders.v1", True, b"k", values[2])]
+    assert meshcore.decode_produce_request(meshcore.encode_records(0, "t", [b"a"])) == (
+        0, [("t", None, b"a", [], None, None)])
+
+
+def test_encode_records_refuses_what_is_not_bytes() -> None:
+    with pytest.raises(TypeError, match=r"values\[1\] must be bytes, got str"):
+        meshcore.encode_records(1, "t", [b"a", "b"])
+    with pytest.raises(TypeError, match=r"keys\[0\] must be bytes or None, got int"):
+        meshcore.encode_records(1, "t", [b"a"], [1])
+    with pytest.raises(ValueError, match="keys has 2 entries for 1 values"):
+        meshcore.encode_records(1, "t", [b"a"], [b"k", b"k"])
