@@ -22,10 +22,9 @@ from typing import Any
 
 import grpc
 import pytest
-
-import meshcore
 from confluent_kafka import Producer as CKProducer
 
+import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys

@@ -40,3 +40,16 @@ def test_topics_land_in_their_routed_clusters_and_a_two_sink_route_writes_both(
     assert _ids(sandbox, 0, both, 500) == want[both] == _ids(sandbox, 1, both, 500)
     # and nowhere else
     assert _ids(sandbox, 1, t1, 0) == [] and _ids(sandbox, 0, t3, 0) == [] and _ids(sandbox, 0, other, 0) == []
+
+
+def test_a_mapping_file_replaces_etcd(sandbox: Sandbox, sidecar_factory: Any, topic: str, tmp_path: Any) -> None:
+    import json
+
+    path = tmp_path / "mapping.json"
+    path.write_text(json.dumps({"clusters": clusters_doc(sandbox),
+                                "producer": {"__default__": {"where": [{"sink": "c2"}]}}}))
+    sc = sidecar_factory("unused", "--mapping", str(path), etcd=None)
+    [resp] = produce(sc.target, [batch(1, [(topic, "via-file")])]).values()
+    assert (resp.ok_count, resp.mapping_revision) == (1, 0)
+    assert _ids(sandbox, 1, topic, 1) == ["via-file"]
+    assert "serving mapping from file" in sc.log.read_text()
