@@ -30,7 +30,7 @@ def target(sandbox: Sandbox) -> tuple[str, str]:
     return bootstrap, topic
 
 
-@pytest.mark.benchmark(group="produce 100B x 1000/batch")
+@pytest.mark.benchmark(group="core: produce 100B x 1000/batch")
 def test_meshcore_produce_request(benchmark: pytest.FixtureRequest, target: tuple[str, str]) -> None:
     bootstrap, topic = target
     req = mesh_pb2.ProduceRequest()
@@ -56,8 +56,8 @@ def test_meshcore_produce_request(benchmark: pytest.FixtureRequest, target: tupl
         p.close()
 
 
-@pytest.mark.benchmark(group="produce 100B x 1000/batch")
-def test_confluent_kafka_produce_with_callbacks(benchmark: pytest.FixtureRequest, target: tuple[str, str]) -> None:
+@pytest.mark.benchmark(group="core: produce 100B x 1000/batch")
+def test_confluent_kafka_baseline_for_core(benchmark: pytest.FixtureRequest, target: tuple[str, str]) -> None:
     bootstrap, topic = target
     p = CKProducer({"bootstrap.servers": bootstrap, **CONF})
     keys = [str(i).encode() for i in range(BATCH)]
