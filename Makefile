@@ -21,7 +21,7 @@ test:         ## lint, unit tests on the debug build, then every test on the rel
 	$(PYTHON) -m pytest
 
 lint:         ## ruff, and mypy --strict on the control plane
-	$(PYTHON) -m ruff check sidecar tests scripts benchmarks examples
+	$(PYTHON) -m ruff check sidecar csrc tests scripts benchmarks examples
 	$(PYTHON) -m mypy sidecar
 
 test-unit:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from meshcore import consumer as _consumer
 from meshcore import produce as _produce
-from meshcore import routes as _routes
 from meshcore import producer as _producer
+from meshcore import routes as _routes
 from meshcore import wire as _wire
-from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaError, WireError
 from meshcore.consumer import Consumer, create_consumer
+from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaError, WireError
 from meshcore.produce import ProduceStream, open_stream
 from meshcore.producer import Producer, create_producer, librdkafka_version
 from meshcore.routes import RouteTable, build_route_table
