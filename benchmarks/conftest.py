@@ -19,9 +19,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for bench in session.benchmarks:
         records = bench.extra_info.get("records")
         if records:
-            groups.setdefault(bench.group or "", {})[bench.name] = records / bench.stats.mean
+            groups.setdefault(bench.group or "", {})[bench.name] = records / bench.stats.median
     tr = terminalreporter
-    tr.section("throughput (records/s, mean round) and ratio to the direct baseline")
+    tr.section("throughput (records/s, median round) and ratio to the direct baseline")
     for group, rates in groups.items():
         base = next((v for k, v in rates.items() if "confluent" in k), None)
         for name, rate in sorted(rates.items(), key=lambda kv: -kv[1]):

@@ -51,7 +51,7 @@ def test_meshcore_produce_request(benchmark: pytest.FixtureRequest, target: tupl
 
     try:
         benchmark.extra_info["records"] = BATCHES * BATCH  # type: ignore[attr-defined]
-        benchmark.pedantic(run, rounds=5, warmup_rounds=1)  # type: ignore[attr-defined]
+        benchmark.pedantic(run, rounds=10, warmup_rounds=2)  # type: ignore[attr-defined]
     finally:
         p.close()
 
@@ -82,5 +82,5 @@ def test_confluent_kafka_baseline_for_core(benchmark: pytest.FixtureRequest, tar
         assert done[0] - before == BATCHES * BATCH
 
     benchmark.extra_info["records"] = BATCHES * BATCH  # type: ignore[attr-defined]
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)  # type: ignore[attr-defined]
+    benchmark.pedantic(run, rounds=10, warmup_rounds=2)  # type: ignore[attr-defined]
     p.flush(10)

@@ -73,7 +73,7 @@ def test_sidecar_produce_throughput(benchmark: Any, setup: tuple[SidecarProc, st
 
     benchmark.group = "produce 100B x 1000/batch"
     benchmark.extra_info["records"] = BATCH * BATCHES
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=10, warmup_rounds=2)
     channel.close()
 
 
@@ -103,7 +103,7 @@ def test_confluent_kafka_produce_with_callbacks(benchmark: Any, setup: tuple[Sid
 
     benchmark.group = "produce 100B x 1000/batch"
     benchmark.extra_info["records"] = BATCH * BATCHES
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=10, warmup_rounds=2)
     p.flush(10)
 
 

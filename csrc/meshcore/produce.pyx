@@ -11,7 +11,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, strlen
+from libc.string cimport memcmp, memcpy, strlen
 
 from meshcore.rdkafka cimport *
 from meshcore.routes cimport Route, RouteTable
@@ -83,6 +83,52 @@ cdef inline bint valid_topic(const unsigned char *p, size_t n) noexcept nogil:
     return True
 
 
+cdef enum:
+    TOPIC_CACHE = 8
+
+
+cdef struct TopicHandle:
+    int sink
+    const unsigned char *name     # points into the request
+    size_t len
+    rd_kafka_topic_t *rkt
+
+
+cdef struct TopicCache:
+    TopicHandle slots[TOPIC_CACHE]
+    int n
+
+
+cdef rd_kafka_topic_t *_topic_handle(TopicCache *cache, rd_kafka_t *rk, int sink, RecordView *rec,
+                                     const char *cname) noexcept nogil:
+    """A topic handle for (sink, topic), reused within the batch: naming the topic by string would make
+    librdkafka look the topic up, lock and count a reference for every message."""
+    cdef int i
+    cdef TopicHandle *h
+    for i in range(cache.n):
+        h = &cache.slots[i]
+        if h.sink == sink and h.len == rec.topic.n and memcmp(h.name, rec.topic.p, h.len) == 0:
+            return h.rkt
+    if cache.n == TOPIC_CACHE:
+        return NULL
+    h = &cache.slots[cache.n]
+    h.rkt = rd_kafka_topic_new(rk, cname, NULL)
+    if h.rkt == NULL:
+        return NULL
+    h.sink = sink
+    h.name = rec.topic.p
+    h.len = rec.topic.n
+    cache.n += 1
+    return h.rkt
+
+
+cdef void _topic_cache_clear(TopicCache *cache) noexcept nogil:
+    cdef int i
+    for i in range(cache.n):
+        rd_kafka_topic_destroy(cache.slots[i].rkt)
+    cache.n = 0
+
+
 cdef int _submit(km_stream *stream, RouteTable table, ProduceRequestView *view, int64_t nbytes,
                  int wait_ms, uint64_t *out_batch_id) except -1 nogil:
     """Route and enqueue every record of view as one batch. Returns 0, or -1 (MemoryError) before enqueuing."""
@@ -120,6 +166,8 @@ cdef int _submit(km_stream *stream, RouteTable table, ProduceRequestView *view, 
         with gil:
             raise MemoryError()
     out_batch_id[0] = view.batch_id
+    cdef TopicCache topics
+    topics.n = 0
     for i in range(view.count):
         if codes[i] != KM_OK:
             km_batch_fail(b, i, codes[i], 0, 0)
@@ -130,16 +178,17 @@ cdef int _submit(km_stream *stream, RouteTable table, ProduceRequestView *view, 
             b.refs[ref].batch = b
             b.refs[ref].index = i
             b.refs[ref].sink = s
-            if _enqueue(table.rks[s], &view.records[i], &b.refs[ref], wait_ms) != RD_KAFKA_RESP_ERR_NO_ERROR:
-                pass    # _enqueue recorded the failure on the batch
+            _enqueue(table.rks[s], &view.records[i], &b.refs[ref], wait_ms, &topics, s)   # failures: on the batch
             ref += 1
+    _topic_cache_clear(&topics)
     free(routes)
     free(codes)
     km_batch_settle(b, 1)   # the submit guard: the batch may complete from here on
     return 0
 
 
-cdef rd_kafka_resp_err_t _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *ref, int wait_ms) noexcept nogil:
+cdef rd_kafka_resp_err_t _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *ref, int wait_ms,
+                                  TopicCache *topics, int sink) noexcept nogil:
     cdef char topic[MAX_TOPIC + 1]
     cdef rd_kafka_vu_t vus[8]
     cdef size_t nvu = 0
@@ -160,7 +209,11 @@ cdef rd_kafka_resp_err_t _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *re
         while header_next(&hr, &hname, &hvalue, &has_hvalue) == 1:
             rd_kafka_header_add(hdrs, <const char *>hname.p, hname.n,
                                 hvalue.p if has_hvalue else NULL, hvalue.n if has_hvalue else 0)
-    vus[nvu].vtype = RD_KAFKA_VTYPE_TOPIC; vus[nvu].u.cstr = topic; nvu += 1
+    cdef rd_kafka_topic_t *rkt = _topic_handle(topics, rk, sink, rec, topic)
+    if rkt != NULL:
+        vus[nvu].vtype = RD_KAFKA_VTYPE_RKT; vus[nvu].u.rkt = rkt; nvu += 1
+    else:
+        vus[nvu].vtype = RD_KAFKA_VTYPE_TOPIC; vus[nvu].u.cstr = topic; nvu += 1
     vus[nvu].vtype = RD_KAFKA_VTYPE_MSGFLAGS; vus[nvu].u.i = RD_KAFKA_MSG_F_COPY; nvu += 1
     vus[nvu].vtype = RD_KAFKA_VTYPE_OPAQUE; vus[nvu].u.ptr = ref; nvu += 1
     vus[nvu].vtype = RD_KAFKA_VTYPE_PARTITION

@@ -46,6 +46,7 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
     ctypedef enum rd_kafka_vtype_t:
         RD_KAFKA_VTYPE_END
         RD_KAFKA_VTYPE_TOPIC
+        RD_KAFKA_VTYPE_RKT
         RD_KAFKA_VTYPE_PARTITION
         RD_KAFKA_VTYPE_VALUE
         RD_KAFKA_VTYPE_KEY
@@ -60,6 +61,7 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
         size_t size
     ctypedef union _rd_kafka_vu_value:
         const char *cstr
+        rd_kafka_topic_t *rkt
         int i
         int32_t i32
         int64_t i64
@@ -132,6 +134,10 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
                                             const void *value, ssize_t value_size)
 
     const char *rd_kafka_topic_name(const rd_kafka_topic_t *rkt)
+    ctypedef struct rd_kafka_topic_conf_t:
+        pass
+    rd_kafka_topic_t *rd_kafka_topic_new(rd_kafka_t *rk, const char *topic, rd_kafka_topic_conf_t *conf)
+    void rd_kafka_topic_destroy(rd_kafka_topic_t *rkt)
     int64_t rd_kafka_message_timestamp(const rd_kafka_message_t *rkmessage, rd_kafka_timestamp_type_t *tstype)
     void rd_kafka_message_destroy(rd_kafka_message_t *rkmessage)
 
