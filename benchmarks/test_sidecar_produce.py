@@ -244,3 +244,62 @@ def test_added_latency_per_batch_at_1000_batches_per_s(benchmark: Any,
     results["added_p50_ms"] = round(results["sidecar"]["p50_ms"] - results["direct"]["p50_ms"], 3)
     results["added_p99_ms"] = round(results["sidecar"]["p99_ms"] - results["direct"]["p99_ms"], 3)
     benchmark.extra_info.update(results)
+
+
+def test_paired_rounds_sidecar_vs_direct(benchmark: Any, setup: tuple[SidecarProc, str, str, str]) -> None:
+    """Rounds of the two paths interleaved (sidecar, direct, sidecar, ...), so that the broker's drift over a run
+    (log segments, JVM collections) weighs on both alike; reports the median of the per-pair ratios."""
+    proc, topic, bootstrap, _ = setup
+    keys = [str(i).encode() for i in range(BATCH)]
+    channel = grpc.insecure_channel(proc.target)
+    call = channel.stream_stream("/kafkamesh.v1.Mesh/Produce")
+    p = CKProducer({"bootstrap.servers": bootstrap, **CONF})
+    done = [0]
+
+    def on_delivery(err: object, msg: object) -> None:
+        if err is None:
+            done[0] += 1
+
+    def sidecar_round() -> float:
+        started = time.perf_counter()
+        ok = 0
+        for raw in call((_encode(b, topic, keys) for b in range(BATCHES)), timeout=120):
+            ok += mesh_pb2.ProduceResponse.FromString(raw).ok_count
+        assert ok == BATCH * BATCHES
+        return BATCH * BATCHES / (time.perf_counter() - started)
+
+    def direct_round() -> float:
+        started = time.perf_counter()
+        before = done[0]
+        for _ in range(BATCHES):
+            for k in keys:
+                while True:
+                    try:
+                        p.produce(topic, VALUE, k, on_delivery=on_delivery)
+                        break
+                    except BufferError:
+                        p.poll(0.01)
+            p.poll(0)
+        p.flush(60)
+        assert done[0] - before == BATCH * BATCHES
+        return BATCH * BATCHES / (time.perf_counter() - started)
+
+    pairs: list[tuple[float, float]] = []
+
+    def run() -> None:
+        for _ in range(2):          # warm both paths
+            sidecar_round()
+            direct_round()
+        for _ in range(12):
+            pairs.append((sidecar_round(), direct_round()))
+
+    benchmark.group = "paired"
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    channel.close()
+    ratios = sorted(s / d for s, d in pairs)
+    benchmark.extra_info.update({
+        "sidecar_median_rps": round(statistics.median(s for s, _ in pairs)),
+        "direct_median_rps": round(statistics.median(d for _, d in pairs)),
+        "ratio_median": round(statistics.median(ratios), 2),
+        "ratio_min": round(ratios[0], 2), "ratio_max": round(ratios[-1], 2), "pairs": len(pairs),
+    })
