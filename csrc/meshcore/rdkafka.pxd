@@ -140,6 +140,9 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
     void rd_kafka_topic_destroy(rd_kafka_topic_t *rkt)
     int64_t rd_kafka_message_timestamp(const rd_kafka_message_t *rkmessage, rd_kafka_timestamp_type_t *tstype)
     void rd_kafka_message_destroy(rd_kafka_message_t *rkmessage)
+    rd_kafka_resp_err_t rd_kafka_message_headers(const rd_kafka_message_t *rkmessage, rd_kafka_headers_t **hdrsp)
+    rd_kafka_resp_err_t rd_kafka_header_get_all(const rd_kafka_headers_t *hdrs, size_t idx, const char **namep,
+                                                const void **valuep, size_t *sizep)
 
     rd_kafka_topic_partition_list_t *rd_kafka_topic_partition_list_new(int size)
     void rd_kafka_topic_partition_list_destroy(rd_kafka_topic_partition_list_t *rkparlist)
