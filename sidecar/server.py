@@ -24,6 +24,7 @@ from sidecar.control.status import StatusReporter
 from sidecar.errors import MeshError, UsageError
 from sidecar.routing import RouteState
 from sidecar.servicers.produce import SERVICE, ProduceServicer
+from sidecar.servicers.subscribe import SubscribeServicer
 
 log = logging.getLogger("kafka_mesh.server")
 
@@ -51,13 +52,16 @@ async def serve(settings: SidecarSettings) -> int:
     source = MappingSource(settings, routes.apply)
     await source.start()             # raises when there is no mapping at all to serve
     produce = ProduceServicer(routes, settings.max_inflight_bytes)
-    status.streams = lambda: produce.streams
+    subscribe = SubscribeServicer(routes)
+    status.streams = lambda: produce.streams + subscribe.streams
 
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.so_reuseport", 0),
     ])
-    server.add_generic_rpc_handlers((produce.handler(),))
+    # Without request deserializers or response serializers: the servicers take and give wire bytes.
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        "Produce": produce.method(), "Subscribe": subscribe.method()}),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -160,6 +160,28 @@ cdef class Consumer:
             raise_kafka_error(fatal, f"consumer {self.name!r}")
         return out
 
+    def store_offsets(self, offsets):
+        """Mark [(topic, partition, next_offset), ...] as processed: the group commits them (automatically with
+        enable.auto.commit, at the latest when the consumer closes or loses the partition)."""
+        self._check_alive()
+        offsets = list(offsets)
+        if not offsets:
+            return
+        cdef rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(len(offsets))
+        cdef rd_kafka_topic_partition_t *tp
+        cdef rd_kafka_resp_err_t err
+        try:
+            for topic, partition, offset in offsets:
+                tp = rd_kafka_topic_partition_list_add(tl, str(topic).encode(), partition)
+                tp.offset = offset
+            with nogil:
+                err = rd_kafka_offsets_store(self.rk, tl)
+        finally:
+            rd_kafka_topic_partition_list_destroy(tl)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR and err != RD_KAFKA_RESP_ERR__STATE:
+            raise_kafka_error(err, f"store offsets of consumer {self.name!r}")
+        return err == RD_KAFKA_RESP_ERR_NO_ERROR
+
     def commit(self):
         """Commit the offsets of the records returned so far (synchronously)."""
         self._check_alive()

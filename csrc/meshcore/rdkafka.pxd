@@ -39,6 +39,7 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
         RD_KAFKA_RESP_ERR__PURGE_QUEUE
         RD_KAFKA_RESP_ERR__FATAL
         RD_KAFKA_RESP_ERR__PARTITION_EOF
+        RD_KAFKA_RESP_ERR__STATE
         RD_KAFKA_RESP_ERR_NO_ERROR
         RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE
         RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION
@@ -154,3 +155,4 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
     rd_kafka_message_t *rd_kafka_consumer_poll(rd_kafka_t *rk, int timeout_ms)
     rd_kafka_resp_err_t rd_kafka_commit(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *offsets, int async)
     rd_kafka_resp_err_t rd_kafka_consumer_close(rd_kafka_t *rk)
+    rd_kafka_resp_err_t rd_kafka_offsets_store(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *offsets)

@@ -43,10 +43,8 @@ class ProduceServicer:
         self._stopping = False
         self.streams = 0
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "Produce": grpc.stream_stream_rpc_method_handler(self.produce),
-        })
+    def method(self) -> grpc.RpcMethodHandler:
+        return grpc.stream_stream_rpc_method_handler(self.produce)
 
     def shutdown(self) -> None:
         """Stop reading every stream; each still answers what it has in flight, then ends with OK."""

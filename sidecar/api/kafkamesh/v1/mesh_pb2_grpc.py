@@ -40,6 +40,11 @@ class MeshStub:
                 request_serializer=kafkamesh_dot_v1_dot_mesh__pb2.ProduceRequest.SerializeToString,
                 response_deserializer=kafkamesh_dot_v1_dot_mesh__pb2.ProduceResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.stream_stream(
+                '/kafkamesh.v1.Mesh/Subscribe',
+                request_serializer=kafkamesh_dot_v1_dot_mesh__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=kafkamesh_dot_v1_dot_mesh__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
 
 
 class MeshServicer:
@@ -56,6 +61,18 @@ class MeshServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request_iterator, context):
+        """Consume one aggregated stream of records from every cluster the mapping's consumer route names for the topics.
+        A bidirectional stream: the application's first message is a Subscription; later ones carry acks and credit.
+        The sidecar sends records (never more than the credit granted) and events. Delivery is at least once: an offset
+        is committed only when the application has acked it and every record before it in its partition; records sent
+        but not acked are delivered again to the group after the stream ends or the partition moves.
+        A first message that is not a valid Subscription ends the stream with INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -63,6 +80,11 @@ def add_MeshServicer_to_server(servicer, server):
                     servicer.Produce,
                     request_deserializer=kafkamesh_dot_v1_dot_mesh__pb2.ProduceRequest.FromString,
                     response_serializer=kafkamesh_dot_v1_dot_mesh__pb2.ProduceResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.stream_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=kafkamesh_dot_v1_dot_mesh__pb2.SubscribeRequest.FromString,
+                    response_serializer=kafkamesh_dot_v1_dot_mesh__pb2.SubscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +115,33 @@ class Mesh:
             '/kafkamesh.v1.Mesh/Produce',
             kafkamesh_dot_v1_dot_mesh__pb2.ProduceRequest.SerializeToString,
             kafkamesh_dot_v1_dot_mesh__pb2.ProduceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/kafkamesh.v1.Mesh/Subscribe',
+            kafkamesh_dot_v1_dot_mesh__pb2.SubscribeRequest.SerializeToString,
+            kafkamesh_dot_v1_dot_mesh__pb2.SubscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,
