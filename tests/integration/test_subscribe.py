@@ -80,7 +80,7 @@ def test_a_subscriber_receives_every_record_of_both_clusters_and_commits_what_it
                             [f"c2-{b}-{i}" for b in range(2) for i in range(100)])
     assert {c for c, *_ in got} == {"c1", "c2"}
     assert all(v.decode().startswith(c) for c, _, _, _, v in got)        # each record names its own cluster
-    for i, c in enumerate(sandbox.clusters[:2]):
+    for c in sandbox.clusters[:2]:
         ends = {}
         for cl, _, p, off, _ in got:
             if cl == c.name:
