@@ -76,16 +76,21 @@ class RouteState:
                         created[name] = _Entry(cluster, meshcore.create_producer(name, config))
                     except meshcore.ConfigError as e:
                         raise MappingError(f"clusters.{name}.config: {e}") from e
+            entries = {name: created.get(name) or self._live[name] for name in used}
+            index = {name: i for i, name in enumerate(used)}
+            routes = [(list(r.topics), [index[s] for s in r.sinks]) for r in mapping.producer if not r.is_default]
+            default = mapping.default_sinks
+            try:
+                table = meshcore.build_route_table(mapping.revision, [entries[n].producer for n in used], routes,
+                                                   [index[s] for s in default] if default else None)
+            except meshcore.CoreError as e:
+                raise MappingError(f"producer: {e}") from e
         except BaseException:
             for entry in created.values():
                 entry.producer.close(flush_timeout_ms=0)
             raise
-        entries = {name: created.get(name) or self._live[name] for name in used}
-        index = {name: i for i, name in enumerate(used)}
-        routes = [(list(r.topics), [index[s] for s in r.sinks]) for r in mapping.producer if not r.is_default]
-        default = mapping.default_sinks
-        table = meshcore.build_route_table(mapping.revision, [entries[n].producer for n in used], routes,
-                                           [index[s] for s in default] if default else None)
+        # When the last batch routed by this table is done with it, retired producers it named may close.
+        weakref.finalize(table, self._table_freed)
         for entry in entries.values():
             entry.tables.add(table)
         for name, entry in self._live.items():
@@ -99,6 +104,13 @@ class RouteState:
         self.reap()
         if self._on_change is not None:
             self._on_change(mapping)
+
+    def _table_freed(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return      # freed outside the loop (at exit): nothing to schedule
+        loop.call_soon(self.reap)
 
     def reap(self) -> None:
         """Close every retired producer that no live table names any more (in a worker thread: close flushes)."""

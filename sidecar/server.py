@@ -98,6 +98,7 @@ async def serve(settings: SidecarSettings) -> int:
     await source.stop()
     await status.stop()
     lost = await routes.close(flush_timeout_ms=int(settings.shutdown_grace_s * 1000))
+    produce.close()
     if lost:
         log.warning("stopped with %d records undelivered", lost)
         return 1

@@ -74,7 +74,7 @@ cdef class Consumer:
                             break
                         continue
                     size = <long long>(m.len + m.key_len)
-                    if used + size > max_bytes:
+                    if n > 0 and used + size > max_bytes:
                         self.held = m
                         break
                     used += size

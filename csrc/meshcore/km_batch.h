@@ -45,6 +45,8 @@ static inline int km_code_for(rd_kafka_resp_err_t err) {
     case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
     case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
         return KM_RECORD_TOO_LARGE;
+    case RD_KAFKA_RESP_ERR__PURGE_QUEUE:
+    case RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
     case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
     case RD_KAFKA_RESP_ERR__TIMED_OUT:
     case RD_KAFKA_RESP_ERR__TRANSPORT:
@@ -188,7 +190,9 @@ static inline km_batch *km_batch_new(km_stream *s, uint64_t batch_id, uint64_t r
     b->revision = revision;
     b->n_records = n_records;
     b->n_refs = n_refs;
-    b->pending = 1;
+    /* Every (record, sink) delivery is counted before any is enqueued, plus 1 for the submit itself, so that a
+     * delivery report can never bring the count to zero while the batch is still being enqueued. */
+    b->pending = 1 + (int64_t)n_refs;
     b->bytes = bytes;
     b->rec_code = (uint8_t *)(base + off_code);
     b->rec_kerr = (int32_t *)(base + off_kerr);
@@ -217,8 +221,8 @@ static inline void km_batch_fail(km_batch *b, uint32_t index, int code, int32_t 
     }
 }
 
-/* The in-flight counters drop only once the batch is on the completed list (under the lock), so an owner that
- * reads inflight_batches == 0 and then takes the completed list is sure to get every batch. */
+/* The in-flight counters drop only when the owner takes the completed list (under the lock), so an owner that
+ * reads inflight_batches == 0 has taken every batch. */
 static inline void km_batch_complete(km_batch *b) {
     km_stream *s = b->stream;
     int64_t bytes = b->bytes;
@@ -240,8 +244,8 @@ static inline void km_batch_complete(km_batch *b) {
         do {
             w = write(s->efd, &one, sizeof(one));
         } while (w < 0 && errno == EINTR);
-        km_atomic_add(&s->inflight_bytes, -bytes);
-        km_atomic_add(&s->inflight_batches, -1);
+        /* A completed batch still counts as in flight until its response is taken (km_stream_take_completed):
+         * an app that does not read its responses is held to the same bound as one whose cluster is slow. */
         pthread_mutex_unlock(&s->lock);
     }
     km_stream_unref(s);
@@ -260,11 +264,15 @@ static inline void km_msgref_delivered(km_msgref *ref, rd_kafka_resp_err_t err) 
     km_batch_settle(ref->batch, 1);
 }
 
-/* Take the completed batches (the caller frees them). */
+/* Take the completed batches (the caller frees them); they stop counting as in flight. */
 static inline km_batch *km_stream_take_completed(km_stream *s) {
     pthread_mutex_lock(&s->lock);
     km_batch *b = s->head;
     s->head = s->tail = NULL;
+    for (km_batch *x = b; x; x = x->next) {
+        km_atomic_add(&s->inflight_bytes, -x->bytes);
+        km_atomic_add(&s->inflight_batches, -1);
+    }
     if (s->efd >= 0) {
         uint64_t count;
         ssize_t r;

@@ -65,6 +65,8 @@ cdef extern from "km_batch.h" nogil:
 
 cdef enum:
     MAX_TOPIC = 249
+    # Bounds a batch's accounting (16 bytes per delivery) and keeps every count in 32 bits.
+    MAX_REFS = 4000000
 
 
 cdef inline bint valid_topic(const unsigned char *p, size_t n) noexcept nogil:
@@ -134,7 +136,8 @@ cdef int _submit(km_stream *stream, RouteTable table, ProduceRequestView *view, 
     """Route and enqueue every record of view as one batch. Returns 0, or -1 (MemoryError) before enqueuing."""
     cdef size_t i
     cdef int s, k
-    cdef uint32_t n_refs = 0, ref = 0
+    cdef uint64_t n_refs = 0
+    cdef uint32_t ref = 0
     cdef RecordView *rec
     cdef const Route *route
     cdef const Route **routes = <const Route **>malloc((view.count if view.count else 1) * sizeof(void *))
@@ -158,7 +161,12 @@ cdef int _submit(km_stream *stream, RouteTable table, ProduceRequestView *view, 
             continue
         routes[i] = route
         n_refs += route.n
-    b = km_batch_new(stream, view.batch_id, table.revision, view.count, n_refs, nbytes, table.names,
+    if n_refs > MAX_REFS:
+        free(routes)
+        free(codes)
+        with gil:
+            raise ValueError(f"a batch may hold at most {MAX_REFS} (record, sink) deliveries, got {n_refs}")
+    b = km_batch_new(stream, view.batch_id, table.revision, view.count, <uint32_t>n_refs, nbytes, table.names,
                      table.names_len, table.name_off, table.n_sinks)
     if b == NULL:
         free(routes)
@@ -234,9 +242,7 @@ cdef rd_kafka_resp_err_t _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *re
     while True:
         error = rd_kafka_produceva(rk, vus, nvu)
         if error == NULL:
-            # Counted now, settled by the delivery report.
-            _pending_add(ref, 1)
-            return RD_KAFKA_RESP_ERR_NO_ERROR
+            return RD_KAFKA_RESP_ERR_NO_ERROR   # settled by its delivery report
         code = rd_kafka_error_code(error)
         rd_kafka_error_destroy(error)
         if code == RD_KAFKA_RESP_ERR__QUEUE_FULL:
@@ -246,17 +252,14 @@ cdef rd_kafka_resp_err_t _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *re
         if hdrs != NULL:
             rd_kafka_headers_destroy(hdrs)
         km_batch_fail(ref.batch, ref.index, _code_for(code), <int32_t>code, ref.sink)
+        km_batch_settle(ref.batch, 1)          # it was counted as pending, and will get no delivery report
         return code
 
 
 cdef extern from *:
     """
     #include "km_batch.h"
-    static inline void km_ref_pending_add(km_msgref *ref, int64_t n) {
-        __atomic_add_fetch(&ref->batch->pending, n, __ATOMIC_ACQ_REL);
-    }
     """
-    void _pending_add "km_ref_pending_add"(km_msgref *ref, int64_t n) nogil
     int _code_for "km_code_for"(rd_kafka_resp_err_t err) nogil
 
 

@@ -137,14 +137,18 @@ cdef class Producer:
         return self.rk == NULL
 
     def close(self, int flush_timeout_ms=10000):
-        """Flush for up to flush_timeout_ms, then destroy the handle. Idempotent. Returns the records that were
-        still outstanding (and are lost) when the handle was destroyed."""
+        """Flush for up to flush_timeout_ms, then destroy the handle. Idempotent. Returns how many records were
+        still undelivered then: they are purged first, so each gets a failed delivery report (and its batch an
+        answer) before the handle goes."""
         if self.rk == NULL:
             return 0
         cdef int left
         with nogil:
             rd_kafka_flush(self.rk, flush_timeout_ms)
             left = rd_kafka_outq_len(self.rk)
+            if left > 0:
+                rd_kafka_purge(self.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT)
+                rd_kafka_flush(self.rk, 5000)     # serves the purge reports
         self._destroy()
         return left
 

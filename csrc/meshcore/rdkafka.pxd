@@ -37,6 +37,7 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
         RD_KAFKA_RESP_ERR__TIMED_OUT
         RD_KAFKA_RESP_ERR__QUEUE_FULL
         RD_KAFKA_RESP_ERR__PURGE_QUEUE
+        RD_KAFKA_RESP_ERR__PURGE_INFLIGHT
         RD_KAFKA_RESP_ERR__FATAL
         RD_KAFKA_RESP_ERR__PARTITION_EOF
         RD_KAFKA_RESP_ERR__STATE
@@ -102,6 +103,8 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
     enum:
         RD_KAFKA_PARTITION_UA
         RD_KAFKA_MSG_F_COPY
+        RD_KAFKA_PURGE_F_QUEUE
+        RD_KAFKA_PURGE_F_INFLIGHT
 
     int rd_kafka_version()
     const char *rd_kafka_version_str()
@@ -122,6 +125,7 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
     int rd_kafka_poll(rd_kafka_t *rk, int timeout_ms)
     rd_kafka_resp_err_t rd_kafka_flush(rd_kafka_t *rk, int timeout_ms)
     int rd_kafka_outq_len(rd_kafka_t *rk)
+    rd_kafka_resp_err_t rd_kafka_purge(rd_kafka_t *rk, int purge_flags)
     rd_kafka_resp_err_t rd_kafka_fatal_error(rd_kafka_t *rk, char *errstr, size_t errstr_size)
 
     rd_kafka_error_t *rd_kafka_produceva(rd_kafka_t *rk, const rd_kafka_vu_t *vus, size_t cnt)

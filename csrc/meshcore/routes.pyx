@@ -12,7 +12,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy
 
 from meshcore.producer cimport Producer
-from meshcore.rdkafka cimport rd_kafka_t
+from meshcore.rdkafka cimport rd_kafka_outq_len, rd_kafka_t
 from meshcore.support cimport KM_DEBUG_ENABLED
 
 from meshcore.errors import CoreError
@@ -62,6 +62,15 @@ cdef class RouteTable:
         if r == NULL:
             return None
         return tuple(self.sink_name(r.sinks[i]) for i in range(r.n))
+
+    def max_queued(self):
+        """The most records any of the table's producers holds unacknowledged (queued or in flight)."""
+        cdef int i, q, most = 0
+        for i in range(self.n_sinks):
+            q = rd_kafka_outq_len(self.rks[i])
+            if q > most:
+                most = q
+        return most
 
     def sink_name(self, int index):
         if not 0 <= index < self.n_sinks:

@@ -42,6 +42,7 @@ class MappingSource:
         self._task: asyncio.Task[None] | None = None
         self.applied_revision = -1
         self._last_event = 0
+        self._read_revision = 0
         self._applied_doc: dict[str, object] | None = None
         self.connected = asyncio.Event()
 
@@ -57,7 +58,10 @@ class MappingSource:
         """The namespace in one read. Its revision is that of the newest change to a mapping key: the newest
         mod_revision among them, or a newer deletion the watch has reported. So a mapping written by one
         `mapping apply` carries exactly that apply's revision, whatever else etcd stores meanwhile."""
-        items, _ = await etcd.get_prefix_revisions(self._keys.root)
+        items, read_revision = await etcd.get_prefix_revisions(self._keys.root)
+        # The watch resumes after the read, not after the newest mapping key: the store's revision moves on with
+        # other writes (status/), and etcd compacts old revisions away.
+        self._read_revision = max(self._read_revision, read_revision)
         mapping_items = {k: v for k, (v, _) in items.items() if self._is_mapping_key(k)}
         newest = max((rev for k, (_, rev) in items.items() if self._is_mapping_key(k)), default=0)
         return Mapping.from_etcd(mapping_items, self._keys, max(newest, self._last_event))
@@ -107,7 +111,7 @@ class MappingSource:
                     await self._reload(etcd)          # what changed while we were away
                     self.connected.set()
                     backoff = 0.2
-                    async for event in etcd.watch_prefix(self._keys.root, start_revision=self.applied_revision + 1):
+                    async for event in etcd.watch_prefix(self._keys.root, start_revision=self._read_revision + 1):
                         if event.revision > self.applied_revision and self._is_mapping_key(event.key):
                             self._last_event = max(self._last_event, event.revision)
                             await self._reload(etcd)

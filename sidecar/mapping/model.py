@@ -27,6 +27,8 @@ from sidecar.errors import MappingError, UsageError
 ROLES = ("fronting", "consumer")
 SECTIONS = ("clusters", "producer", "consumer")
 DEFAULT_ROUTE = "__default__"
+#: The most clusters one producer route may write every record to (the data plane's fixed bound).
+MAX_SINKS = 16
 _BOOTSTRAP = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 # Kafka's own rule for topic names (kafka.common.internals.Topic): legal characters, at most 249 of them.
 _TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
@@ -145,6 +147,8 @@ class ProducerRoute:
             raise MappingError(f"{where}.where: required, a list of {{\"sink\": CLUSTER}}, got {_type(targets)}")
         if not targets:
             raise MappingError(f"{where}.where: needs at least one {{\"sink\": CLUSTER}}")
+        if len(targets) > MAX_SINKS:
+            raise MappingError(f"{where}.where: at most {MAX_SINKS} sinks, got {len(targets)}")
         sinks: list[str] = []
         for i, target in enumerate(targets):
             at = f"{where}.where[{i}]"

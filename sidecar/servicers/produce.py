@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -23,6 +25,10 @@ from sidecar.routing import RouteState
 log = logging.getLogger("kafka_mesh.produce")
 
 SERVICE = "kafkamesh.v1.Mesh"
+#: Requests up to this size are submitted on the loop thread (at most ~200k records: a full librdkafka queue is out
+#: of reach while every producer holds fewer than INLINE_MAX_QUEUED of its 10M); larger ones in a worker thread.
+INLINE_MAX_BYTES = 1 << 20
+INLINE_MAX_QUEUED = 1_000_000
 
 
 class StreamAborted(Exception):
@@ -40,6 +46,7 @@ class ProduceServicer:
         self._routes = routes
         self._max_inflight = max_inflight_bytes
         self._readers: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="produce-submit")
         self._stopping = False
         self.streams = 0
 
@@ -52,29 +59,40 @@ class ProduceServicer:
         for reader in self._readers:
             reader.cancel()
 
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
     async def produce(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         stream = meshcore.open_stream()
         wake = asyncio.Event()        # a batch completed, or the reader stopped
         room = asyncio.Event()        # responses were sent: in-flight bytes went down
         fd = stream.fileno()
-        loop.add_reader(fd, wake.set)
+
+        def ready() -> None:
+            # The eventfd is read here, so that the level-triggered reader does not fire again while this handler
+            # is busy writing (a slow app); the completed list itself is taken by drain().
+            try:
+                os.read(fd, 8)
+            except BlockingIOError:
+                pass
+            wake.set()
+
+        loop.add_reader(fd, ready)
         reader = loop.create_task(self._read(stream, requests, room))
         reader.add_done_callback(lambda _: wake.set())
         self._readers.add(reader)
         self.streams += 1
         try:
             while True:
-                wake.clear()
-                # In this order: once the reader is done nothing new is submitted, and a batch leaves the in-flight
-                # count only after it is on the completed list, so "idle" here means the drain below gets the rest.
-                finished = reader.done() and stream.inflight_batches == 0
+                wake.clear()          # before the drain: a batch completing after it wakes the wait below
                 responses = stream.drain()
                 if responses:
                     room.set()
                     for raw in responses:
                         yield raw
-                if finished:
+                # A batch counts as in flight until drain() takes it: none left and no reader means all answered.
+                if reader.done() and stream.inflight_batches == 0:
                     break
                 await wake.wait()
             error = None if reader.cancelled() else reader.exception()
@@ -93,6 +111,7 @@ class ProduceServicer:
         """Submit each request as it arrives; cancelled by shutdown(), which only stops the reading."""
         if self._stopping:
             return
+        loop = asyncio.get_running_loop()
         async for raw in requests:
             while stream.inflight_bytes >= self._max_inflight:
                 room.clear()
@@ -101,11 +120,17 @@ class ProduceServicer:
             if table is None:
                 raise StreamAborted(grpc.StatusCode.UNAVAILABLE, "the sidecar has no mapping yet")
             try:
-                # On the loop thread: parsing and enqueuing a batch takes microseconds per record with the GIL
-                # released; librdkafka's queues are sized (routing.PRODUCER_DEFAULTS) so that the in-flight bounds
-                # are reached long before a queue is full, so submit does not wait on Kafka.
-                stream.submit(table, raw)
-            except meshcore.WireError as e:
+                # On the loop thread when it cannot wait: parsing and enqueuing takes microseconds per record with
+                # the GIL released. A large request, or producers already holding many records, may meet a full
+                # librdkafka queue and wait for Kafka: that runs in a worker thread, so the loop never waits.
+                if len(raw) > INLINE_MAX_BYTES or table.max_queued() > INLINE_MAX_QUEUED:
+                    await loop.run_in_executor(self._executor, stream.submit, table, raw)
+                else:
+                    stream.submit(table, raw)
+            except (meshcore.WireError, ValueError) as e:
                 log.info("produce stream ended: %s", e)
                 raise StreamAborted(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
+            # An idle stream must not keep an old table (and with it retired producers) or the request alive.
+            table = None
+            raw = b""
         log.debug("produce stream: the app closed its side")

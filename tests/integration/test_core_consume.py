@@ -93,3 +93,25 @@ def test_a_record_over_the_byte_budget_waits_for_the_next_call(sandbox: Sandbox,
     finally:
         c.close()
     assert got == [0, 1, 2, 3, 4]       # nothing lost or reordered by holding a record back
+
+
+def test_a_record_larger_than_the_whole_budget_is_sent_alone(sandbox: Sandbox, topic: str) -> None:
+    bootstrap = sandbox.clusters[0].bootstrap
+    create_topic(bootstrap, topic, partitions=1)
+    req = mesh_pb2.ProduceRequest(batch_id=1)
+    req.records.add(topic=topic, value=b"B" * 1000)
+    req.records.add(topic=topic, value=b"s")
+    _produce(bootstrap, topic, [req])
+    c = _consumer(bootstrap, topic)
+    sizes: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(sizes) < 2 and time.monotonic() < deadline:
+            encoded, runs, n = c.poll_batch("c1", 500, 100, 500)
+            if encoded is not None:
+                resp = mesh_pb2.SubscribeResponse.FromString(encoded)
+                sizes += [len(r.value) for g in resp.records.partitions for r in g.records]
+                assert n == 1
+    finally:
+        c.close()
+    assert sizes == [1000, 1]        # never stuck behind a budget it can never fit

@@ -278,3 +278,9 @@ def test_control_settings_flags_over_environment() -> None:
     assert ControlSettings.build("http://f:2", env={}) == ControlSettings("http://f:2", "default")
     with pytest.raises(UsageError, match="^no etcd endpoint: give --etcd URL or set KAFKA_MESH_ETCD$"):
         ControlSettings.build(env={})
+
+
+def test_a_route_may_name_at_most_sixteen_sinks() -> None:
+    doc = {"where": [{"sink": f"c{i}"} for i in range(17)]}
+    with pytest.raises(MappingError, match=r"producer.t1.where: at most 16 sinks, got 17"):
+        ProducerRoute.parse("t1", doc)
