@@ -4,7 +4,9 @@ The handler is registered without a request deserializer or response serializer:
 undecoded, and the core's encoded responses are written as they are. Per stream, on the event loop:
 - a reader task takes the next request only while the stream's in-flight bytes are under the bound, so a slow
   cluster makes gRPC flow control slow the app instead of growing memory; each request is routed by the table in
-  force when it is read (one revision per batch) and submitted at once (the core releases the GIL);
+  force when it is read (one revision per batch) and submitted by the core with the GIL released: on the loop
+  thread when small, in a worker thread when it is large or the producers hold many records (a full librdkafka
+  queue makes submit wait for room);
 - the handler itself waits on the stream's eventfd and writes each completed batch's response.
 Malformed bytes end only this stream, with INVALID_ARGUMENT, after the batches already submitted are answered.
 """
