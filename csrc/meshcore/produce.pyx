@@ -13,11 +13,12 @@ from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, strlen
 
+from meshcore.message cimport MAX_TOPIC_LEN, produce_record
 from meshcore.rdkafka cimport *
 from meshcore.routes cimport Route, RouteTable
 from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_load
 from meshcore.wire cimport (
-    ProduceRequestView, Reader, RecordView, Slice, header_next, produce_request_parse, produce_request_view_free,
+    ProduceRequestView, RecordView, produce_request_parse, produce_request_view_free,
 )
 
 from meshcore.errors import HandleClosedError, WireError
@@ -64,7 +65,6 @@ cdef extern from "km_batch.h" nogil:
 
 
 cdef enum:
-    MAX_TOPIC = 249
     # Bounds a batch's accounting (16 bytes per delivery) and keeps every count in 32 bits.
     MAX_REFS = 4000000
 
@@ -73,7 +73,7 @@ cdef inline bint valid_topic(const unsigned char *p, size_t n) noexcept nogil:
     """Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], and not "." or ".."."""
     cdef size_t i
     cdef unsigned char c
-    if n == 0 or n > MAX_TOPIC:
+    if n == 0 or n > MAX_TOPIC_LEN:
         return False
     if (n == 1 and p[0] == b'.') or (n == 2 and p[0] == b'.' and p[1] == b'.'):
         return False
@@ -195,65 +195,16 @@ cdef int _submit(km_stream *stream, RouteTable table, ProduceRequestView *view, 
     return 0
 
 
-cdef rd_kafka_resp_err_t _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *ref, int wait_ms,
-                                  TopicCache *topics, int sink) noexcept nogil:
-    cdef char topic[MAX_TOPIC + 1]
-    cdef rd_kafka_vu_t vus[8]
-    cdef size_t nvu = 0
-    cdef rd_kafka_headers_t *hdrs = NULL
-    cdef rd_kafka_error_t *error
-    cdef rd_kafka_resp_err_t code
-    cdef Reader hr
-    cdef Slice hname, hvalue
-    cdef uint8_t has_hvalue
-    memcpy(topic, rec.topic.p, rec.topic.n)
-    topic[rec.topic.n] = 0
-    if rec.header_count:
-        hdrs = rd_kafka_headers_new(rec.header_count)
-        hr.buf = rec.raw.p
-        hr.len = rec.raw.n
-        hr.pos = 0
-        hr.err = NULL
-        while header_next(&hr, &hname, &hvalue, &has_hvalue) == 1:
-            rd_kafka_header_add(hdrs, <const char *>hname.p, hname.n,
-                                hvalue.p if has_hvalue else NULL, hvalue.n if has_hvalue else 0)
-    cdef rd_kafka_topic_t *rkt = _topic_handle(topics, rk, sink, rec, topic)
-    if rkt != NULL:
-        vus[nvu].vtype = RD_KAFKA_VTYPE_RKT; vus[nvu].u.rkt = rkt; nvu += 1
-    else:
-        vus[nvu].vtype = RD_KAFKA_VTYPE_TOPIC; vus[nvu].u.cstr = topic; nvu += 1
-    vus[nvu].vtype = RD_KAFKA_VTYPE_MSGFLAGS; vus[nvu].u.i = RD_KAFKA_MSG_F_COPY; nvu += 1
-    vus[nvu].vtype = RD_KAFKA_VTYPE_OPAQUE; vus[nvu].u.ptr = ref; nvu += 1
-    vus[nvu].vtype = RD_KAFKA_VTYPE_PARTITION
-    vus[nvu].u.i32 = rec.partition if rec.has_partition else RD_KAFKA_PARTITION_UA
-    nvu += 1
-    if rec.has_key:
-        vus[nvu].vtype = RD_KAFKA_VTYPE_KEY; vus[nvu].u.mem.ptr = <void *>rec.key.p; vus[nvu].u.mem.size = rec.key.n
-        nvu += 1
-    if rec.has_value:
-        vus[nvu].vtype = RD_KAFKA_VTYPE_VALUE
-        vus[nvu].u.mem.ptr = <void *>rec.value.p
-        vus[nvu].u.mem.size = rec.value.n
-        nvu += 1
-    if rec.has_timestamp:
-        vus[nvu].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[nvu].u.i64 = rec.timestamp_ms; nvu += 1
-    if hdrs != NULL:
-        vus[nvu].vtype = RD_KAFKA_VTYPE_HEADERS; vus[nvu].u.headers = hdrs; nvu += 1
-    while True:
-        error = rd_kafka_produceva(rk, vus, nvu)
-        if error == NULL:
-            return RD_KAFKA_RESP_ERR_NO_ERROR   # settled by its delivery report
-        code = rd_kafka_error_code(error)
-        rd_kafka_error_destroy(error)
-        if code == RD_KAFKA_RESP_ERR__QUEUE_FULL:
-            # Backpressure, never an error: the poll thread frees room as deliveries complete.
-            rd_kafka_poll(rk, wait_ms)
-            continue
-        if hdrs != NULL:
-            rd_kafka_headers_destroy(hdrs)
+cdef void _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *ref, int wait_ms, TopicCache *topics,
+                   int sink) noexcept nogil:
+    """Enqueue one (record, sink) delivery of a batch; a refusal is recorded on the batch at once."""
+    cdef char name[MAX_TOPIC_LEN + 1]
+    memcpy(name, rec.topic.p, rec.topic.n)
+    name[rec.topic.n] = 0
+    cdef rd_kafka_resp_err_t code = produce_record(rk, rec, _topic_handle(topics, rk, sink, rec, name), ref, wait_ms)
+    if code != RD_KAFKA_RESP_ERR_NO_ERROR:
         km_batch_fail(ref.batch, ref.index, _code_for(code), <int32_t>code, ref.sink)
         km_batch_settle(ref.batch, 1)          # it was counted as pending, and will get no delivery report
-        return code
 
 
 cdef extern from *:

@@ -15,10 +15,11 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
 from meshcore.conf cimport conf_from_dict
+from meshcore.message cimport MAX_TOPIC_LEN, produce_record
 from meshcore.rdkafka cimport *
 from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_add, km_atomic_load
 from meshcore.wire cimport (
-    ProduceRequestView, Reader, RecordView, Slice, header_next, produce_request_parse, produce_request_view_free,
+    ProduceRequestView, RecordView, produce_request_parse, produce_request_view_free,
 )
 
 from meshcore.errors import ConfigError, HandleClosedError, KafkaError, WireError
@@ -30,10 +31,6 @@ cdef extern from *:
     """
     size_t sizeof_km_poller()
 
-
-cdef enum:
-    # Kafka's own limit on a topic name's length.
-    MAX_TOPIC = 249
 
 #: True in the debug build, which counts C handles.
 debug_build = bool(KM_DEBUG_ENABLED)
@@ -188,73 +185,21 @@ cdef class Producer:
 
 cdef void _enqueue_all(rd_kafka_t *rk, DeliveryStats *stats, ProduceRequestView *view, int32_t wait_ms,
                        size_t *enqueued, size_t *rejected) noexcept nogil:
-    cdef char topic[MAX_TOPIC + 1]
-    cdef rd_kafka_vu_t vus[7]
-    cdef size_t i, nvu
+    cdef size_t i
     cdef RecordView *rec
-    cdef rd_kafka_headers_t *hdrs
-    cdef rd_kafka_error_t *error
     cdef rd_kafka_resp_err_t code
-    cdef Reader hr
-    cdef Slice hname, hvalue
-    cdef uint8_t has_hvalue
     for i in range(view.count):
         rec = &view.records[i]
-        if rec.topic.n == 0 or rec.topic.n > MAX_TOPIC:
-            km_atomic_add(&stats.failed, 1)
-            stats.last_error = <int64_t>RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION
-            rejected[0] += 1
-            continue
-        memcpy(topic, rec.topic.p, rec.topic.n)
-        topic[rec.topic.n] = 0
-        hdrs = NULL
-        if rec.header_count:
-            hdrs = rd_kafka_headers_new(rec.header_count)
-            hr.buf = rec.raw.p
-            hr.len = rec.raw.n
-            hr.pos = 0
-            hr.err = NULL
-            while header_next(&hr, &hname, &hvalue, &has_hvalue) == 1:
-                rd_kafka_header_add(hdrs, <const char *>hname.p, hname.n,
-                                    hvalue.p if has_hvalue else NULL, hvalue.n if has_hvalue else 0)
-        nvu = 0
-        vus[nvu].vtype = RD_KAFKA_VTYPE_TOPIC; vus[nvu].u.cstr = topic; nvu += 1
-        vus[nvu].vtype = RD_KAFKA_VTYPE_MSGFLAGS; vus[nvu].u.i = RD_KAFKA_MSG_F_COPY; nvu += 1
-        vus[nvu].vtype = RD_KAFKA_VTYPE_PARTITION
-        vus[nvu].u.i32 = rec.partition if rec.has_partition else RD_KAFKA_PARTITION_UA
-        nvu += 1
-        if rec.has_key:
-            vus[nvu].vtype = RD_KAFKA_VTYPE_KEY
-            vus[nvu].u.mem.ptr = <void *>rec.key.p
-            vus[nvu].u.mem.size = rec.key.n
-            nvu += 1
-        if rec.has_value:
-            vus[nvu].vtype = RD_KAFKA_VTYPE_VALUE
-            vus[nvu].u.mem.ptr = <void *>rec.value.p
-            vus[nvu].u.mem.size = rec.value.n
-            nvu += 1
-        if rec.has_timestamp:
-            vus[nvu].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[nvu].u.i64 = rec.timestamp_ms; nvu += 1
-        if hdrs != NULL:
-            vus[nvu].vtype = RD_KAFKA_VTYPE_HEADERS; vus[nvu].u.headers = hdrs; nvu += 1
-        while True:
-            error = rd_kafka_produceva(rk, vus, nvu)
-            if error == NULL:
-                enqueued[0] += 1
-                break
-            code = rd_kafka_error_code(error)
-            rd_kafka_error_destroy(error)
-            if code == RD_KAFKA_RESP_ERR__QUEUE_FULL:
-                # Backpressure, not an error: serve delivery reports until the queue has room.
-                rd_kafka_poll(rk, wait_ms)
-                continue
-            # The headers are ours again when produceva fails.
-            if hdrs != NULL:
-                rd_kafka_headers_destroy(hdrs)
+        if rec.topic.n == 0 or rec.topic.n > MAX_TOPIC_LEN:
+            code = RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION
+        else:
+            code = produce_record(rk, rec, NULL, NULL, wait_ms)
+        if code == RD_KAFKA_RESP_ERR_NO_ERROR:
+            enqueued[0] += 1
+        else:
             km_atomic_add(&stats.failed, 1)
             stats.last_error = <int64_t>code
             rejected[0] += 1
-            break
         rd_kafka_poll(rk, 0)
 
 
