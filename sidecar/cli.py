@@ -136,6 +136,12 @@ def _add_sidecar_parser(sub: Any) -> None:
     p.add_argument("--max-inflight-bytes", metavar="N", help="per stream: stop reading past this (default 64 MiB)")
     p.add_argument("--delivery-timeout-ms", metavar="MS", help="fail a record not acknowledged by then (default 60000)")
     p.add_argument("--shutdown-grace-s", metavar="S", help="on SIGTERM, time for in-flight batches (default 30)")
+    p.add_argument("--commit-interval-ms", metavar="MS",
+                   help="Subscribe: commit acked offsets this often; a sidecar killed with -9 delivers again what "
+                        "was acked in the last interval (default 1000)")
+    p.add_argument("--drain-timeout-s", metavar="S",
+                   help="Subscribe: when the mapping drops a cluster from a stream, wait this long for the acks of "
+                        "what it sent before committing and closing (default 10)")
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info (default), warning or error")
 
 

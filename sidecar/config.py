@@ -100,6 +100,8 @@ class SidecarSettings:
     max_request_bytes: int = 64 << 20        # largest ProduceRequest accepted
     delivery_timeout_ms: int = 60_000        # a record not acknowledged by then fails with CLUSTER_UNAVAILABLE
     shutdown_grace_s: float = 30.0           # on SIGTERM: how long in-flight batches may take to finish
+    commit_interval_ms: int = 1000           # Subscribe: how often acked offsets are committed to Kafka
+    drain_timeout_s: float = 10.0            # Subscribe: how long a cluster leaving a stream waits for its acks
     etcd_timeout_s: float = 5.0
     status_ttl_s: int = 10
     log_level: str = "info"
@@ -171,6 +173,8 @@ class SidecarSettings:
             max_request_bytes=int(num("max_request_bytes", int, 1024)),
             delivery_timeout_ms=int(num("delivery_timeout_ms", int, 100)),
             shutdown_grace_s=float(num("shutdown_grace_s", float, 0)),
+            commit_interval_ms=int(num("commit_interval_ms", int, 10)),
+            drain_timeout_s=float(num("drain_timeout_s", float, 0)),
             etcd_timeout_s=float(num("etcd_timeout_s", float, 0.1)),
             status_ttl_s=int(num("status_ttl_s", int, 2)),
             log_level=level,

@@ -54,6 +54,8 @@ class RouteState:
         self.mapping: Mapping | None = None
         self.table: meshcore.RouteTable | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: Called (on the loop) with every mapping applied after the first: Subscribe streams follow it live.
+        self.listeners: set[Callable[[Mapping], None]] = set()
 
     @property
     def revision(self) -> int:
@@ -104,6 +106,11 @@ class RouteState:
         self.reap()
         if self._on_change is not None:
             self._on_change(mapping)
+        for listener in list(self.listeners):
+            try:
+                listener(mapping)
+            except Exception:       # one stream's trouble must not stop the mapping reaching the others
+                log.exception("a mapping listener failed")
 
     def _table_freed(self) -> None:
         try:

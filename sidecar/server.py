@@ -25,6 +25,7 @@ from sidecar.errors import MeshError, UsageError
 from sidecar.routing import RouteState
 from sidecar.servicers.produce import SERVICE, ProduceServicer
 from sidecar.servicers.subscribe import SubscribeServicer
+from sidecar.subscribe.session import StreamSettings
 
 log = logging.getLogger("kafka_mesh.server")
 
@@ -52,7 +53,7 @@ async def serve(settings: SidecarSettings) -> int:
     source = MappingSource(settings, routes.apply)
     await source.start()             # raises when there is no mapping at all to serve
     produce = ProduceServicer(routes, settings.max_inflight_bytes)
-    subscribe = SubscribeServicer(routes)
+    subscribe = SubscribeServicer(routes, StreamSettings(settings.commit_interval_ms, settings.drain_timeout_s))
     status.streams = lambda: produce.streams + subscribe.streams
 
     server = grpc.aio.server(options=[

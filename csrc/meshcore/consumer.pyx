@@ -1,8 +1,11 @@
 """One librdkafka consumer (rd_kafka_t in a consumer group), owned by one extension type with an explicit close.
 
-This is the core's first consumer: group membership, polling with the GIL released, and synchronous commits.
-poll_records() returns Python tuples and is meant for tools and tests; the Subscribe data path will encode records
-natively instead. The handle is used by one thread at a time.
+poll_batch() is the Subscribe data path: it polls within a record and byte budget and encodes a SubscribeResponse
+natively, with no Python object per record. poll_records() returns Python tuples and is meant for tools and tests.
+What librdkafka reports through callbacks (assignment changes, every broker down) is kept in C (km_consumer.h) and
+taken with take_events() and take_state(). The handle is polled by one thread at a time; store_offsets() and probe()
+may be called from another thread meanwhile (librdkafka's calls are thread-safe), close() only once no other thread
+uses the handle.
 """
 
 import warnings
@@ -18,6 +21,37 @@ from meshcore.support cimport KM_DEBUG_ENABLED
 
 from meshcore.errors import ConfigError, HandleClosedError, KafkaError
 
+cdef extern from "km_consumer.h" nogil:
+    ctypedef struct km_rebalance_ev:
+        int assigned
+        rd_kafka_topic_partition_list_t *parts
+    ctypedef struct km_cstate:
+        int nheld
+        int paused
+        int fatal
+        char reason[256]
+    int km_held_push(rd_kafka_t *rk, km_cstate *st, rd_kafka_message_t *m)
+    rd_kafka_message_t *km_held_pop(km_cstate *st)
+    int km_held_unpop(rd_kafka_t *rk, km_cstate *st, rd_kafka_message_t *m)
+    void km_set_paused(rd_kafka_t *rk, km_cstate *st, int paused)
+    km_cstate *km_cstate_new()
+    void km_cstate_free(km_cstate *st)
+    void km_conf_set_callbacks(rd_kafka_conf_t *conf, km_cstate *st)
+    void km_cstate_up(km_cstate *st)
+    int km_cstate_take_state(km_cstate *st, int *available, char *reason, size_t reason_size)
+    int km_cstate_take_events(km_cstate *st, km_rebalance_ev **out)
+    int km_cstate_take_rebalanced(km_cstate *st)
+    int km_cstate_is_down(km_cstate *st)
+    int km_probe(rd_kafka_t *rk, km_cstate *st, int timeout_ms)
+    int km_enable_wakeup(rd_kafka_t *rk, km_cstate *st, int fd)
+    void km_disable_wakeup(km_cstate *st)
+
+cdef extern from *:
+    """
+    #include <limits.h>
+    """
+    long long LLONG_MAX
+
 cdef int64_t _handles_created = 0
 cdef int64_t _handles_destroyed = 0
 
@@ -30,11 +64,56 @@ cdef class Consumer:
     """A librdkafka consumer in a group. Built by create_consumer(); call close() when done."""
 
     cdef rd_kafka_t *rk
+    cdef km_cstate *st
     cdef readonly str name
-    cdef rd_kafka_message_t *held      # polled but over the byte budget of the last call: sent first next time
 
     def __init__(self):
         raise TypeError("Consumer cannot be instantiated directly; use create_consumer()")
+
+    cdef int _collect(self, rd_kafka_message_t **msgs, int max_records, long long max_bytes,
+                      int timeout_ms) noexcept nogil:
+        """Poll up to max_records records (keys and values within max_bytes; the first always fits), waiting at most
+        timeout_ms for the first. A record over the budget is held for the next call. The batch ends at a
+        rebalance, so that it never holds records from before and after an assignment change. Errors librdkafka
+        recovers from are skipped; a fatal one is left in st.fatal."""
+        cdef int n = 0
+        cdef int wait = timeout_ms
+        cdef long long used = 0, size
+        cdef rd_kafka_message_t *m
+        cdef km_cstate *st = self.st
+        while n < max_records and not st.fatal:
+            if st.nheld:
+                m = km_held_pop(st)
+            else:
+                m = rd_kafka_consumer_poll(self.rk, wait)
+                if km_cstate_take_rebalanced(st):
+                    if m != NULL:
+                        km_held_push(self.rk, st, m)
+                    break
+            if m == NULL:
+                break
+            wait = 0
+            if m.err != RD_KAFKA_RESP_ERR_NO_ERROR:
+                if m.err == RD_KAFKA_RESP_ERR__FATAL:
+                    st.fatal = 1
+                rd_kafka_message_destroy(m)
+                continue
+            size = <long long>(m.len + m.key_len)
+            if n > 0 and used + size > max_bytes:
+                km_held_unpop(self.rk, st, m)
+                break
+            used += size
+            msgs[n] = m
+            n += 1
+        if n > 0:
+            km_cstate_up(st)        # records arrived: the cluster answers
+        return n
+
+    cdef int _check_fatal(self) except -1:
+        if self.st.fatal:
+            raise KafkaError(<int>RD_KAFKA_RESP_ERR__FATAL, "_FATAL",
+                             f"consumer {self.name!r}: {self.st.reason.decode(errors='replace')}")
+        return 0
 
     def poll_batch(self, str cluster, int max_records, long long max_bytes, int timeout_ms):
         """Poll up to max_records records whose keys and values add up to at most max_bytes, waiting at most
@@ -43,7 +122,8 @@ cdef class Consumer:
 
         Returns (encoded, runs, count): runs lists (topic, partition, first_offset, last_offset) per group, for the
         stream's offset tracking; encoded is None when nothing arrived. A record that does not fit the byte budget
-        is kept and returned first by the next call. A fatal consumer error raises KafkaError."""
+        is kept and returned first by the next call. A batch ends at a rebalance: call take_events() after each
+        call. A fatal consumer error raises KafkaError."""
         self._check_alive()
         if max_records <= 0:
             raise ValueError("max_records must be positive")
@@ -51,37 +131,10 @@ cdef class Consumer:
         if msgs == NULL:
             raise MemoryError()
         cdef int n = 0, i
-        cdef int wait = timeout_ms
-        cdef long long used = 0, size
-        cdef rd_kafka_message_t *m
-        cdef rd_kafka_resp_err_t fatal = RD_KAFKA_RESP_ERR_NO_ERROR
         try:
             with nogil:
-                while n < max_records:
-                    if self.held != NULL:
-                        m = self.held
-                        self.held = NULL
-                    else:
-                        m = rd_kafka_consumer_poll(self.rk, wait)
-                    if m == NULL:
-                        break
-                    wait = 0
-                    if m.err != RD_KAFKA_RESP_ERR_NO_ERROR:
-                        if m.err == RD_KAFKA_RESP_ERR__FATAL:
-                            fatal = m.err
-                        rd_kafka_message_destroy(m)
-                        if fatal:
-                            break
-                        continue
-                    size = <long long>(m.len + m.key_len)
-                    if n > 0 and used + size > max_bytes:
-                        self.held = m
-                        break
-                    used += size
-                    msgs[n] = m
-                    n += 1
-            if fatal:
-                raise_kafka_error(fatal, f"consumer {self.name!r}")
+                n = self._collect(msgs, max_records, max_bytes, timeout_ms)
+            self._check_fatal()
             if n == 0:
                 return None, [], 0
             return _encode_batch(cluster.encode(), msgs, n)
@@ -123,27 +176,13 @@ cdef class Consumer:
         if msgs == NULL:
             raise MemoryError()
         cdef int n = 0, i
-        cdef int wait = timeout_ms
         cdef rd_kafka_message_t *m
-        cdef rd_kafka_resp_err_t fatal = RD_KAFKA_RESP_ERR_NO_ERROR
         cdef rd_kafka_timestamp_type_t tstype
         out = []
         try:
             with nogil:
-                while n < max_records:
-                    m = rd_kafka_consumer_poll(self.rk, wait)
-                    if m == NULL:
-                        break
-                    wait = 0
-                    if m.err != RD_KAFKA_RESP_ERR_NO_ERROR:
-                        if m.err == RD_KAFKA_RESP_ERR__FATAL:
-                            fatal = m.err
-                        rd_kafka_message_destroy(m)
-                        if fatal:
-                            break
-                        continue
-                    msgs[n] = m
-                    n += 1
+                n = self._collect(msgs, max_records, LLONG_MAX, timeout_ms)
+            self._check_fatal()
             for i in range(n):
                 m = msgs[i]
                 out.append((
@@ -156,17 +195,102 @@ cdef class Consumer:
             for i in range(n):
                 rd_kafka_message_destroy(msgs[i])
             free(msgs)
-        if fatal:
-            raise_kafka_error(fatal, f"consumer {self.name!r}")
         return out
+
+    def serve(self, int timeout_ms):
+        """Serve the consumer's queue (rebalances, errors) without returning records, waiting at most timeout_ms:
+        for a stream out of credit, whose partitions are paused (set_paused). A record that still arrives is held
+        for the next poll. Returns the number of records held."""
+        self._check_alive()
+        cdef rd_kafka_message_t *m
+        cdef int i, wait = timeout_ms
+        with nogil:
+            for i in range(64):           # bounded: paused partitions send nothing new
+                m = rd_kafka_consumer_poll(self.rk, wait)
+                if m == NULL:
+                    break
+                wait = 0
+                if m.err != RD_KAFKA_RESP_ERR_NO_ERROR:
+                    if m.err == RD_KAFKA_RESP_ERR__FATAL:
+                        self.st.fatal = 1
+                    rd_kafka_message_destroy(m)
+                else:
+                    km_held_push(self.rk, self.st, m)
+            km_cstate_take_rebalanced(self.st)
+        self._check_fatal()
+        return self.st.nheld
+
+    def set_paused(self, bint paused):
+        """Pause (True) or resume fetching every assigned partition, also those assigned later while paused."""
+        self._check_alive()
+        with nogil:
+            km_set_paused(self.rk, self.st, paused)
+
+    @property
+    def paused(self):
+        self._check_alive()
+        return bool(self.st.paused)
+
+    def take_events(self):
+        """The assignment changes since the last call, oldest first: [(assigned, [(topic, partition), ...]), ...]
+        where assigned is False for a revocation. Served by the poll calls (and close())."""
+        self._check_alive()
+        cdef km_rebalance_ev *evs = NULL
+        cdef int n = km_cstate_take_events(self.st, &evs)
+        cdef int i, j
+        out = []
+        try:
+            for i in range(n):
+                parts = []
+                for j in range(evs[i].parts.cnt):
+                    parts.append((evs[i].parts.elems[j].topic.decode(), evs[i].parts.elems[j].partition))
+                out.append((bool(evs[i].assigned), parts))
+        finally:
+            for i in range(n):
+                rd_kafka_topic_partition_list_destroy(evs[i].parts)
+            free(evs)
+        return out
+
+    def take_state(self):
+        """(available, reason) when the cluster went down (every broker unreachable, as librdkafka reported) or
+        answered again since the last call; None when nothing changed."""
+        self._check_alive()
+        cdef int available = 1
+        cdef char reason[256]
+        if not km_cstate_take_state(self.st, &available, reason, sizeof(reason)):
+            return None
+        return bool(available), reason.decode(errors="replace")
+
+    @property
+    def down(self):
+        """Whether librdkafka last said that every broker of the cluster is down."""
+        self._check_alive()
+        return bool(km_cstate_is_down(self.st))
+
+    def probe(self, int timeout_ms):
+        """Ask the cluster for metadata (no topic), waiting at most timeout_ms: True when a broker answered (the
+        cluster then counts as available again). Blocks; safe to call while another thread polls."""
+        self._check_alive()
+        cdef int ok
+        with nogil:
+            ok = km_probe(self.rk, self.st, timeout_ms)
+        return bool(ok)
+
+    def enable_wakeup(self, int fd):
+        """Have librdkafka write an eventfd increment to fd whenever this consumer's queue turns non-empty, so that
+        one thread can wait for several consumers at once (poll(2) on fd, then poll_batch(..., 0) on each)."""
+        self._check_alive()
+        if km_enable_wakeup(self.rk, self.st, fd) != 0:
+            raise KafkaError(<int>RD_KAFKA_RESP_ERR__STATE, "_STATE", f"consumer {self.name!r} has no queue")
 
     def store_offsets(self, offsets):
         """Mark [(topic, partition, next_offset), ...] as processed: the group commits them (automatically with
-        enable.auto.commit, at the latest when the consumer closes or loses the partition)."""
+        enable.auto.commit, at the latest when the consumer closes or loses the partition). Returns False when
+        librdkafka refused because a partition is not assigned to this consumer (any more)."""
         self._check_alive()
         offsets = list(offsets)
         if not offsets:
-            return
+            return True
         cdef rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(len(offsets))
         cdef rd_kafka_topic_partition_t *tp
         cdef rd_kafka_resp_err_t err
@@ -183,7 +307,7 @@ cdef class Consumer:
         return err == RD_KAFKA_RESP_ERR_NO_ERROR
 
     def commit(self):
-        """Commit the offsets of the records returned so far (synchronously)."""
+        """Commit the stored offsets (synchronously)."""
         self._check_alive()
         cdef rd_kafka_resp_err_t err
         with nogil:
@@ -196,18 +320,20 @@ cdef class Consumer:
         return self.rk == NULL
 
     def close(self):
-        """Leave the group (committing if enable.auto.commit is on) and destroy the handle. Idempotent."""
+        """Leave the group (committing the stored offsets if enable.auto.commit is on) and destroy the handle.
+        Idempotent."""
         global _handles_destroyed
         cdef rd_kafka_t *rk = self.rk
+        cdef km_cstate *st = self.st
         if rk == NULL:
             return
         self.rk = NULL
-        if self.held != NULL:
-            rd_kafka_message_destroy(self.held)
-            self.held = NULL
+        self.st = NULL
         with nogil:
+            km_disable_wakeup(st)
             rd_kafka_consumer_close(rk)
             rd_kafka_destroy(rk)
+            km_cstate_free(st)       # after destroy: no callback can run any more
         if KM_DEBUG_ENABLED:
             _handles_destroyed += 1
 
@@ -219,6 +345,8 @@ cdef class Consumer:
             # No source=self: the warning would keep a reference to an object being freed.
             warnings.warn(f"unclosed {self!r}", ResourceWarning)
             self.close()
+        elif self.st != NULL:
+            km_cstate_free(self.st)
 
 
 def create_consumer(str name, dict config):
@@ -231,16 +359,23 @@ def create_consumer(str name, dict config):
     if "group.id" not in config:
         raise ConfigError("a consumer needs the librdkafka property 'group.id'")
     cdef rd_kafka_conf_t *conf = conf_from_dict(config)
+    cdef km_cstate *st = km_cstate_new()
+    if st == NULL:
+        rd_kafka_conf_destroy(conf)
+        raise MemoryError()
+    km_conf_set_callbacks(conf, st)
     rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr))
     if rk == NULL:
         rd_kafka_conf_destroy(conf)
+        km_cstate_free(st)
         raise ConfigError(f"could not create consumer {name!r}: {errstr.decode(errors='replace')}")
     if KM_DEBUG_ENABLED:
         _handles_created += 1
-    # Route the group's events to the consumer queue so that poll_records() serves rebalances too.
+    # Route the group's events to the consumer queue so that the poll calls serve rebalances and errors too.
     rd_kafka_poll_set_consumer(rk)
     c = Consumer.__new__(Consumer)
     c.rk = rk
+    c.st = st
     c.name = name
     return c
 

@@ -1,26 +1,16 @@
 """The Subscribe RPC: one aggregated, at-least-once stream of records from every cluster of the subscribed topics.
 
-Per stream:
-- one meshcore Consumer per cluster, in the stream's group, so that streams sharing a group share partitions;
-- a poll thread (the GIL is released while librdkafka polls) that takes encoded RecordBatches from the consumers in
-  turn, never more than the credit the app granted, and hands them to the event loop;
-- the handler, on the event loop, records what each batch delivered per (cluster, topic, partition) and writes it;
-- a reader task that applies acks (offsets are stored for commit only up to the first record not yet acked in its
-  partition: sidecar/subscribe/offsets.py) and adds credit.
-Consumers commit stored offsets automatically, and when they close or lose a partition, so records sent but never
-acked are delivered again to the group.
-Not yet: events for partition assignment and mapping changes, live addition and removal of clusters (the next
-steps of the Subscribe issue).
+This module is the gRPC side only: it checks the first message, feeds acks and credit to the stream's Session
+(sidecar/subscribe/session.py: consumers, offsets, events, live mapping changes) and writes what the session
+produces. The application ends a stream cleanly by half-closing its side: the sidecar then sends nothing more,
+commits every acked offset, leaves the group and ends the call with OK. A cancelled call commits what was acked too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -28,16 +18,11 @@ from google.protobuf.message import DecodeError
 import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _mesh_pb2
 from sidecar.errors import MappingError
-from sidecar.mapping.model import Mapping, check_topic
+from sidecar.mapping.model import check_topic
 from sidecar.routing import RouteState
-from sidecar.subscribe.offsets import PartitionOffsets
+from sidecar.subscribe.session import PlanError, Session, StreamSettings
 
 log = logging.getLogger("kafka_mesh.subscribe")
-
-DEFAULT_MAX_RECORDS = 500
-DEFAULT_MAX_WAIT_MS = 100
-DEFAULT_CREDIT_RECORDS = 1000
-DEFAULT_CREDIT_BYTES = 16 << 20
 
 
 class Aborted(Exception):
@@ -45,22 +30,6 @@ class Aborted(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-@dataclass
-class _Credit:
-    """Records and bytes the stream may still send; shared by the poll thread and the loop under a lock."""
-
-    records: int
-    bytes: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    more: threading.Event = field(default_factory=threading.Event)
-
-    def grant(self, records: int, nbytes: int) -> None:
-        with self.lock:
-            self.records += records
-            self.bytes += nbytes
-        self.more.set()
 
 
 def parse_subscription(raw: bytes) -> _mesh_pb2.Subscription:
@@ -85,22 +54,10 @@ def parse_subscription(raw: bytes) -> _mesh_pb2.Subscription:
     return sub  # type: ignore[no-any-return]
 
 
-def clusters_by_topic(mapping: Mapping, topics: list[str]) -> dict[str, list[str]]:
-    """cluster -> the subscribed topics read there (consumer route, else the producer route's sinks)."""
-    out: dict[str, list[str]] = {}
-    for topic in topics:
-        clusters = mapping.clusters_for_consumer(topic)
-        if not clusters:
-            raise Aborted(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"topic {topic!r} has no consumer route, no producer route and no __default__")
-        for cluster in clusters:
-            out.setdefault(cluster, []).append(topic)
-    return out
-
-
 class SubscribeServicer:
-    def __init__(self, routes: RouteState) -> None:
+    def __init__(self, routes: RouteState, settings: StreamSettings | None = None) -> None:
         self._routes = routes
+        self._settings = settings or StreamSettings()
         self.streams = 0
 
     def method(self) -> grpc.RpcMethodHandler:
@@ -119,146 +76,51 @@ class SubscribeServicer:
             mapping = self._routes.mapping
             if mapping is None:
                 raise Aborted(grpc.StatusCode.UNAVAILABLE, "the sidecar has no mapping yet")
-            plan = clusters_by_topic(mapping, list(sub.topics))
+            session = Session(sub, self._settings, self._routes.listeners)
+            try:
+                session.open(mapping)
+            except PlanError as e:
+                raise Aborted(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from e
+            except meshcore.ConfigError as e:
+                raise Aborted(grpc.StatusCode.FAILED_PRECONDITION, f"cannot create a consumer: {e}") from e
         except Aborted as e:
             await context.abort(e.code, e.message)
             raise   # abort raises; this line is for the type checker
-        credit = _Credit(sub.credit.records or DEFAULT_CREDIT_RECORDS, sub.credit.bytes or DEFAULT_CREDIT_BYTES)
-        session = _Session(mapping, sub, plan, credit)
-        loop = asyncio.get_running_loop()
-        out: asyncio.Queue[Any] = asyncio.Queue()
-        session.start(loop, out)
-        reader = loop.create_task(self._read(it, session, credit))
+        log.info("subscribe stream opened group=%s topics=%s", sub.group, ",".join(sub.topics))
+        invalid: list[str] = []
+        reader = asyncio.get_running_loop().create_task(self._read(it, session, invalid))
         self.streams += 1
         try:
-            while True:
-                item = await out.get()
-                if item is None:
-                    break
-                cluster, encoded, runs = item
-                session.delivered(cluster, runs)
+            while (encoded := await session.out.get()) is not None:
                 yield encoded
         finally:
             self.streams -= 1
             reader.cancel()
-            await asyncio.to_thread(session.stop)
+            await session.close()
+            log.info("subscribe stream closed group=%s", sub.group)
+        if invalid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, invalid[0])
+        if session.error is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the stream's consumer failed: {session.error}")
 
-    async def _read(self, it: AsyncIterator[bytes], session: _Session, credit: _Credit) -> None:
-        async for raw in it:
-            try:
-                req = _mesh_pb2.SubscribeRequest.FromString(raw)
-            except DecodeError:
-                log.info("subscribe stream sent malformed bytes; ignored")
-                continue
-            kind = req.WhichOneof("kind")
-            if kind == "acks":
-                session.ack(req.acks)
-            elif kind == "credit":
-                credit.grant(req.credit.records, req.credit.bytes)
-
-
-class _Session:
-    """The consumers, offsets and poll thread of one stream."""
-
-    def __init__(self, mapping: Mapping, sub: _mesh_pb2.Subscription, plan: dict[str, list[str]],
-                 credit: _Credit) -> None:
-        self._credit = credit
-        self._max_records = sub.max_records or DEFAULT_MAX_RECORDS
-        self._max_wait_ms = sub.max_wait_ms or DEFAULT_MAX_WAIT_MS
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.offsets: dict[tuple[str, str, int], PartitionOffsets] = {}
-        self.consumers: dict[str, meshcore.Consumer] = {}
-        reset = "earliest" if sub.start == _mesh_pb2.START_POSITION_EARLIEST else "latest"
-        # librdkafka prefetches up to queued.max.messages.kbytes per consumer: sized from the stream's byte credit
-        # (1-16 MiB) so that many streams over several clusters keep a bounded footprint.
-        prefetch_kb = max(1024, min(16384, (credit.bytes or DEFAULT_CREDIT_BYTES) // 1024))
+    async def _read(self, it: AsyncIterator[bytes], session: Session, invalid: list[str]) -> None:
+        """Apply acks and credit. A malformed message, or a second subscription, ends the stream with
+        INVALID_ARGUMENT (what was acked before it is committed)."""
         try:
-            for cluster_name, topics in plan.items():
-                cluster = mapping.clusters[cluster_name]
-                c = meshcore.create_consumer(cluster_name, {
-                    **cluster.config, "bootstrap.servers": cluster.bootstrap, "group.id": sub.group,
-                    "auto.offset.reset": reset, "enable.auto.commit": "true", "enable.auto.offset.store": "false",
-                    "auto.commit.interval.ms": "1000", "queued.max.messages.kbytes": str(prefetch_kb),
-                    "log_level": "4",
-                })
-                self.consumers[cluster_name] = c
-                c.subscribe(topics)
-        except BaseException:
-            for c in self.consumers.values():
-                c.close()
-            raise
-
-    def start(self, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[Any]) -> None:
-        self._thread = threading.Thread(target=self._poll, args=(loop, out), name="subscribe-poll", daemon=True)
-        self._thread.start()
-
-    def _poll(self, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[Any]) -> None:
-        clusters = list(self.consumers.items())
-        try:
-            while not self._stop.is_set():
-                got_any = False
-                for name, consumer in clusters:
-                    with self._credit.lock:
-                        records, nbytes = self._credit.records, self._credit.bytes
-                    if records <= 0 or nbytes <= 0:
-                        break
-                    # Only the last cluster of a quiet round waits, so that a busy cluster is never held up by an
-                    # idle one.
-                    encoded, runs, n = consumer.poll_batch(name, min(records, self._max_records), nbytes, 0)
-                    if encoded is None:
-                        continue
-                    got_any = True
-                    with self._credit.lock:
-                        self._credit.records -= n
-                        self._credit.bytes -= len(encoded)
-                    loop.call_soon_threadsafe(out.put_nowait, (name, encoded, runs))
-                if got_any:
-                    continue
-                with self._credit.lock:
-                    starved = self._credit.records <= 0 or self._credit.bytes <= 0
-                    if starved:
-                        self._credit.more.clear()
-                if starved:
-                    self._credit.more.wait(0.1)
-                else:
-                    self._stop.wait(min(self._max_wait_ms, 20) / 1000)
-        except Exception as e:   # a fatal consumer error ends the stream
-            log.error("subscribe poll failed: %s", e)
-        finally:
-            loop.call_soon_threadsafe(out.put_nowait, None)
-
-    def delivered(self, cluster: str, runs: list[tuple[str, int, int, int]]) -> None:
-        for topic, partition, first, last in runs:
-            key = (cluster, topic, partition)
-            p = self.offsets.get(key)
-            if p is None or first < p.delivered_end:
-                # first delivery of this partition on this stream, or it came back after a rebalance
-                p = self.offsets[key] = PartitionOffsets(start=first)
-            p.delivered(first, last)
-
-    def ack(self, acks: _mesh_pb2.Acks) -> None:
-        stores: dict[str, list[tuple[str, int, int]]] = {}
-        for r in acks.ranges:
-            p = self.offsets.get((r.cluster, r.topic, r.partition))
-            if p is None:
-                log.debug("ack for a partition never delivered on this stream ignored: %s/%s/%d", r.cluster, r.topic,
-                          r.partition)
-                continue
-            before = p.committable()
-            p.ack(r.first_offset, r.last_offset)
-            after = p.committable()
-            if after > before:
-                stores.setdefault(r.cluster, []).append((r.topic, r.partition, after))
-        for cluster, offsets in stores.items():
-            consumer = self.consumers.get(cluster)
-            if consumer is not None:
-                consumer.store_offsets(offsets)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._credit.more.set()
-        if self._thread is not None:
-            self._thread.join()
-        for c in self.consumers.values():
-            c.close()       # commits what was stored, then leaves the group
+            async for raw in it:
+                try:
+                    req = _mesh_pb2.SubscribeRequest.FromString(raw)
+                except DecodeError as e:
+                    invalid.append(f"malformed SubscribeRequest: {e}")
+                    break
+                kind = req.WhichOneof("kind")
+                if kind == "acks":
+                    session.ack(req.acks)
+                elif kind == "credit":
+                    session.grant(req.credit.records, req.credit.bytes)
+                elif kind == "subscription":
+                    invalid.append("a stream takes one subscription; open another stream for another")
+                    break
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            return
+        session.finish()        # half-closed by the application: a clean end

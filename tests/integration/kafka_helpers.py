@@ -51,3 +51,14 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
     finally:
         c.close()
     return {tp.partition: tp.offset for tp in tps}
+
+
+def produce_direct(bootstrap: str, topic: str, values: list[str]) -> None:
+    """Write values (each also the key) to topic with confluent-kafka, and wait until every one is acknowledged."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    failed: list[Any] = []
+    for v in values:
+        p.produce(topic, key=v.encode(), value=v.encode(), on_delivery=lambda err, _m: err and failed.append(err))
+    assert p.flush(30) == 0 and not failed, failed

@@ -1,0 +1,291 @@
+/* What librdkafka tells one group consumer through callbacks, kept in C for the Cython Consumer to take.
+ *
+ * The callbacks run inside rd_kafka_consumer_poll() or rd_kafka_consumer_close() (the consumer queue serves the
+ * main queue: rd_kafka_poll_set_consumer), on whichever thread calls those, with or without the GIL. They therefore
+ * touch no Python object: the rebalance callback applies the assignment, drops a held message of a revoked
+ * partition, and queues a copy of the partition list; the error callback records that every broker is down. The
+ * mutex is there because probe() (a metadata request, from another thread) clears the down state too. */
+#ifndef KM_CONSUMER_H
+#define KM_CONSUMER_H
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <librdkafka/rdkafka.h>
+
+typedef struct km_rebalance_ev {
+    int assigned;                                /* 1: assigned, 0: revoked */
+    rd_kafka_topic_partition_list_t *parts;      /* a copy, owned here */
+} km_rebalance_ev;
+
+typedef struct km_cstate {
+    pthread_mutex_t lock;
+    km_rebalance_ev *evs;
+    int nevs, cap;
+    int rebalanced;               /* set by the rebalance callback, cleared by the poll loop */
+    int down;                     /* every broker unreachable (as librdkafka last said) */
+    int state_changed;            /* down flipped since the last km_cstate_take_state() */
+    int fatal;
+    char reason[256];
+    rd_kafka_message_t **held;    /* polled but not sent yet, oldest first: the start of the next batch */
+    int nheld, heldcap;
+    int paused;                   /* the stream is out of credit: every assigned partition is paused */
+    rd_kafka_queue_t *wake_q;     /* consumer queue whose io event wakes the stream's poll thread */
+} km_cstate;
+
+static inline km_cstate *km_cstate_new(void) {
+    km_cstate *st = (km_cstate *)calloc(1, sizeof(*st));
+    if (st)
+        pthread_mutex_init(&st->lock, NULL);
+    return st;
+}
+
+static inline void km_cstate_free(km_cstate *st) {
+    if (!st)
+        return;
+    for (int i = 0; i < st->nevs; i++)
+        rd_kafka_topic_partition_list_destroy(st->evs[i].parts);
+    free(st->evs);
+    for (int i = 0; i < st->nheld; i++)
+        rd_kafka_message_destroy(st->held[i]);
+    free(st->held);
+    pthread_mutex_destroy(&st->lock);
+    free(st);
+}
+
+static inline int km_parts_contain(const rd_kafka_topic_partition_list_t *parts, const char *topic, int32_t p) {
+    for (int i = 0; i < parts->cnt; i++)
+        if (parts->elems[i].partition == p && !strcmp(parts->elems[i].topic, topic))
+            return 1;
+    return 0;
+}
+
+/* Keep m for the next batch. Returns -1 (m destroyed) only when out of memory: its partition is then rewound
+ * to m's offset, so the record is fetched again instead of lost. */
+static inline int km_held_push(rd_kafka_t *rk, km_cstate *st, rd_kafka_message_t *m) {
+    if (st->nheld == st->heldcap) {
+        int cap = st->heldcap ? st->heldcap * 2 : 4;
+        rd_kafka_message_t **h = (rd_kafka_message_t **)realloc(st->held, cap * sizeof(*h));
+        if (!h) {
+            rd_kafka_seek(m->rkt, m->partition, m->offset, 0);
+            rd_kafka_message_destroy(m);
+            return -1;
+        }
+        st->held = h;
+        st->heldcap = cap;
+    }
+    st->held[st->nheld++] = m;
+    return 0;
+}
+
+/* Put back a record just popped (over the byte budget): it stays first. */
+static inline int km_held_unpop(rd_kafka_t *rk, km_cstate *st, rd_kafka_message_t *m) {
+    if (km_held_push(rk, st, m) < 0)
+        return -1;
+    memmove(st->held + 1, st->held, (size_t)(st->nheld - 1) * sizeof(*st->held));
+    st->held[0] = m;
+    return 0;
+}
+
+static inline rd_kafka_message_t *km_held_pop(km_cstate *st) {
+    rd_kafka_message_t *m;
+    if (!st->nheld)
+        return NULL;
+    m = st->held[0];
+    memmove(st->held, st->held + 1, (size_t)(st->nheld - 1) * sizeof(*st->held));
+    st->nheld--;
+    return m;
+}
+
+/* Drop the held records of revoked partitions (all of them when parts is NULL): the partitions' next owner starts
+ * at the committed offset, so a record never sent is not lost. */
+static inline void km_held_drop(km_cstate *st, const rd_kafka_topic_partition_list_t *parts) {
+    int j = 0;
+    for (int i = 0; i < st->nheld; i++) {
+        rd_kafka_message_t *m = st->held[i];
+        if (!parts || km_parts_contain(parts, rd_kafka_topic_name(m->rkt), m->partition))
+            rd_kafka_message_destroy(m);
+        else
+            st->held[j++] = m;
+    }
+    st->nheld = j;
+}
+
+/* Pause (or resume) every partition assigned to the consumer: fetching stops, so librdkafka's prefetch stays where
+ * it is while the stream has no credit, and the consumer can still be polled for rebalances. */
+static inline void km_set_paused(rd_kafka_t *rk, km_cstate *st, int paused) {
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (st->paused == paused)
+        return;
+    st->paused = paused;
+    if (rd_kafka_assignment(rk, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || !parts)
+        return;
+    if (parts->cnt > 0) {
+        if (paused)
+            rd_kafka_pause_partitions(rk, parts);
+        else
+            rd_kafka_resume_partitions(rk, parts);
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+static void km_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
+                            void *opaque) {
+    km_cstate *st = (km_cstate *)opaque;
+    const char *proto = rd_kafka_rebalance_protocol(rk);
+    int coop = proto && !strcmp(proto, "COOPERATIVE");
+    int assigned = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+    rd_kafka_error_t *error = NULL;
+    if (assigned) {
+        if (coop)
+            error = rd_kafka_incremental_assign(rk, parts);
+        else
+            rd_kafka_assign(rk, parts);
+    } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && coop) {
+        error = rd_kafka_incremental_unassign(rk, parts);
+    } else {
+        /* eager revoke, or a rebalance error: librdkafka asks for the whole assignment to be cleared. With
+         * enable.auto.commit the offsets stored for the removed partitions are committed on the way out. */
+        rd_kafka_assign(rk, NULL);
+    }
+    if (error)
+        rd_kafka_error_destroy(error);
+    if (assigned && st->paused && parts)
+        rd_kafka_pause_partitions(rk, parts);     /* out of credit: the new partitions wait too */
+    if (!assigned)
+        km_held_drop(st, coop ? parts : NULL);
+    pthread_mutex_lock(&st->lock);
+    if (parts && parts->cnt > 0) {
+        if (st->nevs == st->cap) {
+            int cap = st->cap ? st->cap * 2 : 4;
+            km_rebalance_ev *evs = (km_rebalance_ev *)realloc(st->evs, cap * sizeof(*evs));
+            if (evs) {
+                st->evs = evs;
+                st->cap = cap;
+            }
+        }
+        if (st->nevs < st->cap) {
+            st->evs[st->nevs].assigned = assigned;
+            st->evs[st->nevs].parts = rd_kafka_topic_partition_list_copy(parts);
+            st->nevs++;
+        }
+    }
+    st->rebalanced = 1;
+    pthread_mutex_unlock(&st->lock);
+}
+
+static void km_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    km_cstate *st = (km_cstate *)opaque;
+    (void)rk;
+    pthread_mutex_lock(&st->lock);
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+        if (!st->down)
+            st->state_changed = !st->state_changed;
+        st->down = 1;
+        snprintf(st->reason, sizeof(st->reason), "%s", reason ? reason : "all brokers are down");
+    } else if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        st->fatal = 1;
+        snprintf(st->reason, sizeof(st->reason), "%s", reason ? reason : "fatal error");
+    }
+    pthread_mutex_unlock(&st->lock);
+}
+
+/* The cluster answered (a record arrived, or a metadata request succeeded). */
+static inline void km_cstate_up(km_cstate *st) {
+    pthread_mutex_lock(&st->lock);
+    if (st->down) {
+        st->down = 0;
+        st->state_changed = !st->state_changed;
+    }
+    pthread_mutex_unlock(&st->lock);
+}
+
+/* 1 and the reason when the state flipped since the last call (down: *available = 0), else 0. A flip there and
+ * back again between two calls reports nothing. */
+static inline int km_cstate_take_state(km_cstate *st, int *available, char *reason, size_t reason_size) {
+    int changed;
+    pthread_mutex_lock(&st->lock);
+    changed = st->state_changed;
+    st->state_changed = 0;
+    *available = !st->down;
+    snprintf(reason, reason_size, "%s", st->down ? st->reason : "");
+    pthread_mutex_unlock(&st->lock);
+    return changed;
+}
+
+static inline int km_cstate_is_down(km_cstate *st) {
+    int down;
+    pthread_mutex_lock(&st->lock);
+    down = st->down;
+    pthread_mutex_unlock(&st->lock);
+    return down;
+}
+
+/* Moves the queued rebalance events out: the caller destroys each parts list. Returns how many. */
+static inline int km_cstate_take_events(km_cstate *st, km_rebalance_ev **out) {
+    int n;
+    pthread_mutex_lock(&st->lock);
+    n = st->nevs;
+    *out = st->evs;
+    st->evs = NULL;
+    st->nevs = st->cap = 0;
+    pthread_mutex_unlock(&st->lock);
+    return n;
+}
+
+/* Was there a rebalance since the last call? The poll loop ends a batch there, so that no batch mixes records from
+ * before and after an assignment change. */
+static inline int km_cstate_take_rebalanced(km_cstate *st) {
+    int r;
+    pthread_mutex_lock(&st->lock);
+    r = st->rebalanced;
+    st->rebalanced = 0;
+    pthread_mutex_unlock(&st->lock);
+    return r;
+}
+
+/* A metadata request for no topic: succeeds once any broker of the cluster answers. */
+static inline int km_probe(rd_kafka_t *rk, km_cstate *st, int timeout_ms) {
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, timeout_ms);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        km_cstate_up(st);
+        return 1;
+    }
+    return 0;
+}
+
+/* Before rd_kafka_new(): the callbacks above, with st as their opaque. */
+static inline void km_conf_set_callbacks(rd_kafka_conf_t *conf, km_cstate *st) {
+    rd_kafka_conf_set_rebalance_cb(conf, km_rebalance_cb);
+    rd_kafka_conf_set_error_cb(conf, km_error_cb);
+    rd_kafka_conf_set_opaque(conf, st);
+}
+
+static const char km_wake_payload[8] = {1, 0, 0, 0, 0, 0, 0, 0};   /* an eventfd counter increment */
+
+/* librdkafka writes to fd whenever the consumer queue turns non-empty, so that one thread can wait for any of a
+ * stream's consumers with poll(2). */
+static inline int km_enable_wakeup(rd_kafka_t *rk, km_cstate *st, int fd) {
+    if (st->wake_q)
+        return 0;
+    st->wake_q = rd_kafka_queue_get_consumer(rk);
+    if (!st->wake_q)
+        return -1;
+    rd_kafka_queue_io_event_enable(st->wake_q, fd, km_wake_payload, sizeof(km_wake_payload));
+    return 0;
+}
+
+static inline void km_disable_wakeup(km_cstate *st) {
+    if (!st->wake_q)
+        return;
+    rd_kafka_queue_io_event_enable(st->wake_q, -1, NULL, 0);
+    rd_kafka_queue_destroy(st->wake_q);
+    st->wake_q = NULL;
+}
+
+#endif

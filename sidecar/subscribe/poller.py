@@ -1,0 +1,237 @@
+"""The poll thread of one Subscribe stream: takes encoded record batches from the stream's consumers (one per
+cluster) in turn, never more than the credit the application granted, and hands them to the event loop.
+
+Why a thread and not the event loop: librdkafka's poll blocks, and encoding a batch is native work done with the GIL
+released; a thread per stream keeps one stream's consumers from ever waiting for another's. Why one thread for all of
+a stream's clusters: the credit is the stream's, and one thread can wait for any consumer at once: librdkafka writes
+to the stream's eventfd whenever a consumer queue turns non-empty (Consumer.enable_wakeup), and the loop writes to it
+for new credit, commands and stop. A wake-up polls every consumer with no wait, so an idle cluster never delays a
+busy one, and a quiet stream sleeps in poll(2) instead of spinning.
+
+Out of credit for longer than PAUSE_AFTER_S, the consumers' partitions are paused (librdkafka stops fetching, so
+its prefetch stays bounded; resuming drops and fetches again what it had prefetched, which is why a short wait for
+credit does not pause) and the consumers are still served, so that rebalances of the group are never held up by a
+slow application.
+
+The thread owns the consumers in its rotation: only it polls them. The loop adds one with add() and takes one out
+with remove(); the thread answers with Removed once it no longer touches it, and only then may the loop close it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import meshcore
+
+log = logging.getLogger("kafka_mesh.subscribe")
+
+#: Longest sleep of an idle stream between two rounds (the wake-ups make it a safety net, not a latency).
+IDLE_WAKE_S = 0.5
+#: How long a stream may be out of credit before its partitions are paused and only rebalances are served.
+PAUSE_AFTER_S = 1.0
+
+
+@dataclass
+class Credit:
+    """Records and bytes the stream may still send; shared by the poll thread and the loop under a lock."""
+
+    records: int
+    bytes: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self) -> tuple[int, int]:
+        with self.lock:
+            return self.records, self.bytes
+
+    def spend(self, records: int, nbytes: int) -> None:
+        with self.lock:
+            self.records -= records
+            self.bytes -= nbytes
+
+    def add(self, records: int, nbytes: int) -> None:
+        with self.lock:
+            self.records += records
+            self.bytes += nbytes
+
+
+@dataclass(frozen=True)
+class Records:
+    cluster: str
+    encoded: bytes
+    runs: list[tuple[str, int, int, int]]
+    count: int
+
+
+@dataclass(frozen=True)
+class Rebalanced:
+    cluster: str
+    assigned: bool
+    partitions: list[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    cluster: str
+    available: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Removed:
+    """The thread let go of the cluster's consumer: the loop may drain and close it."""
+
+    cluster: str
+    consumer: meshcore.Consumer
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The thread stopped: a consumer raised (a fatal librdkafka error)."""
+
+    cluster: str
+    error: str
+
+
+Item = Records | Rebalanced | StateChanged | Removed | Failed
+
+
+class Poller:
+    """Polls a stream's consumers on one thread; every Item goes to deliver(item) (called on the poll thread: it
+    must hand over to the loop thread-safely), and deliver(None) comes last."""
+
+    def __init__(self, credit: Credit, max_records: int, deliver: Callable[[Item | None], None]) -> None:
+        self.credit = credit
+        self._max_records = max_records
+        self._deliver = deliver
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._consumers: dict[str, meshcore.Consumer] = {}     # only the thread touches this
+        self._commands: deque[tuple[str, str, meshcore.Consumer | None]] = deque()
+        self._stopping = False
+        self._turn = 0
+        self._thread = threading.Thread(target=self._run, name="subscribe-poll", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        os.eventfd_write(self._efd, 1)
+
+    def add(self, cluster: str, consumer: meshcore.Consumer) -> None:
+        """Hand a subscribed consumer to the thread (call before start() or from the loop)."""
+        consumer.enable_wakeup(self._efd)
+        self._commands.append(("add", cluster, consumer))
+        self.wake()
+
+    def remove(self, cluster: str) -> None:
+        """Stop polling cluster; the thread answers Removed(cluster, consumer)."""
+        self._commands.append(("remove", cluster, None))
+        self.wake()
+
+    def grant(self, records: int, nbytes: int) -> None:
+        self.credit.add(records, nbytes)
+        self.wake()
+
+    def stop(self) -> dict[str, meshcore.Consumer]:
+        """End the thread (blocks until it has) and return the consumers it still held, for the caller to close."""
+        self._stopping = True
+        self.wake()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._apply_commands()      # adds that came after the thread's last round
+        consumers, self._consumers = self._consumers, {}
+        os.close(self._efd)
+        return consumers
+
+    def _apply_commands(self) -> None:
+        while self._commands:
+            op, cluster, consumer = self._commands.popleft()
+            if op == "add":
+                assert consumer is not None
+                self._consumers[cluster] = consumer
+            else:
+                gone = self._consumers.pop(cluster, None)
+                if gone is not None:
+                    if gone.paused:
+                        gone.set_paused(False)
+                    self._deliver(Removed(cluster, gone))
+
+    def _run(self) -> None:
+        waiter = select.poll()
+        waiter.register(self._efd, select.POLLIN)
+        failed: Failed | None = None
+        starved_since: float | None = None
+        try:
+            while not self._stopping:
+                try:
+                    os.eventfd_read(self._efd)
+                except BlockingIOError:
+                    pass
+                self._apply_commands()
+                records, nbytes = self.credit.take()
+                if records > 0 and nbytes > 0:
+                    starved_since = None
+                    if self._round():
+                        continue
+                    wait = IDLE_WAKE_S
+                else:
+                    now = time.monotonic()
+                    starved_since = starved_since or now
+                    wait = starved_since + PAUSE_AFTER_S - now
+                    if wait <= 0:
+                        self._serve_paused()
+                        wait = IDLE_WAKE_S
+                waiter.poll(wait * 1000)
+        except meshcore.CoreError as e:
+            failed = Failed(getattr(e, "cluster", ""), str(e))
+            log.error("subscribe poll failed: %s", e)
+        finally:
+            if failed is not None:
+                self._deliver(failed)
+            self._deliver(None)
+
+    def _round(self) -> bool:
+        """Poll every consumer once, within the credit. True when a batch was sent (another round follows at once).
+        """
+        sent = False
+        order = list(self._consumers.items())
+        if order:
+            # Start each round one cluster further on: when credit is short, every cluster gets its turn.
+            self._turn = (self._turn + 1) % len(order)
+            order = order[self._turn:] + order[:self._turn]
+        for cluster, consumer in order:
+            records, nbytes = self.credit.take()
+            if records > 0 and nbytes > 0:
+                if consumer.paused:
+                    consumer.set_paused(False)
+                try:
+                    encoded, runs, n = consumer.poll_batch(cluster, min(records, self._max_records), nbytes, 0)
+                except meshcore.CoreError as e:
+                    e.cluster = cluster
+                    raise
+                if encoded is not None:
+                    sent = True
+                    self.credit.spend(n, len(encoded))
+                    self._deliver(Records(cluster, encoded, runs, n))
+            self._take_events(cluster, consumer)
+        return sent
+
+    def _serve_paused(self) -> None:
+        for cluster, consumer in list(self._consumers.items()):
+            if not consumer.paused:
+                consumer.set_paused(True)
+            consumer.serve(0)
+            self._take_events(cluster, consumer)
+
+    def _take_events(self, cluster: str, consumer: meshcore.Consumer) -> None:
+        for assigned, partitions in consumer.take_events():
+            self._deliver(Rebalanced(cluster, assigned, partitions))
+        state = consumer.take_state()
+        if state is not None:
+            self._deliver(StateChanged(cluster, state[0], state[1]))
