@@ -1,6 +1,7 @@
 """Errors of the Python client: the per-record error code of the API and the exceptions a producer's futures and
-calls raise. Plain Python; the producer builds these from what the sidecar answers (as asyncpg's exceptions are
-built from the codes its protocol core hands back). Nothing here talks to the network."""
+calls and a consumer's calls raise. Plain Python; the producer and the consumer build these from what the sidecar
+answers (as asyncpg's exceptions are built from the codes its protocol core hands back). Nothing here talks to the
+network."""
 
 from __future__ import annotations
 
@@ -78,3 +79,23 @@ class StreamError(ClientError):
 
 class ProducerClosedError(ClientError):
     """A send after close() (or during it)."""
+
+
+class SubscribeError(ClientError):
+    """The Subscribe stream ended, or never started: the sidecar refused the subscription (INVALID_ARGUMENT for an
+    empty group, an empty topic list or a bad topic name; FAILED_PRECONDITION for a topic with no route; UNAVAILABLE
+    when it has no mapping yet or is not there), went away (UNAVAILABLE), or the stream broke. `code` is the gRPC
+    status code (a `grpc.StatusCode`), `details` the sidecar's message. The consumer cannot go on; the records it
+    received and the application did not ack come again to the group, to a new Consumer."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"the Subscribe stream ended: {code.name}: {details}")
+        self.code = code
+        self.details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.code, self.details)
+
+
+class ConsumerClosedError(ClientError):
+    """A poll, ack or subscribe on a consumer after close() (or, for ack, once close() has sent the last acks)."""

@@ -19,8 +19,9 @@ Rec = tuple[str, str, int, int, bytes]          # cluster, topic, partition, off
 class SubStream:
     def __init__(self, target: str, group: str, topics: list[str], *, auto_ack: bool = True,
                  start: int = M.START_POSITION_EARLIEST, credit_records: int = 500, credit_bytes: int = 1 << 20,
-                 max_records: int = 0) -> None:
+                 max_records: int = 0, grant: bool = True) -> None:
         self.auto_ack = auto_ack
+        self.grant = grant
         self.records: list[Rec] = []
         self.events: list[M.Event] = []
         self.acked: set[tuple[str, str, int, int]] = set()       # what the test acked (sent)
@@ -55,7 +56,8 @@ class SubStream:
                     self.records += got
                 if self.auto_ack:
                     self.ack(got)
-                self._outbox.put(M.SubscribeRequest(credit=M.Credit(records=len(got), bytes=len(raw))))
+                if self.grant:
+                    self._outbox.put(M.SubscribeRequest(credit=M.Credit(records=len(got), bytes=len(raw))))
             self.status = grpc.StatusCode.OK
         except grpc.RpcError as e:
             self.status = e.code()
