@@ -33,9 +33,12 @@ cdef extern from "km_consumer.h" nogil:
     int km_held_push(rd_kafka_t *rk, km_cstate *st, rd_kafka_message_t *m)
     rd_kafka_message_t *km_held_pop(km_cstate *st)
     int km_held_unpop(rd_kafka_t *rk, km_cstate *st, rd_kafka_message_t *m)
+    void km_held_drop(km_cstate *st, const rd_kafka_topic_partition_list_t *parts)
     void km_set_paused(rd_kafka_t *rk, km_cstate *st, int paused)
+    int km_set_earliest(km_cstate *st, const char **topics, int n)
     km_cstate *km_cstate_new()
     void km_cstate_free(km_cstate *st)
+    void km_cstate_clear(km_cstate *st)
     void km_conf_set_callbacks(rd_kafka_conf_t *conf, km_cstate *st)
     void km_cstate_up(km_cstate *st)
     int km_cstate_take_state(km_cstate *st, int *available, char *reason, size_t reason_size)
@@ -285,26 +288,59 @@ cdef class Consumer:
 
     def store_offsets(self, offsets):
         """Mark [(topic, partition, next_offset), ...] as processed: the group commits them (automatically with
-        enable.auto.commit, at the latest when the consumer closes or loses the partition). Returns False when
-        librdkafka refused because a partition is not assigned to this consumer (any more)."""
+        enable.auto.commit, at the latest when the consumer closes or loses the partition). Returns the
+        [(topic, partition), ...] that librdkafka refused because they are not assigned to this consumer (any
+        more); other errors raise KafkaError."""
         self._check_alive()
         offsets = list(offsets)
         if not offsets:
-            return True
+            return []
         cdef rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(len(offsets))
         cdef rd_kafka_topic_partition_t *tp
         cdef rd_kafka_resp_err_t err
+        cdef int i
+        refused = []
         try:
             for topic, partition, offset in offsets:
                 tp = rd_kafka_topic_partition_list_add(tl, str(topic).encode(), partition)
                 tp.offset = offset
             with nogil:
                 err = rd_kafka_offsets_store(self.rk, tl)
+            # The call's own result says little (success if any partition was stored): each partition has its own.
+            for i in range(tl.cnt):
+                err = tl.elems[i].err
+                if err == RD_KAFKA_RESP_ERR_NO_ERROR:
+                    continue
+                if err == RD_KAFKA_RESP_ERR__STATE or err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+                    refused.append((tl.elems[i].topic.decode(), tl.elems[i].partition))
+                else:
+                    raise_kafka_error(err, f"store offsets of consumer {self.name!r}")
         finally:
             rd_kafka_topic_partition_list_destroy(tl)
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR and err != RD_KAFKA_RESP_ERR__STATE:
-            raise_kafka_error(err, f"store offsets of consumer {self.name!r}")
-        return err == RD_KAFKA_RESP_ERR_NO_ERROR
+        return refused
+
+    def read_from_earliest(self, topics):
+        """From the next assignment on, partitions of these topics that the group has no committed offset for start
+        at the beginning (not where auto.offset.reset says): for topics added to a running subscription."""
+        self._check_alive()
+        encoded = [str(t).encode() for t in topics]
+        cdef int n = len(encoded), i
+        cdef const char **names = <const char **>malloc((n or 1) * sizeof(char *))
+        if names == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                names[i] = encoded[i]
+            if km_set_earliest(self.st, names, n) != 0:
+                raise MemoryError()
+        finally:
+            free(names)
+
+    @property
+    def held(self):
+        """Records polled and kept for the next batch (over a budget, or across a rebalance)."""
+        self._check_alive()
+        return self.st.nheld
 
     def commit(self):
         """Commit the stored offsets (synchronously)."""
@@ -331,9 +367,11 @@ cdef class Consumer:
         self.st = NULL
         with nogil:
             km_disable_wakeup(st)
+            km_cstate_clear(st)      # held records go back before the group commits and leaves
             rd_kafka_consumer_close(rk)
+            km_cstate_clear(st)      # and whatever the closing rebalance queued, before the handle goes
             rd_kafka_destroy(rk)
-            km_cstate_free(st)       # after destroy: no callback can run any more
+            km_cstate_free(st)
         if KM_DEBUG_ENABLED:
             _handles_destroyed += 1
 

@@ -33,6 +33,8 @@ typedef struct km_cstate {
     int nheld, heldcap;
     int paused;                   /* the stream is out of credit: every assigned partition is paused */
     rd_kafka_queue_t *wake_q;     /* consumer queue whose io event wakes the stream's poll thread */
+    char **earliest;              /* topics subscribed after the start: read from the beginning where the group */
+    int nearliest;                /* has no committed offset (under lock) */
 } km_cstate;
 
 static inline km_cstate *km_cstate_new(void) {
@@ -42,15 +44,28 @@ static inline km_cstate *km_cstate_new(void) {
     return st;
 }
 
-static inline void km_cstate_free(km_cstate *st) {
-    if (!st)
-        return;
+/* Drop what still refers to the rd_kafka_t: held messages, and queued events (a partition list holds references to
+ * its partitions). Must run before rd_kafka_destroy(): a reference dropped after it makes the final destroy wait
+ * for librdkafka's threads from inside the drop. */
+static inline void km_cstate_clear(km_cstate *st) {
     for (int i = 0; i < st->nevs; i++)
         rd_kafka_topic_partition_list_destroy(st->evs[i].parts);
     free(st->evs);
+    st->evs = NULL;
+    st->nevs = st->cap = 0;
     for (int i = 0; i < st->nheld; i++)
         rd_kafka_message_destroy(st->held[i]);
+    st->nheld = 0;
+}
+
+/* After rd_kafka_destroy() and km_cstate_clear(): frees memory only. */
+static inline void km_cstate_free(km_cstate *st) {
+    if (!st)
+        return;
     free(st->held);
+    for (int i = 0; i < st->nearliest; i++)
+        free(st->earliest[i]);
+    free(st->earliest);
     pthread_mutex_destroy(&st->lock);
     free(st);
 }
@@ -131,6 +146,60 @@ static inline void km_set_paused(rd_kafka_t *rk, km_cstate *st, int paused) {
     rd_kafka_topic_partition_list_destroy(parts);
 }
 
+/* Replace the set of topics read from the beginning when the group has no offset (copies the names). */
+static inline int km_set_earliest(km_cstate *st, const char **topics, int n) {
+    char **copy = n ? (char **)calloc((size_t)n, sizeof(char *)) : NULL;
+    if (n && !copy)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        copy[i] = strdup(topics[i]);
+        if (!copy[i]) {
+            while (i--)
+                free(copy[i]);
+            free(copy);
+            return -1;
+        }
+    }
+    pthread_mutex_lock(&st->lock);
+    for (int i = 0; i < st->nearliest; i++)
+        free(st->earliest[i]);
+    free(st->earliest);
+    st->earliest = copy;
+    st->nearliest = n;
+    pthread_mutex_unlock(&st->lock);
+    return 0;
+}
+
+/* Partitions of "earliest" topics that the group never committed start at the beginning instead of where
+ * auto.offset.reset says: a topic added to a running stream must not skip what was written before it was read. */
+static void km_apply_earliest(rd_kafka_t *rk, km_cstate *st, rd_kafka_topic_partition_list_t *parts) {
+    rd_kafka_topic_partition_list_t *ask;
+    pthread_mutex_lock(&st->lock);
+    if (!st->nearliest) {
+        pthread_mutex_unlock(&st->lock);
+        return;
+    }
+    ask = rd_kafka_topic_partition_list_new(parts->cnt);
+    for (int i = 0; i < parts->cnt; i++)
+        for (int j = 0; j < st->nearliest; j++)
+            if (!strcmp(parts->elems[i].topic, st->earliest[j]))
+                rd_kafka_topic_partition_list_add(ask, parts->elems[i].topic, parts->elems[i].partition);
+    pthread_mutex_unlock(&st->lock);
+    /* A blocking request to the group coordinator, on the poll thread, once per rebalance that assigns such a
+     * topic. On failure nothing changes: the partitions start where auto.offset.reset says. */
+    if (ask->cnt && rd_kafka_committed(rk, ask, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (int i = 0; i < ask->cnt; i++) {
+            if (ask->elems[i].err || ask->elems[i].offset >= 0)
+                continue;
+            for (int k = 0; k < parts->cnt; k++)
+                if (parts->elems[k].partition == ask->elems[i].partition &&
+                    !strcmp(parts->elems[k].topic, ask->elems[i].topic))
+                    parts->elems[k].offset = RD_KAFKA_OFFSET_BEGINNING;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(ask);
+}
+
 static void km_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
                             void *opaque) {
     km_cstate *st = (km_cstate *)opaque;
@@ -138,6 +207,8 @@ static void km_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_to
     int coop = proto && !strcmp(proto, "COOPERATIVE");
     int assigned = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
     rd_kafka_error_t *error = NULL;
+    if (assigned && parts)
+        km_apply_earliest(rk, st, parts);
     if (assigned) {
         if (coop)
             error = rd_kafka_incremental_assign(rk, parts);
@@ -152,8 +223,14 @@ static void km_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_to
     }
     if (error)
         rd_kafka_error_destroy(error);
-    if (assigned && st->paused && parts)
-        rd_kafka_pause_partitions(rk, parts);     /* out of credit: the new partitions wait too */
+    /* librdkafka keeps an application pause on a partition across unassign and assign: set it from the stream's
+     * state every time, or a partition revoked while paused would come back paused for good. */
+    if (assigned && parts) {
+        if (st->paused)
+            rd_kafka_pause_partitions(rk, parts);
+        else
+            rd_kafka_resume_partitions(rk, parts);
+    }
     if (!assigned)
         km_held_drop(st, coop ? parts : NULL);
     pthread_mutex_lock(&st->lock);

@@ -87,8 +87,8 @@ class SubscribeServicer:
             await context.abort(e.code, e.message)
             raise   # abort raises; this line is for the type checker
         log.info("subscribe stream opened group=%s topics=%s", sub.group, ",".join(sub.topics))
-        invalid: list[str] = []
-        reader = asyncio.get_running_loop().create_task(self._read(it, session, invalid))
+        failure: list[tuple[grpc.StatusCode, str]] = []
+        reader = asyncio.get_running_loop().create_task(self._read(it, session, failure))
         self.streams += 1
         try:
             while (encoded := await session.out.get()) is not None:
@@ -98,20 +98,21 @@ class SubscribeServicer:
             reader.cancel()
             await session.close()
             log.info("subscribe stream closed group=%s", sub.group)
-        if invalid:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, invalid[0])
+        if failure:
+            await context.abort(*failure[0])
         if session.error is not None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the stream's consumer failed: {session.error}")
 
-    async def _read(self, it: AsyncIterator[bytes], session: Session, invalid: list[str]) -> None:
+    async def _read(self, it: AsyncIterator[bytes], session: Session,
+                    failure: list[tuple[grpc.StatusCode, str]]) -> None:
         """Apply acks and credit. A malformed message, or a second subscription, ends the stream with
-        INVALID_ARGUMENT (what was acked before it is committed)."""
+        INVALID_ARGUMENT (what was acked before it is committed); a failure here, with INTERNAL."""
         try:
             async for raw in it:
                 try:
                     req = _mesh_pb2.SubscribeRequest.FromString(raw)
                 except DecodeError as e:
-                    invalid.append(f"malformed SubscribeRequest: {e}")
+                    failure.append((grpc.StatusCode.INVALID_ARGUMENT, f"malformed SubscribeRequest: {e}"))
                     break
                 kind = req.WhichOneof("kind")
                 if kind == "acks":
@@ -119,8 +120,12 @@ class SubscribeServicer:
                 elif kind == "credit":
                     session.grant(req.credit.records, req.credit.bytes)
                 elif kind == "subscription":
-                    invalid.append("a stream takes one subscription; open another stream for another")
+                    failure.append((grpc.StatusCode.INVALID_ARGUMENT,
+                                    "a stream takes one subscription; open another stream for another"))
                     break
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             return
+        except Exception as e:          # a bug or a librdkafka error: end the stream rather than ignore its acks
+            log.exception("subscribe stream failed applying a request")
+            failure.append((grpc.StatusCode.INTERNAL, f"the sidecar failed applying a request: {e}"))
         session.finish()        # half-closed by the application: a clean end

@@ -41,6 +41,13 @@ class PartitionOffsets:
             self._pending.append([first, last + 1])
         self._end = last + 1
 
+    def rewind(self, first: int) -> None:
+        """Delivery starts again at first (before the delivery end) without the partition having moved: what was
+        delivered from first on counts as not delivered; unacked offsets before first stay unacked."""
+        self._pending = [[a, min(b, first)] for a, b in self._pending if a < first]
+        self._end = first
+        self.start = min(self.start, first)
+
     def ack(self, first: int, last: int) -> list[tuple[int, int]]:
         """Mark first..last (inclusive) processed. Returns the sub-ranges that were never delivered on this stream
         (before start or at/after the delivery end): those are ignored. Acking an offset twice is harmless."""

@@ -15,6 +15,8 @@ slow application.
 
 The thread owns the consumers in its rotation: only it polls them. The loop adds one with add() and takes one out
 with remove(); the thread answers with Removed once it no longer touches it, and only then may the loop close it.
+The eventfd outlives the thread: librdkafka may write to it until every consumer given to add() is closed, so the
+owner calls release() only then (a closed fd number is soon reused by a socket, which the write would corrupt).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ log = logging.getLogger("kafka_mesh.subscribe")
 IDLE_WAKE_S = 0.5
 #: How long a stream may be out of credit before its partitions are paused and only rebalances are served.
 PAUSE_AFTER_S = 1.0
+#: Credit beyond these is as good as unlimited (and keeps the numbers within what the core takes).
+MAX_CREDIT_RECORDS = 1 << 31
+MAX_CREDIT_BYTES = 1 << 62
 
 
 @dataclass
@@ -57,8 +62,8 @@ class Credit:
 
     def add(self, records: int, nbytes: int) -> None:
         with self.lock:
-            self.records += records
-            self.bytes += nbytes
+            self.records = min(self.records + records, MAX_CREDIT_RECORDS)
+            self.bytes = min(self.bytes + nbytes, MAX_CREDIT_BYTES)
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class Poller:
         self._consumers: dict[str, meshcore.Consumer] = {}     # only the thread touches this
         self._commands: deque[tuple[str, str, meshcore.Consumer | None]] = deque()
         self._stopping = False
+        self._released = False
         self._turn = 0
         self._thread = threading.Thread(target=self._run, name="subscribe-poll", daemon=True)
 
@@ -121,7 +127,8 @@ class Poller:
         self._thread.start()
 
     def wake(self) -> None:
-        os.eventfd_write(self._efd, 1)
+        if not self._released:
+            os.eventfd_write(self._efd, 1)
 
     def add(self, cluster: str, consumer: meshcore.Consumer) -> None:
         """Hand a subscribed consumer to the thread (call before start() or from the loop)."""
@@ -146,8 +153,13 @@ class Poller:
             self._thread.join()
         self._apply_commands()      # adds that came after the thread's last round
         consumers, self._consumers = self._consumers, {}
-        os.close(self._efd)
         return consumers
+
+    def release(self) -> None:
+        """Close the eventfd: only once every consumer ever added is closed. Idempotent."""
+        if not self._released:
+            self._released = True
+            os.close(self._efd)
 
     def _apply_commands(self) -> None:
         while self._commands:
@@ -158,8 +170,7 @@ class Poller:
             else:
                 gone = self._consumers.pop(cluster, None)
                 if gone is not None:
-                    if gone.paused:
-                        gone.set_paused(False)
+                    gone.set_paused(True)       # no more fetching for a cluster that is only waiting for acks
                     self._deliver(Removed(cluster, gone))
 
     def _run(self) -> None:
@@ -188,9 +199,9 @@ class Poller:
                         self._serve_paused()
                         wait = IDLE_WAKE_S
                 waiter.poll(wait * 1000)
-        except meshcore.CoreError as e:
-            failed = Failed(getattr(e, "cluster", ""), str(e))
-            log.error("subscribe poll failed: %s", e)
+        except Exception as e:     # a fatal consumer error, or a bug: the stream ends with an error either way
+            failed = Failed(getattr(e, "cluster", ""), f"{type(e).__name__}: {e}")
+            log.exception("subscribe poll failed")
         finally:
             if failed is not None:
                 self._deliver(failed)
@@ -219,6 +230,8 @@ class Poller:
                     sent = True
                     self.credit.spend(n, len(encoded))
                     self._deliver(Records(cluster, encoded, runs, n))
+                elif consumer.held:
+                    sent = True     # a batch cut short by a rebalance: its records come in the next round
             self._take_events(cluster, consumer)
         return sent
 

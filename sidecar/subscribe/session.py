@@ -29,10 +29,22 @@ from sidecar.subscribe.poller import Credit, Failed, Item, Poller, Rebalanced, R
 log = logging.getLogger("kafka_mesh.subscribe")
 
 DEFAULT_MAX_RECORDS = 500
+#: Most records in one batch, whatever the subscription asks (the core allocates this many slots per poll).
+MAX_RECORDS = 10_000
 DEFAULT_CREDIT_RECORDS = 1000
 DEFAULT_CREDIT_BYTES = 16 << 20
 #: While a cluster is down, how often the session asks it for metadata to notice that it is back.
 PROBE_INTERVAL_S = 1.0
+
+
+#: librdkafka properties of producers only: left out of a cluster's config when it builds a consumer.
+PRODUCER_ONLY = frozenset({
+    "acks", "request.required.acks", "linger.ms", "queue.buffering.max.ms", "batch.num.messages", "batch.size",
+    "compression.type", "compression.codec", "compression.level", "enable.idempotence", "message.timeout.ms",
+    "delivery.timeout.ms", "partitioner", "queue.buffering.max.messages", "queue.buffering.max.kbytes",
+    "message.send.max.retries", "retries", "enable.gapless.guarantee", "transactional.id", "transaction.timeout.ms",
+    "sticky.partitioning.linger.ms", "request.timeout.ms",
+})
 
 
 class PlanError(Exception):
@@ -78,12 +90,14 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self.out: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.credit = Credit(sub.credit.records or DEFAULT_CREDIT_RECORDS, sub.credit.bytes or DEFAULT_CREDIT_BYTES)
-        self._poller = Poller(self.credit, sub.max_records or DEFAULT_MAX_RECORDS, self._from_thread)
+        self._poller = Poller(self.credit, min(sub.max_records or DEFAULT_MAX_RECORDS, MAX_RECORDS), self._from_thread)
         self._prefetch_kb = prefetch_kbytes(self.credit.bytes)
         self.offsets: dict[tuple[str, str, int], PartitionOffsets] = {}
         self.consumers: dict[str, meshcore.Consumer] = {}        # every open consumer, draining ones too
         self._plan: dict[str, list[str]] = {}                     # clusters read now -> their topics
         self._assigned: dict[str, set[tuple[str, int]]] = {}
+        self._earliest: dict[str, set[str]] = {}                  # topics added to a cluster's running consumer
+        self._mapping: Mapping | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._probing: dict[str, asyncio.Task[None]] = {}
         self._acked = asyncio.Event()
@@ -103,16 +117,20 @@ class Session:
         except BaseException:
             for c in self._poller.stop().values():
                 c.close()
+            self._poller.release()
             raise
         self._plan = plan
-        self._revision = mapping.revision
+        self._mapping = mapping
         self._listeners.add(self.on_mapping)
         self._poller.start()
 
     def _add(self, mapping: Mapping, cluster_name: str, topics: list[str], reset: str) -> None:
         cluster = mapping.clusters[cluster_name]
+        # The registry's per-cluster config serves producers and consumers alike; producer-only properties would
+        # only make librdkafka warn on every consumer.
+        config = {k: v for k, v in cluster.config.items() if k not in PRODUCER_ONLY}
         c = meshcore.create_consumer(cluster_name, {
-            **cluster.config, "bootstrap.servers": cluster.bootstrap, "group.id": self._sub.group,
+            **config, "bootstrap.servers": cluster.bootstrap, "group.id": self._sub.group,
             "auto.offset.reset": reset, "enable.auto.commit": "true", "enable.auto.offset.store": "false",
             "auto.commit.interval.ms": str(self._settings.commit_interval_ms),
             "queued.max.messages.kbytes": str(self._prefetch_kb), "log_level": "4",
@@ -139,6 +157,7 @@ class Session:
                 closing.append(c)
         self.consumers.clear()
         await asyncio.gather(*(asyncio.to_thread(c.close) for c in closing))
+        self._poller.release()                  # no consumer is left to write to the eventfd
 
     def finish(self) -> None:
         """The application half-closed its side: send nothing more, and end the stream (close() commits)."""
@@ -177,11 +196,12 @@ class Session:
         for topic, partition, first, last in item.runs:
             key = (item.cluster, topic, partition)
             p = self.offsets.get(key)
-            if p is None or first < p.delivered_end:
-                if p is not None:
-                    log.warning("partition %s/%s/%d delivered again from %d without a revocation", item.cluster,
-                                topic, partition, first)
+            if p is None:
                 p = self.offsets[key] = PartitionOffsets(start=first)
+            elif first < p.delivered_end:
+                log.warning("partition %s/%s/%d delivered again from %d without a revocation", item.cluster,
+                            topic, partition, first)
+                p.rewind(first)
             p.delivered(first, last)
         self._send(item.encoded)
 
@@ -256,10 +276,12 @@ class Session:
                 stores.setdefault(r.cluster, []).append((r.topic, r.partition, after))
         for cluster, offsets in stores.items():
             consumer = self.consumers.get(cluster)
-            if consumer is None or not consumer.store_offsets(offsets):
+            refused = {(t, p) for t, p, _ in offsets} if consumer is None else set(consumer.store_offsets(offsets))
+            if refused:
                 # the partitions moved away before the loop heard of it: their next owner reads them again
-                ignored += [_pb.AckRange(cluster=cluster, topic=t, partition=p, first_offset=o - 1, last_offset=o - 1)
-                            for t, p, o in offsets]
+                ignored += [_pb.AckRange(cluster=cluster, topic=r.topic, partition=r.partition,
+                                         first_offset=r.first_offset, last_offset=r.last_offset)
+                            for r in acks.ranges if r.cluster == cluster and (r.topic, r.partition) in refused]
         if ignored:
             log.info("acks ignored group=%s ranges=%d (never delivered on this stream, or revoked since)",
                      self._sub.group, len(ignored))
@@ -278,6 +300,7 @@ class Session:
             log.warning("mapping revision %d leaves a subscribed topic unreadable; the stream keeps its clusters: "
                         "%s", mapping.revision, e)
             return
+        self._mapping = mapping
         old = self._plan
         for cluster in sorted(set(old) - set(plan)):
             log.info("cluster leaves the stream cluster=%s group=%s revision=%d", cluster, self._sub.group,
@@ -286,12 +309,16 @@ class Session:
         for cluster in sorted(plan):
             if cluster in old and cluster in self.consumers:
                 if sorted(plan[cluster]) != sorted(old[cluster]):
-                    self.consumers[cluster].subscribe(plan[cluster])
+                    consumer = self.consumers[cluster]
+                    added = sorted(set(plan[cluster]) - set(old[cluster]))
+                    self._earliest.setdefault(cluster, set()).update(added)
+                    # Nothing written to a topic before this stream read it on this cluster may be missed.
+                    consumer.read_from_earliest(sorted(self._earliest[cluster]))
+                    consumer.subscribe(plan[cluster])
                 continue
             if cluster in self.consumers:
-                # still draining from an earlier revision: it comes back once closed (next revision)
-                log.warning("cluster %s returns to the stream while it drains; not read until the next change",
-                            cluster)
+                # still draining from an earlier revision: _drain applies the mapping again once it is closed
+                log.info("cluster %s returns to the stream while it drains: read again once drained", cluster)
                 plan.pop(cluster)
                 continue
             try:
@@ -331,9 +358,12 @@ class Session:
         owned = self._assigned.pop(cluster, set())
         for key in [k for k in self.offsets if k[0] == cluster]:
             del self.offsets[key]
+        self._earliest.pop(cluster, None)
         log.info("cluster closed for the stream cluster=%s group=%s unacked=%d", cluster, self._sub.group, unacked)
         if owned:
             self._rebalanced(Rebalanced(cluster, False, sorted(owned)))
+        if self._mapping is not None and not self._ended:
+            self.on_mapping(self._mapping)      # the cluster may have come back while it drained
 
     def _unacked(self, cluster: str) -> int:
         return sum(p.unacked for (c, _, _), p in self.offsets.items() if c == cluster)

@@ -282,3 +282,69 @@ def test_a_cluster_down_is_reported_and_the_stream_goes_on(
             assert (back.cluster, back.available) == ("extra", True)
     finally:
         sandbox_mod.down(extra_settings)
+
+
+def test_a_partition_revoked_while_paused_is_read_again_when_it_comes_back(
+        sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
+    c1 = sandbox.clusters[0]
+    create_topic(c1.bootstrap, topic, partitions=2)
+    produce_direct(c1.bootstrap, topic, [f"a-{i}" for i in range(100)])
+    ns = new_namespace()
+    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1"]))
+    sc = sidecar_factory(ns)
+    group = f"g-{topic}"
+    with SubStream(sc.target, group, [topic], grant=False, credit_records=5) as a:
+        a.wait(lambda s: len(s.records) >= 5, what="5 records")
+        time.sleep(2)                                    # out of credit: a's partitions are paused
+        with SubStream(sc.target, group, [topic]) as b:  # takes a partition away from a while a is paused
+            b.wait(lambda s: "assigned" in s.event_kinds(), timeout=60, what="b's share")
+            a.send(M.SubscribeRequest(credit=M.Credit(records=1000, bytes=1 << 20)))     # a resumes its share
+            time.sleep(1)
+            b.close()
+        # b left: its partition comes back to a, which is not paused any more: every partition must flow
+        a.wait(lambda s: [e.assigned.partitions for e in s.events if e.WhichOneof("kind") == "assigned"][-1:]
+               == [[0, 1]], timeout=60, what="both partitions back at a")
+        produce_direct(c1.bootstrap, topic, [f"b-{i}" for i in range(100)])
+        a.wait(lambda s: {v for v in s.values() if v.startswith("b-")} == {f"b-{i}" for i in range(100)},
+               timeout=30, what="new records of both partitions")
+
+
+def test_a_topic_added_to_a_running_clusters_consumer_is_read_from_its_beginning(
+        sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
+    c1 = sandbox.clusters[0]
+    other = f"{topic}-other"
+    for t in (topic, other):
+        create_topic(c1.bootstrap, t, partitions=1)
+    ns = new_namespace()
+    # `other` is read from c2 at first; the stream starts at "latest"
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}},
+                        "consumer": {topic: [{"vip": "c1"}], other: [{"vip": "c2"}]}})
+    create_topic(sandbox.clusters[1].bootstrap, other, partitions=1)
+    sc = sidecar_factory(ns)
+    with SubStream(sc.target, f"g-{topic}", [topic, other], start=M.START_POSITION_LATEST) as s:
+        s.wait(lambda s: s.event_kinds().count("assigned") == 2, timeout=60, what="assignments")
+        produce_direct(c1.bootstrap, other, [f"early-{i}" for i in range(10)])   # before c1 reads `other`
+        apply(sandbox, ns, {"consumer": {topic: [{"vip": "c1"}], other: [{"vip": "c1"}, {"vip": "c2"}]}})
+        s.wait(lambda s: sorted(s.values()) == sorted(f"early-{i}" for i in range(10)), timeout=60,
+               what="what was written to the added topic before it was read")
+
+
+def test_a_cluster_removed_and_added_back_while_it_drains_is_read_again(
+        sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
+    for c in sandbox.clusters[:2]:
+        create_topic(c.bootstrap, topic, partitions=1)
+        produce_direct(c.bootstrap, topic, [f"{c.name}-{i}" for i in range(10)])
+    ns = new_namespace()
+    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1", "c2"]))
+    sc = sidecar_factory(ns, "--drain-timeout-s", "60")
+    with SubStream(sc.target, f"g-{topic}", [topic], auto_ack=False) as s:
+        s.wait(lambda s: len(s.records) >= 20, what="20 records")
+        apply(sandbox, ns, {"consumer": {topic: [{"vip": "c2"}]}})
+        s.wait(lambda s: s.event_kinds().count("clusters_changed") == 1, timeout=30, what="c1 leaves")
+        apply(sandbox, ns, {"consumer": {topic: [{"vip": "c1"}, {"vip": "c2"}]}})   # back while it drains
+        time.sleep(1)
+        s.ack(list(s.records))                           # the drain ends, c1 closes and is read again
+        s.auto_ack = True
+        s.wait(lambda s: "revoked" in s.event_kinds(), timeout=30, what="c1 closed")
+        produce_direct(sandbox.clusters[0].bootstrap, topic, ["c1-again"])
+        s.wait(lambda s: "c1-again" in s.values(), timeout=60, what="c1 read again")

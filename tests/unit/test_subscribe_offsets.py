@@ -85,3 +85,17 @@ def test_random_ack_orders_commit_exactly_the_acked_prefix() -> None:
             acked.add(x)
             prefix = next((y for y in offsets if y not in acked), None)
             assert p.committable() == (prefix if prefix is not None else offsets[-1] + 1)
+
+
+def test_a_rewind_keeps_unacked_offsets_below_it_and_forgets_what_came_after() -> None:
+    p = PartitionOffsets(start=0)
+    p.delivered(0, 9)
+    p.ack(0, 2)
+    p.ack(5, 6)
+    p.rewind(6)                          # delivery starts again at 6 (e.g. librdkafka fetched from there again)
+    assert p.committable() == 3 and p.delivered_end == 6
+    p.delivered(6, 7)
+    p.ack(3, 4)
+    assert p.committable() == 6          # 5 was acked before the rewind, 6 and 7 were delivered again, not acked
+    p.ack(6, 7)
+    assert p.committable() == 8 and p.unacked == 0
