@@ -293,8 +293,8 @@ class Stream:
             n += len(recs)
             ranges.append(M.AckRange(cluster=g.cluster, topic=g.topic, partition=g.partition,
                                      first_offset=recs[0].offset, last_offset=recs[-1].offset))
-        self._outbox.put(M.SubscribeRequest(acks=M.Acks(ranges=ranges)).SerializeToString())
-        self._outbox.put(M.SubscribeRequest(credit=M.Credit(records=n, bytes=nbytes)).SerializeToString())
+        self._outbox.put(M.SubscribeRequest(acks=M.Acks(ranges=ranges),
+                                            credit=M.Credit(records=n, bytes=nbytes)).SerializeToString())
 
     def close(self, drain: bool) -> None:
         """Half-close. With drain, read what is still in flight until the sidecar ends the stream (for a caller that

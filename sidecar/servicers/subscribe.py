@@ -38,9 +38,13 @@ def parse_subscription(raw: bytes) -> _mesh_pb2.Subscription:
         req = _mesh_pb2.SubscribeRequest.FromString(raw)
     except DecodeError as e:
         raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"malformed SubscribeRequest: {e}") from e
-    if req.WhichOneof("kind") != "subscription":
+    others = [f for f in ("acks", "credit") if req.HasField(f)]
+    if not req.HasField("subscription"):
+        got = " and ".join(others) or "an empty message"
+        raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"the first message must be a subscription, got {got}")
+    if others:
         raise Aborted(grpc.StatusCode.INVALID_ARGUMENT,
-                      f"the first message must be a subscription, got {req.WhichOneof('kind') or 'an empty message'}")
+                      f"the first message carries the subscription only, got {' and '.join(others)} with it")
     sub = req.subscription
     if not sub.group:
         raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, "subscription.group is empty")
@@ -114,15 +118,14 @@ class SubscribeServicer:
                 except DecodeError as e:
                     failure.append((grpc.StatusCode.INVALID_ARGUMENT, f"malformed SubscribeRequest: {e}"))
                     break
-                kind = req.WhichOneof("kind")
-                if kind == "acks":
-                    session.ack(req.acks)
-                elif kind == "credit":
-                    session.grant(req.credit.records, req.credit.bytes)
-                elif kind == "subscription":
+                if req.HasField("subscription"):
                     failure.append((grpc.StatusCode.INVALID_ARGUMENT,
                                     "a stream takes one subscription; open another stream for another"))
                     break
+                if req.HasField("acks"):
+                    session.ack(req.acks)
+                if req.HasField("credit"):
+                    session.grant(req.credit.records, req.credit.bytes)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             return
         except Exception as e:          # a bug or a librdkafka error: end the stream rather than ignore its acks

@@ -36,6 +36,8 @@ log = logging.getLogger("kafka_mesh.subscribe")
 
 #: Longest sleep of an idle stream between two rounds (the wake-ups make it a safety net, not a latency).
 IDLE_WAKE_S = 0.5
+#: After an idle wait, how long the thread lets records gather before it polls.
+LINGER_S = 0.001
 #: How long a stream may be out of credit before its partitions are paused and only rebalances are served.
 PAUSE_AFTER_S = 1.0
 #: Credit beyond these is as good as unlimited (and keeps the numbers within what the core takes).
@@ -60,18 +62,47 @@ class Credit:
             self.records -= records
             self.bytes -= nbytes
 
-    def add(self, records: int, nbytes: int) -> None:
+    def add(self, records: int, nbytes: int) -> bool:
+        """Returns whether the stream was out of credit before."""
         with self.lock:
+            starved = self.records <= 0 or self.bytes <= 0
             self.records = min(self.records + records, MAX_CREDIT_RECORDS)
             self.bytes = min(self.bytes + nbytes, MAX_CREDIT_BYTES)
+            return starved
 
 
 @dataclass(frozen=True)
 class Records:
-    cluster: str
+    """One SubscribeResponse with the records of one round over the stream's clusters; runs: (cluster, topic,
+    partition, first_offset, last_offset) per group of consecutive records of one partition."""
+
     encoded: bytes
-    runs: list[tuple[str, int, int, int]]
+    runs: list[tuple[str, str, int, int, int]]
     count: int
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def merge_responses(encoded: list[bytes]) -> bytes:
+    """One SubscribeResponse{records} from several: their RecordBatches' partition groups, concatenated. Each input
+    is a tag (SubscribeResponse.records) and a length, then the RecordBatch, as the core encodes it."""
+    if len(encoded) == 1:
+        return encoded[0]
+    bodies = []
+    for e in encoded:
+        i = 1
+        while e[i] & 0x80:          # the length's varint: the batch starts after it
+            i += 1
+        bodies.append(memoryview(e)[i + 1:])
+    total = sum(len(b) for b in bodies)
+    return b"".join([b"\x0a", _varint(total), *bodies])
 
 
 @dataclass(frozen=True)
@@ -142,8 +173,8 @@ class Poller:
         self.wake()
 
     def grant(self, records: int, nbytes: int) -> None:
-        self.credit.add(records, nbytes)
-        self.wake()
+        if self.credit.add(records, nbytes):
+            self.wake()     # only a thread out of credit waits for it; a wake-up costs a round over every consumer
 
     def stop(self) -> dict[str, meshcore.Consumer]:
         """End the thread (blocks until it has) and return the consumers it still held, for the caller to close."""
@@ -198,7 +229,10 @@ class Poller:
                     if wait <= 0:
                         self._serve_paused()
                         wait = IDLE_WAKE_S
-                waiter.poll(wait * 1000)
+                if waiter.poll(wait * 1000) and LINGER_S:
+                    # Woken by a first record: give the other clusters' fetches a moment to land too, so that one
+                    # response carries them all (a response costs the same for 3 records or 300).
+                    time.sleep(LINGER_S)
         except Exception as e:     # a fatal consumer error, or a bug: the stream ends with an error either way
             failed = Failed(getattr(e, "cluster", ""), f"{type(e).__name__}: {e}")
             log.exception("subscribe poll failed")
@@ -211,6 +245,9 @@ class Poller:
         """Poll every consumer once, within the credit. True when a batch was sent (another round follows at once).
         """
         sent = False
+        encoded_all: list[bytes] = []
+        runs_all: list[tuple[str, str, int, int, int]] = []
+        count = 0
         order = list(self._consumers.items())
         if order:
             # Start each round one cluster further on: when credit is short, every cluster gets its turn.
@@ -229,10 +266,21 @@ class Poller:
                 if encoded is not None:
                     sent = True
                     self.credit.spend(n, len(encoded))
-                    self._deliver(Records(cluster, encoded, runs, n))
+                    encoded_all.append(encoded)
+                    runs_all += [(cluster, *run) for run in runs]
+                    count += n
                 elif consumer.held:
                     sent = True     # a batch cut short by a rebalance: its records come in the next round
-            self._take_events(cluster, consumer)
+            events = consumer.take_events()
+            if events and encoded_all:
+                # the records polled before a rebalance go first, so that acks meet the assignment they came from
+                self._deliver(Records(merge_responses(encoded_all), runs_all, count))
+                encoded_all, runs_all, count = [], [], 0
+            self._deliver_events(cluster, consumer, events)
+        if encoded_all:
+            # One response per round over every cluster: at a modest rate each cluster has a few records a round,
+            # and a response costs the same whether it carries 3 records or 300.
+            self._deliver(Records(merge_responses(encoded_all), runs_all, count))
         return sent
 
     def _serve_paused(self) -> None:
@@ -240,10 +288,11 @@ class Poller:
             if not consumer.paused:
                 consumer.set_paused(True)
             consumer.serve(0)
-            self._take_events(cluster, consumer)
+            self._deliver_events(cluster, consumer, consumer.take_events())
 
-    def _take_events(self, cluster: str, consumer: meshcore.Consumer) -> None:
-        for assigned, partitions in consumer.take_events():
+    def _deliver_events(self, cluster: str, consumer: meshcore.Consumer,
+                        events: list[tuple[bool, list[tuple[str, int]]]]) -> None:
+        for assigned, partitions in events:
             self._deliver(Rebalanced(cluster, assigned, partitions))
         state = consumer.take_state()
         if state is not None:

@@ -193,14 +193,14 @@ class Session:
     def _delivered(self, item: Records) -> None:
         if self._ended:
             return          # never sent: not tracked, delivered again to the group
-        for topic, partition, first, last in item.runs:
-            key = (item.cluster, topic, partition)
+        for cluster, topic, partition, first, last in item.runs:
+            key = (cluster, topic, partition)
             p = self.offsets.get(key)
             if p is None:
                 p = self.offsets[key] = PartitionOffsets(start=first)
             elif first < p.delivered_end:
-                log.warning("partition %s/%s/%d delivered again from %d without a revocation", item.cluster,
-                            topic, partition, first)
+                log.warning("partition %s/%s/%d delivered again from %d without a revocation", cluster, topic,
+                            partition, first)
                 p.rewind(first)
             p.delivered(first, last)
         self._send(item.encoded)

@@ -54,20 +54,26 @@ class SubStream:
                     got += [(g.cluster, g.topic, g.partition, r.offset, r.value) for r in g.records]
                 with self._lock:
                     self.records += got
+                req = M.SubscribeRequest()
                 if self.auto_ack:
-                    self.ack(got)
+                    req.acks.CopyFrom(self._ack_message(got))
                 if self.grant:
-                    self._outbox.put(M.SubscribeRequest(credit=M.Credit(records=len(got), bytes=len(raw))))
+                    req.credit.CopyFrom(M.Credit(records=len(got), bytes=len(raw)))
+                if self.auto_ack or self.grant:
+                    self._outbox.put(req)           # the ack and the credit a batch frees, in one message
             self.status = grpc.StatusCode.OK
         except grpc.RpcError as e:
             self.status = e.code()
             self.details = e.details() or ""
 
-    def ack(self, recs: list[Rec]) -> None:
-        ranges = [M.AckRange(cluster=c, topic=t, partition=p, first_offset=o, last_offset=o) for c, t, p, o, _ in recs]
+    def _ack_message(self, recs: list[Rec]) -> M.Acks:
         with self._lock:
             self.acked.update((c, t, p, o) for c, t, p, o, _ in recs)
-        self._outbox.put(M.SubscribeRequest(acks=M.Acks(ranges=ranges)))
+        return M.Acks(ranges=[M.AckRange(cluster=c, topic=t, partition=p, first_offset=o, last_offset=o)
+                              for c, t, p, o, _ in recs])
+
+    def ack(self, recs: list[Rec]) -> None:
+        self._outbox.put(M.SubscribeRequest(acks=self._ack_message(recs)))
 
     def send(self, req: M.SubscribeRequest) -> None:
         self._outbox.put(req)

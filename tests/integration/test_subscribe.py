@@ -96,6 +96,9 @@ def test_a_subscriber_receives_every_record_of_both_clusters_and_commits_what_it
     (M.SubscribeRequest(credit=M.Credit(records=1)).SerializeToString(),
      "the first message must be a subscription, got credit"),
     (b"\x0a\x05ab", "malformed SubscribeRequest"),
+    (M.SubscribeRequest(subscription=M.Subscription(group="g", topics=["t"]),
+                        credit=M.Credit(records=1)).SerializeToString(),
+     "the first message carries the subscription only, got credit with it"),
     (M.SubscribeRequest(subscription=M.Subscription(group="g", topics=["bad topic"])).SerializeToString(),
      "subscription.topics[0]"),
 ])

@@ -36,3 +36,18 @@ def test_a_default_route_catches_the_rest() -> None:
                                         (1 << 30, 16384)])
 def test_prefetch_follows_the_byte_credit_within_1_to_16_mib(credit: int, kb: int) -> None:
     assert prefetch_kbytes(credit) == kb
+
+
+def test_responses_of_several_clusters_merge_into_one_with_every_group_in_order() -> None:
+    from sidecar.api.kafkamesh.v1 import mesh_pb2 as M
+    from sidecar.subscribe.poller import merge_responses
+
+    def resp(cluster: str, n: int, size: int) -> bytes:
+        return M.SubscribeResponse(records=M.RecordBatch(partitions=[M.PartitionRecords(
+            cluster=cluster, topic="t", partition=n, records=[M.ConsumedRecord(offset=i, value=b"v" * size)
+                                                              for i in range(n)])])).SerializeToString()
+
+    parts = [resp("c1", 1, 10), resp("c2", 3, 300), resp("c3", 2, 70_000)]   # 1-, 2- and 3-byte lengths
+    merged = M.SubscribeResponse.FromString(merge_responses(parts))
+    assert [(g.cluster, len(g.records)) for g in merged.records.partitions] == [("c1", 1), ("c2", 3), ("c3", 2)]
+    assert merge_responses(parts[:1]) == parts[0]
