@@ -850,11 +850,14 @@ def test_idle_clusters_and_topics_latency(benchmark: Any, mesh: Mesh) -> None:
 # -- RSS with 3 clusters and 20 streams ------------------------------------------------------------------------------
 
 
-def test_sidecar_rss_3_clusters_20_streams(benchmark: Any, mesh: Mesh, tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("credit_bytes", [0, 1 << 20], ids=["default-credit", "1MiB-credit"])
+def test_sidecar_rss_3_clusters_20_streams(benchmark: Any, mesh: Mesh, tmp_path: pathlib.Path,
+                                           credit_bytes: int) -> None:
     """A sidecar of its own (same mapping, a namespace of its own): VmRSS idle, then with RSS_STREAMS streams, each a
     fresh group over the RSS topic on [c1, c2, c3] (3 x RSS_PRELOAD records; 3 consumers a stream) with the default
-    credit (1,000 records, 16 MiB), for RSS_SECONDS, VmRSS sampled every 0.5 s; and 3 and 12 s after the streams
-    ended (each half-closed, then ended by the sidecar)."""
+    credit (10,000 records, 16 MiB: 16 MiB of prefetched payload per consumer at most) or 1 MiB of byte credit (1
+    MiB of prefetch), for RSS_SECONDS, VmRSS sampled every 0.5 s; and 3 and 12 s after the streams ended (each
+    half-closed, then ended by the sidecar)."""
     ns = new_namespace()
     apply(mesh.sandbox, ns, mesh.doc)
     proc = SidecarProc(mesh.sandbox, tmp_path, ns).start()
@@ -871,7 +874,8 @@ def test_sidecar_rss_3_clusters_20_streams(benchmark: Any, mesh: Mesh, tmp_path:
         threads: list[_Thread] = []
         channels = [grpc.insecure_channel(proc.target) for _ in range(RSS_STREAMS)]   # one per app
         for i, ch in enumerate(channels):
-            s = Stream(ch, M.Subscription(group=_group(), topics=[topic], start=M.START_POSITION_EARLIEST))
+            s = Stream(ch, M.Subscription(group=_group(), topics=[topic], start=M.START_POSITION_EARLIEST,
+                                          credit=M.Credit(bytes=credit_bytes)))
             streams.append(s)
 
             def read(s: Stream = s, i: int = i) -> None:
@@ -921,7 +925,8 @@ def test_sidecar_rss_3_clusters_20_streams(benchmark: Any, mesh: Mesh, tmp_path:
     benchmark.extra_info.update(results)
     benchmark.extra_info.update({
         "what": f"{RSS_STREAMS} Subscribe streams (one channel and one thread each; protobuf parse, ack + credit per "
-                f"batch) over one topic on c1-c3 holding {len(CLUSTERS) * RSS_PRELOAD} records, for {RSS_SECONDS:g} s",
+                f"batch) over one topic on c1-c3 holding {len(CLUSTERS) * RSS_PRELOAD} records, for {RSS_SECONDS:g} s, "
+                f"byte credit {credit_bytes or 'default (16 MiB)'}",
         "running": RUNNING.replace("one sidecar process", "a second sidecar process (measured; the module's idle)"),
         **_context(),
     })
