@@ -37,7 +37,7 @@ log = logging.getLogger("kafka_mesh.subscribe")
 #: Longest sleep of an idle stream between two rounds (the wake-ups make it a safety net, not a latency).
 IDLE_WAKE_S = 0.5
 #: After an idle wait, how long the thread lets records gather before it polls.
-LINGER_S = 0.001
+LINGER_S = 0.002
 #: How long a stream may be out of credit before its partitions are paused and only rebalances are served.
 PAUSE_AFTER_S = 1.0
 #: Credit beyond these is as good as unlimited (and keeps the numbers within what the core takes).
