@@ -23,6 +23,17 @@ def _consumer_mapping(sandbox: Sandbox, topic: str, clusters: list[str]) -> dict
             "consumer": {topic: [{"vip": c} for c in clusters]}}
 
 
+def _one_cluster(sandbox: Sandbox, sidecar_factory: Any, topic: str, partitions: int, values: list[str],
+                 *extra: str) -> tuple[Any, str]:
+    """topic on c1 holding values, a namespace whose mapping reads it from c1, and a sidecar serving it."""
+    create_topic(sandbox.clusters[0].bootstrap, topic, partitions=partitions)
+    if values:
+        produce_direct(sandbox.clusters[0].bootstrap, topic, values)
+    ns = new_namespace()
+    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1"]))
+    return sidecar_factory(ns, *extra), ns
+
+
 def _ends(records: list[tuple[str, str, int, int, bytes]], cluster: str) -> dict[int, int]:
     ends: dict[int, int] = {}
     for c, _, p, off, _ in records:
@@ -59,10 +70,7 @@ def test_events_acks_ignored_and_a_clean_end_commit_what_was_acked(
 
 def test_a_malformed_message_or_a_second_subscription_mid_stream_is_invalid_argument(
         sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
-    create_topic(sandbox.clusters[0].bootstrap, topic, partitions=1)
-    ns = new_namespace()
-    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1"]))
-    sc = sidecar_factory(ns)
+    sc, _ = _one_cluster(sandbox, sidecar_factory, topic, 1, [])
     for bad, message in [
         (M.SubscribeRequest(subscription=M.Subscription(group="g", topics=[topic])), "a stream takes one subscription"),
         (None, "malformed SubscribeRequest"),
@@ -92,11 +100,7 @@ class _Raw:
 def test_credit_bounds_what_is_sent_and_a_stream_paused_for_lack_of_it_resumes_without_loss(
         sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
     c1 = sandbox.clusters[0]
-    create_topic(c1.bootstrap, topic, partitions=2)
-    produce_direct(c1.bootstrap, topic, [f"r-{i}" for i in range(300)])
-    ns = new_namespace()
-    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1"]))
-    sc = sidecar_factory(ns)
+    sc, ns = _one_cluster(sandbox, sidecar_factory, topic, 2, [f"r-{i}" for i in range(300)])
     with SubStream(sc.target, f"g-{topic}", [topic], grant=False, credit_records=10, credit_bytes=1 << 20) as s:
         s.wait(lambda s: len(s.records) >= 10, what="the first 10 records")
         time.sleep(2.5)                                   # out of credit long enough for the partitions to pause
@@ -128,10 +132,7 @@ def test_credit_bounds_what_is_sent_and_a_stream_paused_for_lack_of_it_resumes_w
 def test_two_subscribers_split_the_partitions_and_hand_over_without_loss_or_acked_duplicates(
         sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
     c1 = sandbox.clusters[0]
-    create_topic(c1.bootstrap, topic, partitions=4)
-    ns = new_namespace()
-    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1"]))
-    sc = sidecar_factory(ns)
+    sc, _ = _one_cluster(sandbox, sidecar_factory, topic, 4, [])
     group = f"g-{topic}"
     produce_direct(c1.bootstrap, topic, [f"p1-{i}" for i in range(200)])
     a = SubStream(sc.target, group, [topic])
@@ -287,11 +288,7 @@ def test_a_cluster_down_is_reported_and_the_stream_goes_on(
 def test_a_partition_revoked_while_paused_is_read_again_when_it_comes_back(
         sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
     c1 = sandbox.clusters[0]
-    create_topic(c1.bootstrap, topic, partitions=2)
-    produce_direct(c1.bootstrap, topic, [f"a-{i}" for i in range(100)])
-    ns = new_namespace()
-    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1"]))
-    sc = sidecar_factory(ns)
+    sc, _ = _one_cluster(sandbox, sidecar_factory, topic, 2, [f"a-{i}" for i in range(100)])
     group = f"g-{topic}"
     with SubStream(sc.target, group, [topic], grant=False, credit_records=5) as a:
         a.wait(lambda s: len(s.records) >= 5, what="5 records")
