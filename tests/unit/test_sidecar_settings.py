@@ -39,12 +39,22 @@ def test_flag_beats_environment_beats_file(tmp_path: pathlib.Path) -> None:
     ({"delivery_timeout_ms": "soon"}, "delivery-timeout-ms must be a number, got 'soon'"),
     ({"max_inflight_bytes": "10"}, "max-inflight-bytes must be at least 1024, got '10'"),
     ({"log_level": "loud"}, "log-level must be debug, info, warning or error, got 'loud'"),
+    ({"commit_interval_ms": "5"}, "commit-interval-ms must be at least 10, got '5'"),
+    ({"drain_timeout_s": "-1"}, "drain-timeout-s must be at least 0, got '-1'"),
     ({"config": "/nonexistent/sidecar.toml"}, "cannot read the config file /nonexistent/sidecar.toml"),
 ])
 def test_bad_settings_are_refused_naming_the_setting(flags: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError) as e:
         SidecarSettings.build(flags, {"HOME": "/h"})
     assert str(e.value).startswith(message)
+
+
+def test_subscribe_settings_default_and_come_from_the_environment() -> None:
+    s = SidecarSettings.build(NO_FLAGS, {"HOME": "/h"})
+    assert (s.commit_interval_ms, s.drain_timeout_s) == (1000, 10.0)
+    s = SidecarSettings.build(NO_FLAGS, {"HOME": "/h", "KAFKA_MESH_COMMIT_INTERVAL_MS": "250",
+                                         "KAFKA_MESH_DRAIN_TIMEOUT_S": "2.5"})
+    assert (s.commit_interval_ms, s.drain_timeout_s) == (250, 2.5)
 
 
 def test_unknown_key_in_the_file_is_named(tmp_path: pathlib.Path) -> None:
