@@ -475,9 +475,67 @@ def test_confluent_kafka_consume_each_cluster_alone(benchmark: Any, mesh: Mesh) 
     })
 
 
+def test_confluent_kafka_consume_three_clusters_at_once(benchmark: Any, mesh: Mesh) -> None:
+    """What an application reading the topic from c1, c2 and c3 itself would do: three confluent-kafka Consumers in
+    one process, each read by a thread of its own with consume(num_messages=1000, timeout=1.0) (the GIL is released
+    while librdkafka waits), fresh groups, client creation and group join included; a round ends when all
+    3 x PRELOAD records arrived. Unlike the each-alone baseline, the three share the machine, as the stream does."""
+    topic = mesh.topics["rate"]
+    total = len(CLUSTERS) * PRELOAD
+    done: list[_Round] = []
+
+    def setup() -> tuple[tuple[_Round], dict[str, Any]]:
+        return (_Round(meter=CpuMeter(mesh.cpu_groups())),), {}
+
+    def read_all(r: _Round) -> None:
+        lock = threading.Lock()
+        consumers: list[CKConsumer] = []
+
+        def read(cluster: str) -> None:
+            c = _direct_consumer(mesh.bootstrap[cluster], r.group)
+            with lock:
+                consumers.append(c)
+            c.subscribe([topic])
+            got = 0
+            deadline = time.monotonic() + 120
+            while got < PRELOAD:
+                msgs = c.consume(num_messages=min(1000, PRELOAD - got), timeout=1.0)
+                nbytes = sum(len(m.value()) for m in msgs if m.error() is None)
+                got += sum(1 for m in msgs if m.error() is None)
+                with lock:
+                    if msgs:
+                        r.delivered()
+                    r.records += len(msgs)
+                    r.value_bytes += nbytes
+                assert time.monotonic() < deadline, f"{cluster}: {got} of {PRELOAD} records in 120 s"
+
+        r.begin()
+        threads = [_Thread(lambda c=c: read(c), f"direct-{c}") for c in CLUSTERS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+            t.check()
+        r.end()
+        r.close = lambda: [c.close() for c in consumers] and None
+        assert r.records == total and r.value_bytes == total * VALUE_BYTES
+        done.append(r)
+
+    benchmark.group = "subscribe-rate"
+    benchmark.extra_info["records"] = total
+    benchmark.pedantic(read_all, setup=setup, teardown=_teardown, rounds=RATE_ROUNDS, warmup_rounds=1)
+    rates = _rates(done[1:], total)
+    _RESULTS["direct_together"] = rates
+    benchmark.extra_info.update({
+        "what": "three confluent-kafka Consumers in one process, a thread each, consume(1000, 1.0), fresh groups, auto "
+                "commit on; every value read; rps = 3 x PRELOAD / (creation to the last record of all), median round",
+        **rates, "running": RUNNING + " (the sidecar idle)", **_context(),
+    })
+
+
 def test_sidecar_subscribe_3_clusters(benchmark: Any, mesh: Mesh) -> None:
     """One Subscribe stream over the rate topic on [c1, c2, c3], a fresh group a round, from the earliest offset,
-    server-default credit (1,000 records, 16 MiB) and batching; a round ends when all 3 x PRELOAD records arrived."""
+    server-default credit (10,000 records, 16 MiB) and batching; a round ends when all 3 x PRELOAD records arrived."""
     topic = mesh.topics["rate"]
     total = len(CLUSTERS) * PRELOAD
     channel = grpc.insecure_channel(mesh.proc.target)
@@ -504,6 +562,11 @@ def test_sidecar_subscribe_3_clusters(benchmark: Any, mesh: Mesh) -> None:
         "streams_cancelled": sum(r.cancelled for r in done),
         "running": RUNNING, **_context(),
     }
+    together = _RESULTS.get("direct_together")
+    if together:
+        info["ratio_to_direct_three_at_once"] = round(rates["rps"] / together["rps"], 3)
+        info["ratio_to_direct_three_at_once_first_to_last"] = round(
+            rates["first_to_last_rps"] / together["first_to_last_rps"], 3)
     direct = _RESULTS.get("direct_sum")
     if direct:
         info["ratio_to_sum_of_direct"] = round(rates["rps"] / direct["rps"], 3)

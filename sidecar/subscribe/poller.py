@@ -217,11 +217,12 @@ class Poller:
                     pass
                 self._apply_commands()
                 records, nbytes = self.credit.take()
+                idle = False
                 if records > 0 and nbytes > 0:
                     starved_since = None
                     if self._round():
                         continue
-                    wait = IDLE_WAKE_S
+                    wait, idle = IDLE_WAKE_S, True
                 else:
                     now = time.monotonic()
                     starved_since = starved_since or now
@@ -229,9 +230,10 @@ class Poller:
                     if wait <= 0:
                         self._serve_paused()
                         wait = IDLE_WAKE_S
-                if waiter.poll(wait * 1000) and LINGER_S:
-                    # Woken by a first record: give the other clusters' fetches a moment to land too, so that one
-                    # response carries them all (a response costs the same for 3 records or 300).
+                if waiter.poll(wait * 1000) and idle and LINGER_S:
+                    # Woken out of idleness by a first record: give the other clusters' fetches a moment to land too,
+                    # so that one response carries them all (a response costs the same for 3 records or 300). Not
+                    # after a wait for credit: records are waiting then, and a busy stream would pay it every batch.
                     time.sleep(LINGER_S)
         except Exception as e:     # a fatal consumer error, or a bug: the stream ends with an error either way
             failed = Failed(getattr(e, "cluster", ""), f"{type(e).__name__}: {e}")
