@@ -10,6 +10,7 @@ Life of a cluster in a stream:
                  read from its earliest offset where the group has none, so nothing written before is missed)
   removed     -> the poll thread stops reading it; the session waits (drain_timeout_s at most) for the acks of what
                  it sent, then closes the consumer, which commits the acked offsets and leaves the group
+  redefined   -> (bootstrap servers or settings changed) removed as above, then added again from the new definition
 Events tell the application about each step: assigned/revoked, clusters_changed, cluster_state, acks_ignored.
 """
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _pb
-from sidecar.mapping.model import Mapping
+from sidecar.mapping.model import Cluster, Mapping
 from sidecar.subscribe.offsets import PartitionOffsets
 from sidecar.subscribe.poller import Credit, Failed, Item, Poller, Rebalanced, Records, Removed, StateChanged
 
@@ -100,6 +101,7 @@ class Session:
         self._plan: dict[str, list[str]] = {}                     # clusters read now -> their topics
         self._assigned: dict[str, set[tuple[str, int]]] = {}
         self._earliest: dict[str, set[str]] = {}                  # topics added to a cluster's running consumer
+        self._built: dict[str, Cluster] = {}                      # the definition each open consumer was built from
         self._mapping: Mapping | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._probing: dict[str, asyncio.Task[None]] = {}
@@ -145,6 +147,7 @@ class Session:
             c.close()
             raise
         self.consumers[cluster_name] = c
+        self._built[cluster_name] = cluster
 
     async def close(self) -> None:
         """Stop polling, close every consumer (each commits what was acked and leaves the group)."""
@@ -305,6 +308,12 @@ class Session:
             return
         self._mapping = mapping
         old = self._plan
+        for cluster in sorted(c for c in plan if c in old and self._built.get(c) not in (None, mapping.clusters[c])):
+            # Its bootstrap servers or settings changed: drained and closed like a cluster that left, then read
+            # again, with a consumer built from the new definition, once closed (_drain applies the mapping again).
+            log.info("cluster definition changed: its consumer is rebuilt cluster=%s revision=%d", cluster,
+                     mapping.revision)
+            plan.pop(cluster)
         for cluster in sorted(set(old) - set(plan)):
             log.info("cluster leaves the stream cluster=%s group=%s revision=%d", cluster, self._sub.group,
                      mapping.revision)
@@ -362,6 +371,8 @@ class Session:
         for key in [k for k in self.offsets if k[0] == cluster]:
             del self.offsets[key]
         self._earliest.pop(cluster, None)
+        if self._built.get(cluster) is not None and cluster not in self.consumers:
+            del self._built[cluster]
         log.info("cluster closed for the stream cluster=%s group=%s unacked=%d", cluster, self._sub.group, unacked)
         if owned:
             self._rebalanced(Rebalanced(cluster, False, sorted(owned)))

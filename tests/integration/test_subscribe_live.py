@@ -345,3 +345,19 @@ def test_a_cluster_removed_and_added_back_while_it_drains_is_read_again(
         s.wait(lambda s: "revoked" in s.event_kinds(), timeout=30, what="c1 closed")
         produce_direct(sandbox.clusters[0].bootstrap, topic, ["c1-again"])
         s.wait(lambda s: "c1-again" in s.values(), timeout=60, what="c1 read again")
+
+
+def test_a_cluster_whose_definition_changes_is_read_through_a_rebuilt_consumer_without_loss(
+        sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
+    c1 = sandbox.clusters[0]
+    sc, ns = _one_cluster(sandbox, sidecar_factory, topic, 2, [f"before-{i}" for i in range(50)])
+    with SubStream(sc.target, f"g-{topic}", [topic]) as s:
+        s.wait(lambda s: len(s.records) >= 50, what="the first records")
+        apply(sandbox, ns, {"clusters": clusters_doc(sandbox, c1={"client.id": "rebuilt"})})
+        s.wait(lambda s: "revoked" in s.event_kinds(), timeout=30, what="the old consumer closed")
+        s.wait(lambda s: s.event_kinds().count("assigned") >= 2, timeout=60, what="the rebuilt consumer's share")
+        produce_direct(c1.bootstrap, topic, [f"after-{i}" for i in range(50)])
+        s.wait(lambda s: {v for v in s.values() if v.startswith("after-")} == {f"after-{i}" for i in range(50)},
+               timeout=60, what="records after the change")
+        assert {v for v in s.values() if v.startswith("before-")} == {f"before-{i}" for i in range(50)}
+        assert s.status is None
