@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import Producer as CKProducer
 
 import meshcore
+from benchmarks.baseline import produce_batches
 from sidecar.api.kafkamesh.v1 import mesh_pb2
 from sidecar.dev.sandbox import Sandbox
 from tests.integration.kafka_helpers import create_topic
@@ -69,16 +70,7 @@ def test_confluent_kafka_baseline_for_core(benchmark: pytest.FixtureRequest, tar
 
     def run() -> None:
         before = done[0]
-        for _ in range(BATCHES):
-            for k in keys:
-                while True:
-                    try:
-                        p.produce(topic, VALUE, k, on_delivery=on_delivery)
-                        break
-                    except BufferError:
-                        p.poll(0.01)
-            p.poll(0)
-        p.flush(60)
+        produce_batches(p, topic, VALUE, keys, BATCHES, on_delivery)
         assert done[0] - before == BATCHES * BATCH
 
     benchmark.extra_info["records"] = BATCHES * BATCH  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ import pytest
 from confluent_kafka import Producer as CKProducer
 
 import meshcore
+from benchmarks.baseline import produce_batches
 from sidecar.api.kafkamesh.v1 import mesh_pb2
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
@@ -89,16 +90,7 @@ def test_confluent_kafka_produce_with_callbacks(benchmark: Any, setup: tuple[Sid
 
     def run() -> None:
         before = done[0]
-        for _ in range(BATCHES):
-            for k in keys:
-                while True:
-                    try:
-                        p.produce(topic, VALUE, k, on_delivery=on_delivery)
-                        break
-                    except BufferError:
-                        p.poll(0.01)
-            p.poll(0)
-        p.flush(60)
+        produce_batches(p, topic, VALUE, keys, BATCHES, on_delivery)
         assert done[0] - before == BATCH * BATCHES
 
     benchmark.group = "produce 100B x 1000/batch"
@@ -271,16 +263,7 @@ def test_paired_rounds_sidecar_vs_direct(benchmark: Any, setup: tuple[SidecarPro
     def direct_round() -> float:
         started = time.perf_counter()
         before = done[0]
-        for _ in range(BATCHES):
-            for k in keys:
-                while True:
-                    try:
-                        p.produce(topic, VALUE, k, on_delivery=on_delivery)
-                        break
-                    except BufferError:
-                        p.poll(0.01)
-            p.poll(0)
-        p.flush(60)
+        produce_batches(p, topic, VALUE, keys, BATCHES, on_delivery)
         assert done[0] - before == BATCH * BATCHES
         return BATCH * BATCHES / (time.perf_counter() - started)
 

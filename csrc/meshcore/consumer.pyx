@@ -63,6 +63,20 @@ cdef raise_kafka_error(rd_kafka_resp_err_t err, str context):
     raise KafkaError(<int>err, rd_kafka_err2name(err).decode(), f"{context}: {rd_kafka_err2str(err).decode()}")
 
 
+cdef class _Polled:
+    """Messages one poll call took from librdkafka: destroyed, and their array freed, with this object."""
+
+    cdef rd_kafka_message_t **msgs
+    cdef int n
+
+    def __dealloc__(self):
+        cdef int i
+        if self.msgs != NULL:
+            for i in range(self.n):
+                rd_kafka_message_destroy(self.msgs[i])
+            free(self.msgs)
+
+
 cdef class Consumer:
     """A librdkafka consumer in a group. Built by create_consumer(); call close() when done."""
 
@@ -127,24 +141,24 @@ cdef class Consumer:
         stream's offset tracking; encoded is None when nothing arrived. A record that does not fit the byte budget
         is kept and returned first by the next call. A batch ends at a rebalance: call take_events() after each
         call. A fatal consumer error raises KafkaError."""
+        cdef _Polled polled = self._poll(max_records, max_bytes, timeout_ms)
+        if polled.n == 0:
+            return None, [], 0
+        return _encode_batch(cluster.encode(), polled.msgs, polled.n)
+
+    cdef _Polled _poll(self, int max_records, long long max_bytes, int timeout_ms):
+        """_collect() into a fresh _Polled; raises for a closed handle, a bad bound, or a fatal consumer error."""
         self._check_alive()
         if max_records <= 0:
             raise ValueError("max_records must be positive")
-        cdef rd_kafka_message_t **msgs = <rd_kafka_message_t **>malloc(max_records * sizeof(void *))
-        if msgs == NULL:
+        cdef _Polled polled = _Polled.__new__(_Polled)
+        polled.msgs = <rd_kafka_message_t **>malloc(max_records * sizeof(void *))
+        if polled.msgs == NULL:
             raise MemoryError()
-        cdef int n = 0, i
-        try:
-            with nogil:
-                n = self._collect(msgs, max_records, max_bytes, timeout_ms)
-            self._check_fatal()
-            if n == 0:
-                return None, [], 0
-            return _encode_batch(cluster.encode(), msgs, n)
-        finally:
-            for i in range(n):
-                rd_kafka_message_destroy(msgs[i])
-            free(msgs)
+        with nogil:
+            polled.n = self._collect(polled.msgs, max_records, max_bytes, timeout_ms)
+        self._check_fatal()
+        return polled
 
     cdef inline int _check_alive(self) except -1:
         if self.rk == NULL:
@@ -172,32 +186,19 @@ cdef class Consumer:
         """Up to max_records records, waiting at most timeout_ms for the first one. Each record is a tuple
         (topic, partition, offset, key, value, timestamp_ms). Consumer errors that librdkafka recovers from by
         itself are skipped; a fatal error raises KafkaError."""
-        self._check_alive()
-        if max_records <= 0:
-            raise ValueError("max_records must be positive")
-        cdef rd_kafka_message_t **msgs = <rd_kafka_message_t **>malloc(max_records * sizeof(void *))
-        if msgs == NULL:
-            raise MemoryError()
-        cdef int n = 0, i
+        cdef _Polled polled = self._poll(max_records, LLONG_MAX, timeout_ms)
         cdef rd_kafka_message_t *m
         cdef rd_kafka_timestamp_type_t tstype
+        cdef int i
         out = []
-        try:
-            with nogil:
-                n = self._collect(msgs, max_records, LLONG_MAX, timeout_ms)
-            self._check_fatal()
-            for i in range(n):
-                m = msgs[i]
-                out.append((
-                    rd_kafka_topic_name(m.rkt).decode(), m.partition, m.offset,
-                    None if m.key == NULL else (<char *>m.key)[:m.key_len],
-                    None if m.payload == NULL else (<char *>m.payload)[:m.len],
-                    rd_kafka_message_timestamp(m, &tstype),
-                ))
-        finally:
-            for i in range(n):
-                rd_kafka_message_destroy(msgs[i])
-            free(msgs)
+        for i in range(polled.n):
+            m = polled.msgs[i]
+            out.append((
+                rd_kafka_topic_name(m.rkt).decode(), m.partition, m.offset,
+                None if m.key == NULL else (<char *>m.key)[:m.key_len],
+                None if m.payload == NULL else (<char *>m.payload)[:m.len],
+                rd_kafka_message_timestamp(m, &tstype),
+            ))
         return out
 
     def serve(self, int timeout_ms):
