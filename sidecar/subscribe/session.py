@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _pb
@@ -382,7 +383,7 @@ class Session:
     def _unacked(self, cluster: str) -> int:
         return sum(p.unacked for (c, _, _), p in self.offsets.items() if c == cluster)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
