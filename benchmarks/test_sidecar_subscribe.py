@@ -58,7 +58,7 @@ RATE_ROUNDS = 3
 LAT_RATE = 10_000              # records/s, over every (cluster, topic) the producer writes to
 LAT_SECONDS = 10.0
 IDLE_SECONDS = 5.0             # per pass; each idle variant runs two passes
-LINGER_MS = 1                  # the paced producer's linger.ms: latency, not batching, is measured
+LINGER_MS = 5                  # the paced producer's linger.ms: the client's default
 RSS_STREAMS = 20
 RSS_SECONDS = 10.0
 # Every value starts with its send time (time.time_ns(): producer and receivers share the host's clock), its kind and
@@ -533,6 +533,91 @@ def test_confluent_kafka_consume_three_clusters_at_once(benchmark: Any, mesh: Me
     })
 
 
+def _read_cluster_process(bootstrap: str, topic: str, group: str, want: int, ready: Any, go: Any,
+                          result: Any) -> None:
+    """Runs in a process of its own (spawned): once `go` is set, a fresh group's confluent-kafka Consumer reads `want`
+    records of one cluster with consume(1000, 1.0), reading every value, and puts a _Round with its timings on
+    `result` (time.perf_counter() is CLOCK_MONOTONIC on Linux: every process of the host reads the same clock)."""
+    ready.set()
+    if not go.wait(120):
+        return
+    r = _Round()
+    c = _direct_consumer(bootstrap, group)
+    c.subscribe([topic])
+    deadline = time.monotonic() + 120
+    while r.records < want and time.monotonic() < deadline:
+        msgs = c.consume(num_messages=min(1000, want - r.records), timeout=1.0)
+        if msgs:
+            r.delivered()
+        for m in msgs:
+            if m.error() is None:
+                r.records += 1
+                r.value_bytes += len(m.value())
+    result.put(r)
+    c.close()
+
+
+def test_confluent_kafka_consume_three_clusters_three_processes(benchmark: Any, mesh: Mesh) -> None:
+    """The strongest direct setup on one host: three processes, each with one confluent-kafka Consumer reading one
+    cluster with consume(num_messages=1000, timeout=1.0), all started at once (no GIL shared); fresh groups, client
+    creation and group join included; a round ends when all 3 x PRELOAD records arrived. The processes are spawned
+    and imported before the round starts. Like the stream, and unlike the each-alone rounds, the three readers share
+    the machine: the sum of their rates is what reading c1-c3 directly gives on this host."""
+    topic = mesh.topics["rate"]
+    total = len(CLUSTERS) * PRELOAD
+    ctx = multiprocessing.get_context("spawn")
+    done: list[_Round] = []
+    pending: dict[int, tuple[list[Any], Any, Any]] = {}
+
+    def setup() -> tuple[tuple[_Round], dict[str, Any]]:
+        r = _Round(meter=CpuMeter(mesh.cpu_groups()))
+        go, result = ctx.Event(), ctx.Queue()
+        readies = [ctx.Event() for _ in CLUSTERS]
+        procs = [ctx.Process(target=_read_cluster_process, daemon=True, name=f"direct-{c}",
+                             args=(mesh.bootstrap[c], topic, r.group, PRELOAD, ready, go, result))
+                 for c, ready in zip(CLUSTERS, readies, strict=True)]
+        for proc in procs:
+            proc.start()
+        for ready in readies:
+            assert ready.wait(60), "a reader process did not start"
+        r.meter = CpuMeter({**mesh.cpu_groups(), "readers": [proc.pid for proc in procs if proc.pid is not None]})
+        pending[id(r)] = (procs, go, result)
+        return (r,), {}
+
+    def read_all(r: _Round) -> None:
+        procs, go, result = pending.pop(id(r))
+        r.begin()
+        go.set()
+        reports = [result.get(timeout=180) for _ in procs]
+        r.end()
+
+        def close() -> None:
+            for proc in procs:
+                proc.join(30)
+
+        r.close = close
+        r.first = min(x.first for x in reports)
+        r.last = max(x.last for x in reports)
+        r.max_gap = max(x.max_gap for x in reports)
+        r.records = sum(x.records for x in reports)
+        r.value_bytes = sum(x.value_bytes for x in reports)
+        assert r.records == total and r.value_bytes == total * VALUE_BYTES, \
+            [(x.records, x.value_bytes) for x in reports]
+        done.append(r)
+
+    benchmark.group = "subscribe-rate"
+    benchmark.extra_info["records"] = total
+    benchmark.pedantic(read_all, setup=setup, teardown=_teardown, rounds=RATE_ROUNDS, warmup_rounds=1)
+    rates = _rates(done[1:], total)
+    _RESULTS["direct_processes"] = rates
+    benchmark.extra_info.update({
+        "what": "three processes, one confluent-kafka Consumer each (c1, c2, c3), consume(1000, 1.0), fresh groups, "
+                "auto commit on; every value read; rps = 3 x PRELOAD / (the start signal to the last record of all), "
+                "median round; cpu_us_per_record.readers: the three processes",
+        **rates, "running": RUNNING + " (the sidecar idle) and the three reader processes", **_context(),
+    })
+
+
 def test_sidecar_subscribe_3_clusters(benchmark: Any, mesh: Mesh) -> None:
     """One Subscribe stream over the rate topic on [c1, c2, c3], a fresh group a round, from the earliest offset,
     server-default credit (10,000 records, 16 MiB) and batching; a round ends when all 3 x PRELOAD records arrived."""
@@ -562,6 +647,11 @@ def test_sidecar_subscribe_3_clusters(benchmark: Any, mesh: Mesh) -> None:
         "streams_cancelled": sum(r.cancelled for r in done),
         "running": RUNNING, **_context(),
     }
+    processes = _RESULTS.get("direct_processes")
+    if processes:
+        info["ratio_to_direct_three_processes"] = round(rates["rps"] / processes["rps"], 3)
+        info["ratio_to_direct_three_processes_first_to_last"] = round(
+            rates["first_to_last_rps"] / processes["first_to_last_rps"], 3)
     together = _RESULTS.get("direct_together")
     if together:
         info["ratio_to_direct_three_at_once"] = round(rates["rps"] / together["rps"], 3)
