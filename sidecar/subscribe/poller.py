@@ -222,6 +222,8 @@ class Poller:
                     starved_since = None
                     if self._round():
                         continue
+                    # Every queue was drained: whatever arrives from now on writes to the eventfd (read above, before
+                    # the round), so the wait below returns at once for records that came during the round.
                     wait, idle = IDLE_WAKE_S, True
                 else:
                     now = time.monotonic()
@@ -244,9 +246,10 @@ class Poller:
             self._deliver(None)
 
     def _round(self) -> bool:
-        """Poll every consumer once, within the credit. True when a batch was sent (another round follows at once).
-        """
-        sent = False
+        """Poll every consumer once, within the credit. True when a consumer may still hold records now (a batch
+        stopped at max_records, at the credit or at a rebalance): another round follows at once. False when every
+        queue was drained: the next record wakes the thread."""
+        more = False
         encoded_all: list[bytes] = []
         runs_all: list[tuple[str, str, int, int, int]] = []
         count = 0
@@ -260,19 +263,21 @@ class Poller:
             if records > 0 and nbytes > 0:
                 if consumer.paused:
                     consumer.set_paused(False)
+                limit = min(records, self._max_records)
                 try:
-                    encoded, runs, n = consumer.poll_batch(cluster, min(records, self._max_records), nbytes, 0)
+                    encoded, runs, n = consumer.poll_batch(cluster, limit, nbytes, 0)
                 except meshcore.CoreError as e:
                     e.cluster = cluster
                     raise
                 if encoded is not None:
-                    sent = True
                     self.credit.spend(n, len(encoded))
                     encoded_all.append(encoded)
                     runs_all += [(cluster, *run) for run in runs]
                     count += n
-                elif consumer.held:
-                    sent = True     # a batch cut short by a rebalance: its records come in the next round
+                # records held back (over the byte budget, or a batch cut by a rebalance) wake nobody: poll again
+                more = more or n >= limit or consumer.held > 0
+            else:
+                more = True     # out of credit mid-round: the loop's credit check decides what comes next
             events = consumer.take_events()
             if events and encoded_all:
                 # the records polled before a rebalance go first, so that acks meet the assignment they came from
@@ -283,7 +288,7 @@ class Poller:
             # One response per round over every cluster: at a modest rate each cluster has a few records a round,
             # and a response costs the same whether it carries 3 records or 300.
             self._deliver(Records(merge_responses(encoded_all), runs_all, count))
-        return sent
+        return more
 
     def _serve_paused(self) -> None:
         for cluster, consumer in list(self._consumers.items()):
