@@ -19,7 +19,6 @@ import itertools
 import multiprocessing
 import os
 import pathlib
-import queue
 import statistics
 import struct
 import threading
@@ -249,25 +248,46 @@ def mesh(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 class Stream:
     """One raw Subscribe stream, driven as a real client drives it: each response parsed with protobuf, each
     RecordBatch acked as offset ranges and its records and bytes granted back as credit once the caller has handled
-    it (at least once: the ack follows the work). Events are skipped. close() half-closes, and the sidecar ends the
-    stream cleanly once it has closed the stream's consumers; a stream it has not ended after CLOSE_TIMEOUT_S is
-    cancelled, and `cancelled` says so."""
+    it (at least once: the ack follows the work). Acks and credit go out together, as sidecar.client's consumer
+    sends them: within ACK_INTERVAL_S of the first one pending, or at once when a quarter of the default credit
+    window is waiting to be granted. Events are skipped. close() half-closes, and the sidecar ends the stream cleanly
+    once it has closed the stream's consumers; a stream it has not ended after CLOSE_TIMEOUT_S is cancelled, and
+    `cancelled` says so."""
 
     CLOSE_TIMEOUT_S = 15.0
+    ACK_INTERVAL_S = 0.02
+    FLUSH_RECORDS = 10_000 // 4         # a quarter of the server's default credit
+    FLUSH_BYTES = (16 << 20) // 4
 
     def __init__(self, channel: grpc.Channel, sub: M.Subscription, timeout: float = 600) -> None:
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._outbox.put(M.SubscribeRequest(subscription=sub).SerializeToString())
+        self._first = M.SubscribeRequest(subscription=sub).SerializeToString()
+        self._cond = threading.Condition()
+        self._ranges: list[Any] = []
+        self._records = 0
+        self._bytes = 0
+        self._since: float | None = None       # when the oldest pending ack was added
+        self._closing = False
         self._timer: threading.Timer | None = None
         self.cancelled = False
         self._call = channel.stream_stream(SUBSCRIBE)(self._requests(), timeout=timeout)
 
     def _requests(self) -> Iterator[bytes]:
+        yield self._first
         while True:
-            item = self._outbox.get()
-            if item is None:
-                return
-            yield item
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    if self._ranges and (self._closing or self._records >= self.FLUSH_RECORDS
+                                         or self._bytes >= self.FLUSH_BYTES
+                                         or now - (self._since or now) >= self.ACK_INTERVAL_S):
+                        msg = M.SubscribeRequest(acks=M.Acks(ranges=self._ranges),
+                                                 credit=M.Credit(records=self._records, bytes=self._bytes))
+                        self._ranges, self._records, self._bytes, self._since = [], 0, 0, None
+                        break
+                    if self._closing:
+                        return
+                    self._cond.wait(None if self._since is None else self._since + self.ACK_INTERVAL_S - now)
+            yield msg.SerializeToString()
 
     def batches(self) -> Iterator[tuple[int, Any]]:
         """(time.time_ns() once parsed, RecordBatch) per RecordBatch, until the stream ends (also when close() had to
@@ -294,8 +314,15 @@ class Stream:
             n += len(recs)
             ranges.append(M.AckRange(cluster=g.cluster, topic=g.topic, partition=g.partition,
                                      first_offset=recs[0].offset, last_offset=recs[-1].offset))
-        self._outbox.put(M.SubscribeRequest(acks=M.Acks(ranges=ranges),
-                                            credit=M.Credit(records=n, bytes=nbytes)).SerializeToString())
+        with self._cond:
+            self._ranges += ranges
+            self._records += n
+            self._bytes += nbytes
+            if self._since is None:
+                self._since = time.monotonic()
+                self._cond.notify()
+            elif self._records >= self.FLUSH_RECORDS or self._bytes >= self.FLUSH_BYTES:
+                self._cond.notify()
 
     def close(self, drain: bool) -> None:
         """Half-close. With drain, read what is still in flight until the sidecar ends the stream (for a caller that
@@ -303,7 +330,9 @@ class Stream:
         self._timer = threading.Timer(self.CLOSE_TIMEOUT_S, self._cancel)
         self._timer.daemon = True
         self._timer.start()
-        self._outbox.put(None)
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
         if drain:
             for _ in self.batches():
                 pass

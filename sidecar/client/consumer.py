@@ -21,8 +21,10 @@ Threads, and how data crosses them:
   comparison, not a message. The first pending ack wakes the request thread.
 - gRPC's request thread (grpc starts one to consume a request iterator) runs `_requests`: the subscription, then the
   pending acks `ack_interval_ms` after the first of them (or at once when `_ACK_FLUSH_RANGES` ranges are pending),
-  and credit as soon as some is freed; it waits on the `_outgoing` condition between. When close() is called it
-  sends the last acks and ends the iterator, which half-closes the stream.
+  and freed credit with them, or on its own once a quarter of the window is free or `ack_interval_ms` after the
+  first of it (the sidecar holds the rest of the window meanwhile, so it never waits for this; a message per
+  response would cost the sidecar and this process a wake-up each); it waits on the `_outgoing` condition between.
+  When close() is called it sends the last acks and ends the iterator, which half-closes the stream.
 - The reader thread (`kafka-mesh-subscribe`) reads SubscribeResponses, decodes them into records and events, and
   appends them to the buffer. No application code runs on it.
 
@@ -419,6 +421,7 @@ class Consumer:
         self._ack_deadline: float | None = None
         self._credit_records = 0
         self._credit_bytes = 0
+        self._credit_deadline: float | None = None     # when freed credit not yet sent goes out on its own
         self._sending = False           # the request thread still takes acks (False before and after the stream)
         self._failure: SubscribeError | None = None
         self._warned_credit = False
@@ -653,7 +656,19 @@ class Consumer:
         if self._sending and self._state is _State.SUBSCRIBED:
             self._credit_records += records
             self._credit_bytes += nbytes
-            self._outgoing.notify()
+            if self._credit_deadline is None:
+                self._credit_deadline = time.monotonic() + self._ack_interval
+                self._outgoing.notify()
+            elif self._credit_due_locked(None):
+                self._outgoing.notify()
+
+    def _credit_due_locked(self, now: float | None) -> bool:
+        """Freed credit goes out on its own once a quarter of the window is free, or at its deadline (`now`)."""
+        if not (self._credit_records or self._credit_bytes):
+            return False
+        return (self._credit_records >= max(1, self._max_records // 4)
+                or self._credit_bytes >= max(1, self._max_bytes // 4)
+                or (now is not None and self._credit_deadline is not None and now >= self._credit_deadline))
 
     # -- threads --------------------------------------------------------------------------------------------------
 
@@ -674,15 +689,18 @@ class Consumer:
                                        or self._ack_deadline is None or now >= self._ack_deadline):
                         acks = self._acks.take()
                         self._ack_deadline = None
-                    if not closing and (self._credit_records or self._credit_bytes):
+                    if not closing and (self._credit_records or self._credit_bytes) and (
+                            acks or self._credit_due_locked(now)):
                         credit = (self._credit_records, self._credit_bytes)
                         self._credit_records = self._credit_bytes = 0
+                        self._credit_deadline = None
                     if acks or credit is not None:
                         break
                     if closing:
                         self._sending = False       # from now on ack() raises: nothing would send it
                         return
-                    self._outgoing.wait(None if self._ack_deadline is None else self._ack_deadline - now)
+                    deadlines = [d for d in (self._ack_deadline, self._credit_deadline) if d is not None]
+                    self._outgoing.wait(min(deadlines) - now if deadlines else None)
             yield _encode_request(acks, credit)     # both in one message: half the messages for the sidecar
 
     def _read(self) -> None:

@@ -94,12 +94,13 @@ def command(props: pathlib.Path, cp: str, settings: DevSettings) -> list[str]:
     heap = settings.broker_heap_mb
     return [
         settings.java_bin, f"-Xms{heap}m", f"-Xmx{heap}m",
-        # Serial GC: on two shared cores a parallel collector's threads only compete with the other servers. The
-        # young generation is sized, not left to follow a small initial heap: a broker serving a few thousand
-        # records a second allocates tens of MB a second, and with the 40 MB young generation a 128 MB initial heap
-        # gives, it paused every 2 s for 12-90 ms, which was most of the produce-to-consume p99. A heap committed and
-        # touched up front never pauses to grow or to fault its pages in.
-        f"-Xmn{heap // 3}m", "-XX:+AlwaysPreTouch", "-XX:+UseSerialGC", "-XX:-UsePerfData", "-Djava.awt.headless=true",
+        # ZGC: a broker serving a few thousand records a second allocates tens of MB a second, and a stop-the-world
+        # collector pauses it for that: the serial collector's young pauses (15-100 ms every few seconds, longer
+        # when the other servers have the cores) were nearly all of the produce-to-consume p99 in the benchmarks.
+        # ZGC collects concurrently, with pauses under a millisecond. It maps the heap three times, so the RSS that
+        # ps shows for a broker is about three heaps although the memory used is one. A heap committed and touched
+        # up front never pauses to grow or to fault its pages in.
+        "-XX:+UseZGC", "-XX:+AlwaysPreTouch", "-XX:-UsePerfData", "-Djava.awt.headless=true",
         "-Dorg.slf4j.simpleLogger.showDateTime=true",
         "-Dorg.slf4j.simpleLogger.log.kafka.request.logger=warn",
         "-cp", cp, "kafka.Kafka", str(props),

@@ -1,13 +1,20 @@
 """Real servers for the integration tests: one sandbox (3 Kafka clusters + etcd) per test session, started by the
 same code as `kafka-mesh dev up`, on free loopback ports, and stopped at the end also when tests fail or are
 interrupted. Set KAFKA_MESH_TEST_STATE_DIR to the state folder of a sandbox already running (`dev up`) to reuse
-it instead; it is then left running."""
+it instead; it is then left running.
+
+The sandbox's state (the brokers' logs) is kept in memory, under /dev/shm, when the host has a few GiB there: on the
+virtual disks these run on, the kernel's writeback of a preload stalled brokers' appends for up to hundreds of ms,
+long after it was written, which made the benchmarks' latency tails measure the disk rather than the paths. Elsewhere
+it goes under pytest's temporary folder."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -34,13 +41,28 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         assert box is not None, f"KAFKA_MESH_TEST_STATE_DIR={reuse} holds no running sandbox"
         yield box
         return
-    settings = sandbox_settings(tmp_path_factory.mktemp("sandbox") / "state")
+    memory = _memory_dir()
+    base = memory or tmp_path_factory.mktemp("sandbox")
+    settings = sandbox_settings(base / "state")
     box, _ = sandbox_mod.up(settings, clusters=3, brokers_per_cluster=1, detach=False,
                             progress=lambda m: print(f"[sandbox] {m}"))
     try:
         yield box
     finally:
         sandbox_mod.down(settings)
+        if memory is not None:
+            shutil.rmtree(memory, ignore_errors=True)
+
+
+def _memory_dir(room: int = 4 << 30) -> pathlib.Path | None:
+    shm = pathlib.Path("/dev/shm")
+    try:
+        st = os.statvfs(shm)
+        if st.f_bavail * st.f_frsize < room:
+            return None
+        return pathlib.Path(tempfile.mkdtemp(prefix="kafka-mesh-sandbox-", dir=shm))
+    except OSError:
+        return None
 
 
 @pytest.fixture

@@ -317,6 +317,35 @@ def test_credit_goes_back_per_response_once_the_application_took_all_its_records
         assert c.poll(0.05) == []
 
 
+def test_freed_credit_waits_for_a_quarter_of_the_window_or_the_ack_interval(
+        fake: Callable[..., FakeSubscribe]) -> None:
+    r1, r2 = _batch(0, range(0, 10)), _batch(0, range(10, 40))
+    sc = fake(_sends(r1, r2))
+    with Consumer(sc.target, group="g", max_buffered_records=100, ack_interval_ms=600) as c:
+        c.subscribe(["t"])
+        sc.wait_for(lambda: c.buffered == 40)
+        assert len(c.poll(5, max_records=10)) == 10        # r1 taken: 10 records freed, under a quarter of 100
+        time.sleep(0.2)
+        assert sc.of_kind("credit") == []                 # not worth a message yet
+        t0 = time.monotonic()
+        assert len(c.poll(5)) == 30                       # 40 freed: a quarter and more, sent at once
+        sc.wait_for(lambda: sum(cr.records for cr in sc.of_kind("credit")) == 40, timeout=0.5)
+        assert time.monotonic() - t0 < 0.5
+        assert sum(cr.bytes for cr in sc.of_kind("credit")) == len(r1) + len(r2)
+
+
+def test_freed_credit_under_a_quarter_goes_at_the_ack_interval(fake: Callable[..., FakeSubscribe]) -> None:
+    r1 = _batch(0, range(0, 5))
+    sc = fake(_sends(r1))
+    with Consumer(sc.target, group="g", max_buffered_records=100, ack_interval_ms=300) as c:
+        c.subscribe(["t"])
+        sc.wait_for(lambda: c.buffered == 5)
+        t0 = time.monotonic()
+        assert len(c.poll(5)) == 5
+        sc.wait_for(lambda: sum(cr.records for cr in sc.of_kind("credit")) == 5, timeout=3)
+        assert time.monotonic() - t0 >= 0.25              # held for the interval, then sent without any ack
+
+
 def test_acks_are_sent_as_ranges_after_the_ack_interval(fake: Callable[..., FakeSubscribe]) -> None:
     sc = fake(_sends(_batch(0, range(0, 50)), _batch(1, range(10, 20))))
     with Consumer(sc.target, group="g", ack_interval_ms=50) as c:
