@@ -1,10 +1,13 @@
 """The sidecar's Subscribe path against confluent-kafka's consumer used directly, in one run on the same clusters.
 
 - subscribe-rate: the same preloaded records (100-byte values, 3 partitions, PRELOAD per cluster) read by one
-  Subscribe stream over [c1, c2, c3], and by a confluent-kafka Consumer reading each cluster alone, one after
-  another; the issue's target compares the stream's rate with the sum of the three direct rates;
+  Subscribe stream over [c1, c2, c3]; by three confluent-kafka Consumers reading c1-c3 at the same time, in three
+  processes (the strongest direct setup on one host) and in one process with a thread each (what one application
+  would do); and by a Consumer reading each cluster alone, one after another, with the whole machine to itself (the
+  sum of those three rates is reported too, and the stream's ratio to it);
 - subscribe-latency: produce to receive at 10,000 records/s over the three clusters (the producer in a process of
-  its own), through three direct consumers (one thread each), then through one stream;
+  its own), after a warm-up pass, alternating two passes through three direct consumers (one thread each) and two
+  through one stream;
 - subscribe-idle-rate, subscribe-idle-latency: a busy topic on c1 read alone, with two idle clusters in its route, and
   with an idle second topic in the same subscription, interleaved so that drift weighs on each alike;
 - subscribe-rss: the resident memory of a sidecar with the three clusters and 20 streams reading, and idle.
@@ -57,7 +60,7 @@ RATE_ROUNDS = 3
 LAT_RATE = 10_000              # records/s, over every (cluster, topic) the producer writes to
 LAT_SECONDS = 10.0
 LAT_PASSES = 2                 # direct, sidecar, direct, sidecar: drift in the machine's load weighs on both alike
-LAT_WARMUP_SECONDS = 15.0      # a pass each way before those, not counted
+LAT_WARMUP_SECONDS = 30.0      # a pass each way before those, not counted (15 s was not always enough)
 IDLE_SECONDS = 5.0             # per pass; each idle variant runs two passes
 LINGER_MS = 5                  # the paced producer's linger.ms: the client's default
 RSS_STREAMS = 20
