@@ -460,6 +460,19 @@ def _read_stream(channel: grpc.Channel, topics: list[str], want: int, r: _Round)
     assert r.value_bytes == want * VALUE_BYTES
 
 
+def _consume(c: CKConsumer, r: _Round, want: int, limit_s: float = 120) -> None:
+    """consume(1000, 1.0) until `want` records arrived or limit_s passed, reading every value into r."""
+    deadline = time.monotonic() + limit_s
+    while r.records < want and time.monotonic() < deadline:
+        msgs = c.consume(num_messages=min(1000, want - r.records), timeout=1.0)
+        if msgs:
+            r.delivered()
+        for m in msgs:
+            if m.error() is None:
+                r.records += 1
+                r.value_bytes += len(m.value())
+
+
 def test_confluent_kafka_consume_each_cluster_alone(benchmark: Any, mesh: Mesh) -> None:
     """The direct baseline: a fresh group's confluent-kafka Consumer reads one cluster's PRELOAD records with
     consume(num_messages=1000, timeout=1.0), client creation and group join included; rounds go c1, c2, c3, c1, ...
@@ -478,16 +491,8 @@ def test_confluent_kafka_consume_each_cluster_alone(benchmark: Any, mesh: Mesh) 
         c = _direct_consumer(mesh.bootstrap[r.cluster], r.group)
         r.close = c.close
         c.subscribe([topic])
-        deadline = time.monotonic() + 120
-        while r.records < PRELOAD:
-            msgs = c.consume(num_messages=min(1000, PRELOAD - r.records), timeout=1.0)
-            if msgs:
-                r.delivered()
-            for m in msgs:
-                if m.error() is None:
-                    r.records += 1
-                    r.value_bytes += len(m.value())
-            assert time.monotonic() < deadline, f"{r.cluster}: {r.records} of {PRELOAD} records in 120 s"
+        _consume(c, r, PRELOAD)
+        assert r.records == PRELOAD, f"{r.cluster}: {r.records} of {PRELOAD} records in 120 s"
         r.end()
         assert r.value_bytes == PRELOAD * VALUE_BYTES
         done.append(r)
@@ -506,6 +511,15 @@ def test_confluent_kafka_consume_each_cluster_alone(benchmark: Any, mesh: Mesh) 
         "sum_of_direct_rps": summed["rps"], "sum_of_direct_first_to_last_rps": summed["first_to_last_rps"],
         "running": RUNNING + " (the sidecar idle)", **_context(),
     })
+
+
+def _rate_rounds(benchmark: Any, read_all: Callable[[_Round], None], setup: Callable[[], Any], done: list[_Round],
+                 total: int) -> dict[str, Any]:
+    """RATE_ROUNDS measured rounds of read_all after one warm-up round, in the subscribe-rate group; their _rates."""
+    benchmark.group = "subscribe-rate"
+    benchmark.extra_info["records"] = total
+    benchmark.pedantic(read_all, setup=setup, teardown=_teardown, rounds=RATE_ROUNDS, warmup_rounds=1)
+    return _rates(done[1:], total)
 
 
 def test_confluent_kafka_consume_three_clusters_at_once(benchmark: Any, mesh: Mesh) -> None:
@@ -554,11 +568,7 @@ def test_confluent_kafka_consume_three_clusters_at_once(benchmark: Any, mesh: Me
         assert r.records == total and r.value_bytes == total * VALUE_BYTES
         done.append(r)
 
-    benchmark.group = "subscribe-rate"
-    benchmark.extra_info["records"] = total
-    benchmark.pedantic(read_all, setup=setup, teardown=_teardown, rounds=RATE_ROUNDS, warmup_rounds=1)
-    rates = _rates(done[1:], total)
-    _RESULTS["direct_together"] = rates
+    rates = _RESULTS["direct_together"] = _rate_rounds(benchmark, read_all, setup, done, total)
     benchmark.extra_info.update({
         "what": "three confluent-kafka Consumers in one process, a thread each, consume(1000, 1.0), fresh groups, auto "
                 "commit on; every value read; rps = 3 x PRELOAD / (creation to the last record of all), median round",
@@ -577,15 +587,7 @@ def _read_cluster_process(bootstrap: str, topic: str, group: str, want: int, rea
     r = _Round()
     c = _direct_consumer(bootstrap, group)
     c.subscribe([topic])
-    deadline = time.monotonic() + 120
-    while r.records < want and time.monotonic() < deadline:
-        msgs = c.consume(num_messages=min(1000, want - r.records), timeout=1.0)
-        if msgs:
-            r.delivered()
-        for m in msgs:
-            if m.error() is None:
-                r.records += 1
-                r.value_bytes += len(m.value())
+    _consume(c, r, want)
     result.put(r)
     c.close()
 
@@ -638,11 +640,7 @@ def test_confluent_kafka_consume_three_clusters_three_processes(benchmark: Any, 
             [(x.records, x.value_bytes) for x in reports]
         done.append(r)
 
-    benchmark.group = "subscribe-rate"
-    benchmark.extra_info["records"] = total
-    benchmark.pedantic(read_all, setup=setup, teardown=_teardown, rounds=RATE_ROUNDS, warmup_rounds=1)
-    rates = _rates(done[1:], total)
-    _RESULTS["direct_processes"] = rates
+    rates = _RESULTS["direct_processes"] = _rate_rounds(benchmark, read_all, setup, done, total)
     benchmark.extra_info.update({
         "what": "three processes, one confluent-kafka Consumer each (c1, c2, c3), consume(1000, 1.0), fresh groups, "
                 "auto commit on; every value read; rps = 3 x PRELOAD / (the start signal to the last record of all), "
@@ -666,11 +664,8 @@ def test_sidecar_subscribe_3_clusters(benchmark: Any, mesh: Mesh) -> None:
         _read_stream(channel, [topic], total, r)
         done.append(r)
 
-    benchmark.group = "subscribe-rate"
-    benchmark.extra_info["records"] = total
-    benchmark.pedantic(read_all, setup=setup, teardown=_teardown, rounds=RATE_ROUNDS, warmup_rounds=1)
+    rates = _rate_rounds(benchmark, read_all, setup, done, total)
     channel.close()
-    rates = _rates(done[1:], total)
     info: dict[str, Any] = {
         "what": "one Subscribe stream over [c1, c2, c3], fresh group, START_POSITION_EARLIEST, default credit and "
                 "batching; protobuf parse, every value read, ack + credit per batch; rps = 3 x PRELOAD / (call to "
