@@ -42,19 +42,21 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield box
         return
     memory = _memory_dir()
-    base = memory or tmp_path_factory.mktemp("sandbox")
-    settings = sandbox_settings(base / "state")
-    box, _ = sandbox_mod.up(settings, clusters=3, brokers_per_cluster=1, detach=False,
-                            progress=lambda m: print(f"[sandbox] {m}"))
+    settings = sandbox_settings((memory or tmp_path_factory.mktemp("sandbox")) / "state")
     try:
-        yield box
+        box, _ = sandbox_mod.up(settings, clusters=3, brokers_per_cluster=1, detach=False,
+                                progress=lambda m: print(f"[sandbox] {m}"))
+        try:
+            yield box
+        finally:
+            sandbox_mod.down(settings)
     finally:
-        sandbox_mod.down(settings)
-        if memory is not None:
+        if memory is not None:      # also when up() failed: /dev/shm is memory, not to be left behind
             shutil.rmtree(memory, ignore_errors=True)
 
 
 def _memory_dir(room: int = 4 << 30) -> pathlib.Path | None:
+    """A fresh folder under /dev/shm when it has `room` free, else None."""
     shm = pathlib.Path("/dev/shm")
     try:
         st = os.statvfs(shm)

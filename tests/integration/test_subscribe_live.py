@@ -34,6 +34,17 @@ def _one_cluster(sandbox: Sandbox, sidecar_factory: Any, topic: str, partitions:
     return sidecar_factory(ns, *extra), ns
 
 
+def _two_clusters(sandbox: Sandbox, topic: str, partitions: int, per_cluster: int) -> str:
+    """topic on c1 and c2, each holding per_cluster values "<cluster>-<i>", and a namespace whose mapping reads it
+    from both; returns the namespace."""
+    for c in sandbox.clusters[:2]:
+        create_topic(c.bootstrap, topic, partitions=partitions)
+        produce_direct(c.bootstrap, topic, [f"{c.name}-{i}" for i in range(per_cluster)])
+    ns = new_namespace()
+    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1", "c2"]))
+    return ns
+
+
 def _ends(records: list[tuple[str, str, int, int, bytes]], cluster: str) -> dict[int, int]:
     ends: dict[int, int] = {}
     for c, _, p, off, _ in records:
@@ -44,11 +55,7 @@ def _ends(records: list[tuple[str, str, int, int, bytes]], cluster: str) -> dict
 
 def test_events_acks_ignored_and_a_clean_end_commit_what_was_acked(
         sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
-    for c in sandbox.clusters[:2]:
-        create_topic(c.bootstrap, topic, partitions=3)
-        produce_direct(c.bootstrap, topic, [f"{c.name}-{i}" for i in range(60)])
-    ns = new_namespace()
-    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1", "c2"]))
+    ns = _two_clusters(sandbox, topic, partitions=3, per_cluster=60)
     sc = sidecar_factory(ns)
     group = f"g-{topic}"
     with SubStream(sc.target, group, [topic]) as s:
@@ -227,12 +234,8 @@ def test_clusters_added_and_removed_mid_stream(sandbox: Sandbox, sidecar_factory
 
 def test_sidecar_killed_mid_stream_redelivers_only_unacked_records(
         sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
-    for c in sandbox.clusters[:2]:
-        create_topic(c.bootstrap, topic, partitions=3)
-        produce_direct(c.bootstrap, topic, [f"{c.name}-{i}" for i in range(1000)])
+    ns = _two_clusters(sandbox, topic, partitions=3, per_cluster=1000)
     everything = {f"{c.name}-{i}" for c in sandbox.clusters[:2] for i in range(1000)}
-    ns = new_namespace()
-    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1", "c2"]))
     first = sidecar_factory(ns, "--commit-interval-ms", "100", name="first")
     group = f"g-{topic}"
     s1 = SubStream(first.target, group, [topic], auto_ack=False)
@@ -328,11 +331,7 @@ def test_a_topic_added_to_a_running_clusters_consumer_is_read_from_its_beginning
 
 def test_a_cluster_removed_and_added_back_while_it_drains_is_read_again(
         sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
-    for c in sandbox.clusters[:2]:
-        create_topic(c.bootstrap, topic, partitions=1)
-        produce_direct(c.bootstrap, topic, [f"{c.name}-{i}" for i in range(10)])
-    ns = new_namespace()
-    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1", "c2"]))
+    ns = _two_clusters(sandbox, topic, partitions=1, per_cluster=10)
     sc = sidecar_factory(ns, "--drain-timeout-s", "60")
     with SubStream(sc.target, f"g-{topic}", [topic], auto_ack=False) as s:
         s.wait(lambda s: len(s.records) >= 20, what="20 records")
