@@ -6,8 +6,8 @@
   would do); and by a Consumer reading each cluster alone, one after another, with the whole machine to itself (the
   sum of those three rates is reported too, and the stream's ratio to it);
 - subscribe-latency: produce to receive at 10,000 records/s over the three clusters (the producer in a process of
-  its own), after a warm-up pass, alternating two passes through three direct consumers (one thread each) and two
-  through one stream;
+  its own), after a warm-up pass, alternating four passes through three direct consumers (one thread each) and
+  four through one stream; each latency also split at the broker's append time into produce and consume sides;
 - subscribe-idle-rate, subscribe-idle-latency: a busy topic on c1 read alone, with two idle clusters in its route, and
   with an idle second topic in the same subscription, interleaved so that drift weighs on each alike;
 - subscribe-rss: the resident memory of a sidecar with the three clusters and 20 streams reading, and idle.
@@ -18,6 +18,7 @@ in the terminal summary (each test's extra_info at its end); nothing here assert
 
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing
 import os
@@ -59,7 +60,7 @@ RSS_PRELOAD = 100_000          # records per cluster in the RSS topic (each cons
 RATE_ROUNDS = 3
 LAT_RATE = 10_000              # records/s, over every (cluster, topic) the producer writes to
 LAT_SECONDS = 10.0
-LAT_PASSES = 2                 # direct, sidecar, direct, sidecar: drift in the machine's load weighs on both alike
+LAT_PASSES = 4                 # direct, sidecar, direct, sidecar, ...: drift in the machine's load weighs on both alike
 LAT_WARMUP_SECONDS = 30.0      # a pass each way before those, not counted (15 s was not always enough)
 IDLE_SECONDS = 5.0             # per pass; each idle variant runs two passes
 LINGER_MS = 5                  # the paced producer's linger.ms: the client's default
@@ -68,6 +69,7 @@ RSS_SECONDS = 10.0
 # Every value starts with its send time (time.time_ns(): producer and receivers share the host's clock), its kind and
 # a sequence number, then padding up to VALUE_BYTES.
 HEAD = struct.Struct(">qBI")
+SPLITS = ("latency", "produce_side", "consume_side")
 WARM, MEASURED = 0, 1
 PAD = b"x" * (VALUE_BYTES - HEAD.size)
 RUNNING = "3 sandbox Kafka clusters (1 broker each), etcd, one sidecar process (Unix socket), this benchmark client"
@@ -165,6 +167,7 @@ class Mesh:
 # role -> (the clusters the topic exists on, which its consumer route names; records preloaded per cluster). The
 # idle-rate topics ("ir-") hold records on c1 only: in "ir-trio", c2 and c3 are the idle clusters. The latency topics
 # start empty and are each read once ("lat-" by test_end_to_end_latency, "il-" by the idle latency passes).
+PACED = ("lat-", "il-")      # the paced runs' topics (LogAppendTime)
 TOPICS: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
     "rate": (CLUSTERS, {c: PRELOAD for c in CLUSTERS}),
     "rss": (CLUSTERS, {c: RSS_PRELOAD for c in CLUSTERS}),
@@ -178,9 +181,13 @@ TOPICS: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
 }
 
 
-def _create_topics(bootstrap: str, topics: list[str]) -> None:
+def _create_topics(bootstrap: str, topics: list[str], append_time: set[str]) -> None:
+    """The topics of `append_time` stamp each record with the broker's clock when it appends it (LogAppendTime), which
+    splits a latency into its produce side (send to append) and its consume side (append to receive)."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": "4"})
-    for future in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics]).values():
+    new = [NewTopic(t, PARTITIONS, 1, config={"message.timestamp.type": "LogAppendTime"} if t in append_time else {})
+           for t in topics]
+    for future in admin.create_topics(new).values():
         future.result(timeout=60)
 
 
@@ -226,7 +233,7 @@ def mesh(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     per_cluster = {c: [topics[role] for role, (clusters, _) in TOPICS.items() if c in clusters] for c in CLUSTERS}
     try:
         for c in CLUSTERS:
-            _create_topics(bootstrap[c], per_cluster[c])
+            _create_topics(bootstrap[c], per_cluster[c], {topics[role] for role in TOPICS if role.startswith(PACED)})
         for role, (_, preload) in TOPICS.items():
             for c, n in preload.items():
                 _preload(bootstrap[c], topics[role], n)
@@ -703,7 +710,7 @@ def _paced_producer(targets: list[tuple[str, str]], warm: list[tuple[str, str]],
     records a second for `seconds` over `targets` in turn (record i to targets[i % len], partitions in turn), each
     stamped with time.time_ns() just before produce(). Paced in ticks of about 1 ms: each tick sends the records due
     by then (about 10 at 10,000/s)."""
-    conf = {"acks": "all", "enable.idempotence": "true", "linger.ms": str(LINGER_MS), "log_level": "4"}
+    conf = {"acks": "all", "linger.ms": str(LINGER_MS), "log_level": "4"}
     failed = [0]
 
     def on_delivery(err: object, msg: object) -> None:
@@ -744,26 +751,37 @@ def _paced_producer(targets: list[tuple[str, str]], warm: list[tuple[str, str]],
 
 
 class _Receiver:
-    """Collects produce-to-receive latencies of MEASURED records and counts WARM ones, from any thread."""
+    """Collects produce-to-receive latencies of MEASURED records and counts WARM ones, from any thread. Each latency
+    is also split at the record's timestamp, the broker's append time on the paced topics (LogAppendTime): its produce
+    side (send to append) and its consume side (append to receive; the path measured). The split is good to a
+    millisecond (Kafka's timestamps are), and the broker stamps a batch before appending it, so a broker that stalls
+    mid-append shows up on the consume side."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.warm = 0
         self.lat_ns: list[int] = []
+        self.produce_ns: list[int] = []
+        self.consume_ns: list[int] = []
         self.seqs: set[int] = set()
         self.first_ns = 0
         self.last_ns = 0
         self.responses = 0          # RecordBatches received (the sidecar path)
         self.threads: list[_Thread] = []
 
-    def take(self, recv_ns: int, values: Iterable[bytes]) -> None:
+    def take(self, recv_ns: int, records: Iterable[tuple[bytes, int]]) -> None:
+        """records: (value, timestamp in ms) each."""
         warm = 0
         lat = []
+        produce = []
+        consume = []
         seqs = []
-        for v in values:
+        for v, ts_ms in records:
             sent_ns, kind, seq = HEAD.unpack_from(v)
             if kind == MEASURED:
                 lat.append(recv_ns - sent_ns)
+                produce.append(ts_ms * 1_000_000 - sent_ns)
+                consume.append(recv_ns - ts_ms * 1_000_000)
                 seqs.append(seq)
             else:
                 warm += 1
@@ -771,6 +789,8 @@ class _Receiver:
             self.warm += warm
             if lat:
                 self.lat_ns += lat
+                self.produce_ns += produce
+                self.consume_ns += consume
                 self.seqs.update(seqs)
                 self.first_ns = self.first_ns or recv_ns
                 self.last_ns = recv_ns
@@ -806,7 +826,7 @@ class SidecarReceiver(_Receiver):
             for recv_ns, batch in stream.batches():
                 self.responses += 1
                 for g in batch.partitions:
-                    self.take(recv_ns, [r.value for r in g.records])
+                    self.take(recv_ns, [(r.value, r.timestamp_ms) for r in g.records])
 
         self.threads.append(_Thread(run, "subscribe-receiver"))
         self.threads[-1].start()
@@ -841,7 +861,7 @@ class DirectReceiver(_Receiver):
                 while not self._stop.is_set():
                     m = c.poll(0.1)
                     if m is not None and m.error() is None:
-                        self.take(time.time_ns(), (m.value(),))
+                        self.take(time.time_ns(), ((m.value(), m.timestamp()[1]),))
 
             self.threads.append(_Thread(run, f"direct-receiver-{i}"))
             self.threads[-1].start()
@@ -869,15 +889,22 @@ def _settle(brokers: list[int], idle_cores: float = 0.1, limit_s: float = 60.0) 
 
 
 def _paced_run(receiver: _Receiver, targets: list[tuple[str, str]], warm: list[tuple[str, str]],
-               seconds: float, cpu: dict[str, list[int]], rate: float = LAT_RATE) -> tuple[dict[str, Any], list[int]]:
+               seconds: float, cpu: dict[str, list[int]], rate: float = LAT_RATE,
+               ) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """Start the receiver, then the paced producer; measure once every partition the receiver reads has delivered
     its warm-up record (group joins and first fetches are over); wait for every measured record (up to 30 s).
     Returns the figures, with the cores each of the `cpu` process groups and the producer kept busy meanwhile, and
-    the latency samples (ns)."""
+    the samples (ns) by SPLITS.
+
+    This process's cyclic garbage collector is off for the pass: it is the measuring instrument of both paths, and
+    its full collections (~60 ms over everything pytest, grpc and protobuf hold) stopped every receiver thread at
+    once. What the receivers allocate has no cycles; reference counting frees it."""
     ctx = multiprocessing.get_context("spawn")
     ready, go, result = ctx.Event(), ctx.Event(), ctx.Queue()
     proc = ctx.Process(target=_paced_producer, args=(targets, warm, rate, seconds, ready, go, result),
                        name="paced-producer", daemon=True)
+    gc.collect()
+    gc.disable()
     receiver.start()
     proc.start()
     assert proc.pid is not None
@@ -900,13 +927,16 @@ def _paced_run(receiver: _Receiver, targets: list[tuple[str, str]], warm: list[t
         meter.stop()
     finally:
         receiver.stop()
+        gc.enable()
         proc.join(30)
         if proc.is_alive():
             proc.kill()
     receiver.check()
     span = (receiver.last_ns - receiver.first_ns) / 1e9
     distinct = receiver.distinct()
-    figures = {**_lat_stats(receiver.lat_ns), "sent": report["sent"], "missing": report["sent"] - distinct,
+    samples = {"latency": receiver.lat_ns, "produce_side": receiver.produce_ns, "consume_side": receiver.consume_ns}
+    figures = {**_lat_stats(receiver.lat_ns), **{k: _lat_stats(v) for k, v in samples.items() if k != "latency"},
+               "sent": report["sent"], "missing": report["sent"] - distinct,
                "duplicates": len(receiver.lat_ns) - distinct,
                "received_rps": round(distinct / span) if span > 0 else None,
                "cpu_cores": meter.cores(), "waited_for_idle_brokers_s": settled_s,
@@ -915,16 +945,25 @@ def _paced_run(receiver: _Receiver, targets: list[tuple[str, str]], warm: list[t
         figures["responses_per_s"] = round(receiver.responses / span) if span > 0 else None
         figures["records_per_response"] = round(len(receiver.lat_ns) / max(1, receiver.responses), 1)
         figures["stream_cancelled"] = receiver.cancelled
-    return figures, receiver.lat_ns
+    return figures, samples
 
 
 def test_end_to_end_latency_at_10000_per_s(benchmark: Any, mesh: Mesh) -> None:
     """Produce to receive at LAT_RATE records/s over c1, c2, c3 for LAT_SECONDS, LAT_PASSES times each way,
     alternating: three direct consumers (one thread each), then one Subscribe stream over the three clusters
     (server-default batching and credit); each pass on a topic of its own, so that every pass starts from empty
-    partitions. Figures per pass, and over the samples of every pass of a path."""
+    partitions. Figures per pass, and over the samples of every pass of a path, whole and split at the broker's
+    append (_Receiver)."""
     results: dict[str, Any] = {}
-    samples: dict[str, list[int]] = {"direct": [], "sidecar": []}
+    samples: dict[str, dict[str, list[int]]] = {path: {k: [] for k in SPLITS} for path in ("direct", "sidecar")}
+    passes: dict[str, list[dict[str, Any]]] = {"direct": [], "sidecar": []}
+
+    def keep(path: str, i: int, figures: dict[str, Any], got: dict[str, list[int]]) -> None:
+        if i:
+            results[f"{path}_pass{i}"] = figures
+            passes[path].append(figures)
+            for k in SPLITS:
+                samples[path][k] += got[k]
 
     def run() -> None:
         # Pass 0 warms both paths up and is not counted: brokers whose JIT has not yet compiled the paths of small
@@ -935,20 +974,17 @@ def test_end_to_end_latency_at_10000_per_s(benchmark: Any, mesh: Mesh) -> None:
             seconds = LAT_SECONDS if i else LAT_WARMUP_SECONDS
             topic = mesh.topics[f"lat-direct-{i}"]
             targets = [(mesh.bootstrap[c], topic) for c in CLUSTERS]
-            direct, lat = _paced_run(DirectReceiver([mesh.bootstrap[c] for c in CLUSTERS], topic), targets, targets,
-                                     seconds, mesh.cpu_groups())
-            if i:
-                results[f"direct_pass{i}"] = direct
-                samples["direct"] += lat
+            keep("direct", i, *_paced_run(DirectReceiver([mesh.bootstrap[c] for c in CLUSTERS], topic), targets,
+                                          targets, seconds, mesh.cpu_groups()))
             topic = mesh.topics[f"lat-sidecar-{i}"]
             targets = [(mesh.bootstrap[c], topic) for c in CLUSTERS]
-            sidecar, lat = _paced_run(SidecarReceiver(mesh.proc.target, [topic]), targets, targets, seconds,
-                                      mesh.cpu_groups())
-            if i:
-                results[f"sidecar_pass{i}"] = sidecar
-                samples["sidecar"] += lat
-        results["direct"] = _lat_stats(samples["direct"])
-        results["sidecar"] = _lat_stats(samples["sidecar"])
+            keep("sidecar", i, *_paced_run(SidecarReceiver(mesh.proc.target, [topic]), targets, targets, seconds,
+                                           mesh.cpu_groups()))
+        for path in ("direct", "sidecar"):
+            results[path] = {**_lat_stats(samples[path]["latency"]),
+                             **{k: _lat_stats(v) for k, v in samples[path].items() if k != "latency"},
+                             "passes_p99_ms": [p.get("p99_ms") for p in passes[path]],
+                             "passes_consume_side_p99_ms": [p["consume_side"].get("p99_ms") for p in passes[path]]}
 
     benchmark.group = "subscribe-latency"
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
@@ -956,8 +992,9 @@ def test_end_to_end_latency_at_10000_per_s(benchmark: Any, mesh: Mesh) -> None:
     benchmark.extra_info.update({
         "what": f"{LAT_RATE}/s for {LAT_SECONDS:g} s over c1-c3 (a third each), {VALUE_BYTES}-byte values, "
                 f"{LAT_PASSES} passes each way after a {LAT_WARMUP_SECONDS:g} s warm-up pass each; latency = receive "
-                "time.time_ns() (after parsing) - send time.time_ns() (just before produce()); direct and sidecar: "
-                "over every pass's samples",
+                "time.time_ns() (after parsing) - send time.time_ns() (just before produce()); produce_side: send to "
+                "the broker's append (LogAppendTime), consume_side: append to receive; direct and sidecar: over every "
+                "pass's samples; the client's cyclic GC is off during a pass",
         "producer_setup": f"a spawned process: one confluent-kafka Producer per cluster, acks=all, idempotence, "
                           f"linger.ms={LINGER_MS}, paced in ~1 ms ticks",
         "direct_setup": "3 confluent-kafka Consumers, fresh groups, each polled by its own thread with poll(0.1)",
@@ -1039,10 +1076,10 @@ def test_idle_clusters_and_topics_latency(benchmark: Any, mesh: Mesh) -> None:
         for n, variant in enumerate(IDLE_VARIANTS + IDLE_VARIANTS[::-1]):
             busy = mesh.topics[f"il-{short[variant]}-{n // 3}"]
             topics, reads = _idle_variant(mesh, variant, busy, mesh.topics["il-idle"])
-            figures, lat = _paced_run(SidecarReceiver(mesh.proc.target, topics), [reads[0]], reads, IDLE_SECONDS,
+            figures, got = _paced_run(SidecarReceiver(mesh.proc.target, topics), [reads[0]], reads, IDLE_SECONDS,
                                       mesh.cpu_groups())
             passes[variant].append(figures)
-            samples[variant] += lat
+            samples[variant] += got["latency"]
 
     benchmark.group = "subscribe-idle-latency"
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
