@@ -55,7 +55,10 @@ VALUE_BYTES = 100
 # in the sidecar's librdkafka 2.0.2; fetch.queue.backoff.ms, 1 s by default, in the client's 2.16): a round
 # measures the path, not that pause. Each round's longest gap between two deliveries is reported (max_gap_ms).
 PRELOAD = 100_000
-IDLE_PRELOAD = 100_000         # records on c1 in each idle-rate topic
+IDLE_PRELOAD = 100_000         # records on c1 in each idle-rate topic; not more: at 100,000 records in its queue a
+                               # librdkafka consumer stops fetching for a second (queued.min.messages), which at
+                               # 400,000 made every variant stop and go
+IDLE_ROUNDS = 7                # ~0.3 s each: one slow group join or fetch moves a round by 10-20%
 RSS_PRELOAD = 100_000          # records per cluster in the RSS topic (each consumer may prefetch all of them)
 RATE_ROUNDS = 3
 LAT_RATE = 10_000              # records/s, over every (cluster, topic) the producer writes to
@@ -1026,14 +1029,14 @@ def _idle_variant(mesh: Mesh, variant: str, busy: str, idle: str) -> tuple[list[
 
 def test_idle_clusters_and_topics_rate(benchmark: Any, mesh: Mesh) -> None:
     """IDLE_PRELOAD records on c1 read through one stream, fresh group a round, in three variants (_idle_variant);
-    1 + RATE_ROUNDS rounds of the three, interleaved and in rotating order (the first round is a warm-up)."""
+    1 + IDLE_ROUNDS rounds of the three, interleaved and in rotating order (the first round is a warm-up)."""
     busy = {"busy_only": "ir-solo", "busy_plus_2_idle_clusters": "ir-trio", "busy_plus_idle_topic": "ir-pair"}
     channel = grpc.insecure_channel(mesh.proc.target)
     done: dict[str, list[_Round]] = {v: [] for v in IDLE_VARIANTS}
     cancelled = [0]
 
     def run() -> None:
-        for k in range(1 + RATE_ROUNDS):
+        for k in range(1 + IDLE_ROUNDS):
             for variant in IDLE_VARIANTS[k % 3:] + IDLE_VARIANTS[:k % 3]:
                 topics, _ = _idle_variant(mesh, variant, mesh.topics[busy[variant]], mesh.topics["ir-idle"])
                 r = _Round(meter=CpuMeter(mesh.cpu_groups()))
@@ -1058,7 +1061,7 @@ def test_idle_clusters_and_topics_rate(benchmark: Any, mesh: Mesh) -> None:
                                                                       / base["cpu_us_per_record"]["sidecar"], 3)}
                                   for v, r in rates.items()},
         "what": f"{IDLE_PRELOAD} records preloaded on c1 only, read from the earliest offset by a fresh group; "
-                f"median of {RATE_ROUNDS} interleaved rounds per variant; server-default batching and credit",
+                f"median of {IDLE_ROUNDS} interleaved rounds per variant; server-default batching and credit",
         "streams_cancelled": cancelled[0],
         "running": RUNNING, **_context(),
     })
