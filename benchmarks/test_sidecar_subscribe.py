@@ -712,7 +712,11 @@ def _paced_producer(targets: list[tuple[str, str]], warm: list[tuple[str, str]],
     Writes one WARM record to every partition of every (bootstrap, topic) of `warm`, then, once `go` is set, `rate`
     records a second for `seconds` over `targets` in turn (record i to targets[i % len], partitions in turn), each
     stamped with time.time_ns() just before produce(). Paced in ticks of about 1 ms: each tick sends the records due
-    by then (about 10 at 10,000/s)."""
+    by then (about 10 at 10,000/s).
+
+    Not idempotent: the idempotent producer caps librdkafka at five in-flight requests per partition, and whenever a
+    broker answered late its threads spun at the cap, up to 1.75 of this host's 2 cores, stalling brokers, sidecar and
+    receivers alike for 0.3-1.2 s. A retry may then duplicate a record: the figures count duplicates."""
     conf = {"acks": "all", "linger.ms": str(LINGER_MS), "log_level": "4"}
     failed = [0]
 
@@ -971,8 +975,7 @@ def test_end_to_end_latency_at_10000_per_s(benchmark: Any, mesh: Mesh) -> None:
     def run() -> None:
         # Pass 0 warms both paths up and is not counted: brokers whose JIT has not yet compiled the paths of small
         # produce and fetch requests (a new sandbox; the preload sends big batches) took ~1 core at this rate for
-        # their first half minute or so, and the producer's librdkafka, with its in-flight requests at the limit,
-        # then spun a core of its own: both paths' p99 went to hundreds of ms.
+        # their first half minute or so, and both paths' p99 went to hundreds of ms.
         for i in range(LAT_PASSES + 1):
             seconds = LAT_SECONDS if i else LAT_WARMUP_SECONDS
             topic = mesh.topics[f"lat-direct-{i}"]
@@ -998,7 +1001,7 @@ def test_end_to_end_latency_at_10000_per_s(benchmark: Any, mesh: Mesh) -> None:
                 "time.time_ns() (after parsing) - send time.time_ns() (just before produce()); produce_side: send to "
                 "the broker's append (LogAppendTime), consume_side: append to receive; direct and sidecar: over every "
                 "pass's samples; the client's cyclic GC is off during a pass",
-        "producer_setup": f"a spawned process: one confluent-kafka Producer per cluster, acks=all, idempotence, "
+        "producer_setup": f"a spawned process: one confluent-kafka Producer per cluster, acks=all, not idempotent, "
                           f"linger.ms={LINGER_MS}, paced in ~1 ms ticks",
         "direct_setup": "3 confluent-kafka Consumers, fresh groups, each polled by its own thread with poll(0.1)",
         "sidecar_setup": "1 Subscribe stream over [c1, c2, c3], fresh group, START_POSITION_EARLIEST, max_records and "
@@ -1097,7 +1100,7 @@ def test_idle_clusters_and_topics_latency(benchmark: Any, mesh: Mesh) -> None:
     benchmark.extra_info.update({
         "what": f"{LAT_RATE}/s to one topic on c1, 2 passes x {IDLE_SECONDS:g} s per variant (A B C C B A); "
                 "server-default batching and credit; each idle partition held one warm-up record",
-        "producer_setup": f"a spawned process, confluent-kafka, acks=all, idempotence, linger.ms={LINGER_MS}",
+        "producer_setup": f"a spawned process, confluent-kafka, acks=all, not idempotent, linger.ms={LINGER_MS}",
         "running": RUNNING + " and the paced producer process", **_context(),
     })
 
