@@ -96,9 +96,10 @@ def _add_mapping_parser(sub: Any) -> None:
                                           "deleted. Sections FILE leaves out stay as they are.",
                               epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
     m_apply.add_argument("file", metavar="FILE", help="a JSON mapping document")
-    m_show = msub.add_parser("show", help="print the mapping in force and its etcd revision",
-                             description="Print the mapping in force as a JSON document (one consistent read); the "
-                                         "revision it was read at goes to stderr, so the output can be applied again.",
+    m_show = msub.add_parser("show", help="print the mapping in force and its etcd revisions",
+                             description="Print the mapping in force as a JSON document (one consistent read). The "
+                                         "revision it was read at and the revision its keys were last written at "
+                                         "(what `apply` printed) go to stderr, so the output can be applied again.",
                              epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
     for p in (m_apply, m_show):
         p.add_argument("--etcd", metavar="URL", default=None,
@@ -231,17 +232,18 @@ def _mapping(args: argparse.Namespace, settings: ControlSettings) -> int:
                   f"producer routes: {counts['producer_routes']}, consumer routes: {counts['consumer_routes']})")
         return 0
     if args.mapping_command == "show":
-        async def load() -> Mapping:
+        async def load() -> tuple[Mapping, int]:
             async with Etcd(settings.etcd_endpoint) as etcd:
-                return await mapping_mod.load(etcd, keys)
+                return await mapping_mod.load_dated(etcd, keys)
 
-        current = asyncio.run(load())
+        current, written = asyncio.run(load())
         if args.json:
-            print(json.dumps({"revision": current.revision, "mapping": current.to_document()}))
+            print(json.dumps({"revision": current.revision, "written_revision": written,
+                              "mapping": current.to_document()}))
         else:
             print(json.dumps(current.to_document(), indent=2))
-            _progress(f"mapping of namespace {settings.namespace} at etcd revision {current.revision} "
-                      f"(under {keys.root})")
+            _progress(f"mapping of namespace {settings.namespace} read at etcd revision {current.revision}, last "
+                      f"written at revision {written} (under {keys.root})")
         return 0
     raise AssertionError(args.mapping_command)
 

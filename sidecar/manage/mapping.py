@@ -94,3 +94,13 @@ async def load(etcd: Etcd, keys: Keys) -> Mapping:
     its etcd key."""
     items, revision = await etcd.get_prefix(keys.root)
     return Mapping.from_etcd(items, keys, revision)
+
+
+async def load_dated(etcd: Etcd, keys: Keys) -> tuple[Mapping, int]:
+    """load(), and the newest revision any key of the mapping was written at: the revision `apply` printed for the
+    last change of a key still there. Mapping.revision is the read's, which any other write to etcd (a sidecar's
+    status lease expiring, another namespace) moves on. 0 for an empty mapping."""
+    items, revision = await etcd.get_prefix_revisions(keys.root)
+    sections = (keys.clusters, keys.producer, keys.consumer)
+    written = max((mod for key, (_, mod) in items.items() if key.startswith(sections)), default=0)
+    return Mapping.from_etcd({key: value for key, (value, _) in items.items()}, keys, revision), written

@@ -79,15 +79,15 @@ def test_apply_then_show_returns_the_mapping_at_that_revision(sandbox: Sandbox, 
     assert r.stdout == (f"applied mapping at revision {revision} (clusters: 2, producer routes: 3, "
                         "consumer routes: 1)\n")
     # show reads the namespace at etcd's current revision: the apply's, or later when something else (another
-    # test's sidecar, the sandbox) wrote to etcd since; the mapping read is the one applied either way.
+    # test's sidecar, the sandbox) wrote to etcd since; the mapping's own keys were last written by the apply.
     shown = _show(sandbox, ns)
-    assert shown["mapping"] == doc and shown["revision"] >= revision
+    assert shown["mapping"] == doc and shown["revision"] >= revision and shown["written_revision"] == revision
 
     human = _cli("mapping", "show", "--namespace", ns, env={"KAFKA_MESH_ETCD": sandbox.etcd_endpoint})
     assert human.returncode == 0, human.stderr
     assert json.loads(human.stdout) == doc              # stdout alone is a document that apply takes back
-    line = re.fullmatch(rf"kafka-mesh: mapping of namespace {ns} at etcd revision (\d+) \(under /kafka-mesh/{ns}/\)\n",
-                        human.stderr)
+    line = re.fullmatch(rf"kafka-mesh: mapping of namespace {ns} read at etcd revision (\d+), last written at revision "
+                        rf"{revision} \(under /kafka-mesh/{ns}/\)\n", human.stderr)
     assert line is not None, human.stderr
     assert int(line.group(1)) >= revision
 
@@ -117,7 +117,8 @@ def test_second_apply_that_drops_a_route_deletes_its_key(sandbox: Sandbox, ns: s
     stored = _read(sandbox.etcd_endpoint, Keys(ns).root)
     assert sorted(stored) == [f"/kafka-mesh/{ns}/{k}" for k in (
         "clusters/c1", "clusters/c2", "producer/__default__", "producer/t1,t2,t3")]
-    assert _show(sandbox, ns) == {"revision": revision, "mapping": doc}
+    shown = _show(sandbox, ns)
+    assert shown["mapping"] == doc and shown["written_revision"] == revision and shown["revision"] >= revision
 
 
 def test_producer_only_file_is_checked_against_the_clusters_in_etcd(sandbox: Sandbox, ns: str,
