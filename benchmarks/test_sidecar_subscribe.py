@@ -49,16 +49,17 @@ SUBSCRIBE = "/kafkamesh.v1.Mesh/Subscribe"
 CLUSTERS = ("c1", "c2", "c3")
 PARTITIONS = 3
 VALUE_BYTES = 100
-# Records per cluster in the rate topics. A backlog this size stays under librdkafka's prefetch thresholds
-# (queued.min.messages, 100,000 per partition, and queued.max.messages.kbytes: the sidecar sets 16 MiB per consumer
-# with the default credit), so neither path hits the fetch back-off that follows a full prefetch queue (about 0.5 s
-# in the sidecar's librdkafka 2.0.2; fetch.queue.backoff.ms, 1 s by default, in the client's 2.16): a round
-# measures the path, not that pause. Each round's longest gap between two deliveries is reported (max_gap_ms).
+# Records per cluster in the rate topics. A backlog this size stays within librdkafka's prefetch thresholds (a
+# consumer's queue of all its partitions: queued.min.messages, 100,000 records, and queued.max.messages.kbytes, which
+# the sidecar sets to 16 MiB with the default credit), so neither path hits the pause that follows a full prefetch
+# queue (until the broker thread next looks, up to a second, in the sidecar's librdkafka 2.0.2; fetch.queue.backoff.ms,
+# 1 s by default, in the client's 2.16): a round measures the path, not that pause. Each round's longest gap between
+# two deliveries is reported (max_gap_ms).
 PRELOAD = 100_000
-IDLE_PRELOAD = 100_000         # records on c1 in each idle-rate topic; not more: at 100,000 records in its queue a
-                               # librdkafka consumer stops fetching for a second (queued.min.messages), which at
-                               # 400,000 made every variant stop and go
-IDLE_ROUNDS = 7                # ~0.3 s each: one slow group join or fetch moves a round by 10-20%
+IDLE_PRELOAD = 100_000         # records on c1 in each idle-rate topic; not more, for the same reason as PRELOAD: at
+                               # 400,000 every variant stopped and went (gaps of 0.85 s)
+IDLE_ROUNDS = 7                # ~0.2 s each, ~0.13 s of it before the first record: one slow group join or fetch
+                               # moves a round by 10-20%
 RSS_PRELOAD = 100_000          # records per cluster in the RSS topic (each consumer may prefetch all of them)
 RATE_ROUNDS = 3
 LAT_RATE = 10_000              # records/s, over every (cluster, topic) the producer writes to
