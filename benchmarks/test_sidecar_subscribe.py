@@ -100,6 +100,11 @@ def _lat_stats(samples_ns: list[int]) -> dict[str, Any]:
             "max_ms": round(max(samples_ns) / 1e6, 3), "n": len(samples_ns)}
 
 
+def _split_stats(samples: dict[str, list[int]]) -> dict[str, Any]:
+    """_lat_stats of the whole latencies, with those of each side under its SPLITS name."""
+    return {**_lat_stats(samples["latency"]), **{k: _lat_stats(samples[k]) for k in SPLITS if k != "latency"}}
+
+
 def _mib(kb: int) -> float:
     return round(kb / 1024, 1)
 
@@ -943,7 +948,7 @@ def _paced_run(receiver: _Receiver, targets: list[tuple[str, str]], warm: list[t
     span = (receiver.last_ns - receiver.first_ns) / 1e9
     distinct = receiver.distinct()
     samples = {"latency": receiver.lat_ns, "produce_side": receiver.produce_ns, "consume_side": receiver.consume_ns}
-    figures = {**_lat_stats(receiver.lat_ns), **{k: _lat_stats(v) for k, v in samples.items() if k != "latency"},
+    figures = {**_split_stats(samples),
                "sent": report["sent"], "missing": report["sent"] - distinct,
                "duplicates": len(receiver.lat_ns) - distinct,
                "received_rps": round(distinct / span) if span > 0 else None,
@@ -988,8 +993,7 @@ def test_end_to_end_latency_at_10000_per_s(benchmark: Any, mesh: Mesh) -> None:
             keep("sidecar", i, *_paced_run(SidecarReceiver(mesh.proc.target, [topic]), targets, targets, seconds,
                                            mesh.cpu_groups()))
         for path in ("direct", "sidecar"):
-            results[path] = {**_lat_stats(samples[path]["latency"]),
-                             **{k: _lat_stats(v) for k, v in samples[path].items() if k != "latency"},
+            results[path] = {**_split_stats(samples[path]),
                              "passes_p99_ms": [p.get("p99_ms") for p in passes[path]],
                              "passes_consume_side_p99_ms": [p["consume_side"].get("p99_ms") for p in passes[path]]}
 

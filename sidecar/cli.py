@@ -234,7 +234,7 @@ def _mapping(args: argparse.Namespace, settings: ControlSettings) -> int:
     if args.mapping_command == "show":
         async def load() -> tuple[Mapping, int]:
             async with Etcd(settings.etcd_endpoint) as etcd:
-                return await mapping_mod.load_dated(etcd, keys)
+                return await mapping_mod.load(etcd, keys)
 
         current, written = asyncio.run(load())
         if args.json:

@@ -89,18 +89,12 @@ async def apply(etcd: Etcd, keys: Keys, doc: dict[str, Any]) -> int:
     return (await apply_mapping(etcd, keys, doc)).revision
 
 
-async def load(etcd: Etcd, keys: Keys) -> Mapping:
-    """The mapping in force: the whole namespace read at one revision. An invalid value raises MappingError naming
-    its etcd key."""
-    items, revision = await etcd.get_prefix(keys.root)
-    return Mapping.from_etcd(items, keys, revision)
-
-
-async def load_dated(etcd: Etcd, keys: Keys) -> tuple[Mapping, int]:
-    """load(), and the newest revision any key of the mapping was written at: the revision `apply` printed for the
-    last change of a key still there. Mapping.revision is the read's, which any other write to etcd (a sidecar's
-    status lease expiring, another namespace) moves on. 0 for an empty mapping."""
+async def load(etcd: Etcd, keys: Keys) -> tuple[Mapping, int]:
+    """The mapping in force, the whole namespace read at one revision (Mapping.revision, which any other write to
+    etcd moves on: a sidecar's status lease expiring, another namespace), and the newest revision any key of the
+    mapping was written at: what `apply` printed for the last change of a key still there (0 for an empty mapping).
+    An invalid value raises MappingError naming its etcd key."""
     items, revision = await etcd.get_prefix_revisions(keys.root)
-    sections = (keys.clusters, keys.producer, keys.consumer)
+    sections = tuple(f"{keys.root}{section}/" for section in SECTIONS)
     written = max((mod for key, (_, mod) in items.items() if key.startswith(sections)), default=0)
     return Mapping.from_etcd({key: value for key, (value, _) in items.items()}, keys, revision), written
