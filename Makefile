@@ -2,7 +2,13 @@
 PYTHON ?= python3
 BUILD = $(PYTHON) -m pip install -q --no-build-isolation -e .
 
-.PHONY: setup build build-debug test test-unit lint proto bench
+# The AddressSanitizer runtime must be loaded before Python itself: the interpreter is not built with it.
+ASAN_RUNTIME = $(shell gcc -print-file-name=libasan.so)
+# Leak checking stays off: CPython keeps much of its memory until exit. The debug build's handle counts catch leaks.
+ASAN_ENV = LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1
+ASAN_TESTS = tests/unit tests/integration/test_produce_*.py
+
+.PHONY: setup build build-debug build-asan test test-unit test-asan lint proto bench
 
 setup:        ## install system packages, the Python package and the Kafka jars
 	bash scripts/setup.sh
@@ -13,12 +19,18 @@ build:        ## release build of the native core, in place
 build-debug:  ## debug build: counts C handles; the tests assert none leaks
 	KAFKA_MESH_DEBUG=1 $(BUILD)
 
-test:         ## lint, unit tests on the debug build, then every test on the release build
+build-asan:   ## debug build under AddressSanitizer (run it with `make test-asan`, which preloads the runtime)
+	KAFKA_MESH_DEBUG=1 KAFKA_MESH_ASAN=1 $(BUILD)
+
+test:         ## lint, unit and produce tests on the AddressSanitizer debug build, then every test on the release build
 	$(MAKE) lint
-	$(MAKE) build-debug
-	$(PYTHON) -m pytest -m unit
+	$(MAKE) test-asan
 	$(MAKE) build
 	$(PYTHON) -m pytest
+
+test-asan:    ## unit tests and the produce integration tests on the debug build under AddressSanitizer
+	$(MAKE) build-asan
+	$(ASAN_ENV) $(PYTHON) -m pytest $(ASAN_TESTS)
 
 lint:         ## ruff, and mypy --strict on the control plane
 	$(PYTHON) -m ruff check sidecar csrc tests scripts benchmarks examples

@@ -2,6 +2,8 @@
 
 librdkafka is found with pkg-config. ``KAFKA_MESH_DEBUG=1`` at build time selects the debug build of the core:
 it counts every C handle created and destroyed so that the tests can assert that nothing leaks.
+``KAFKA_MESH_ASAN=1`` (with the debug build) also compiles the core with AddressSanitizer; a process that imports it
+must have the sanitizer's runtime loaded first (``make test-asan`` sets LD_PRELOAD).
 """
 
 from __future__ import annotations
@@ -42,9 +44,15 @@ def _extensions() -> list[Extension]:
     from Cython.Build import cythonize
 
     debug = os.environ.get("KAFKA_MESH_DEBUG", "") not in ("", "0")
+    asan = os.environ.get("KAFKA_MESH_ASAN", "") not in ("", "0")
     flags = _rdkafka_flags()
     macros = [("KM_DEBUG", "1")] if debug else []
     extra = ["-O0", "-g3"] if debug else ["-O2"]
+    link = []
+    if asan:
+        # -O1 keeps the sanitizer's reports readable and the suite fast enough for CI.
+        extra = ["-O1", "-g3", "-fsanitize=address", "-fno-omit-frame-pointer"]
+        link = ["-fsanitize=address"]
     modules = ["conf", "wire", "producer", "consumer", "routes", "produce"]
     exts = [
         Extension(
@@ -52,6 +60,7 @@ def _extensions() -> list[Extension]:
             [f"csrc/meshcore/{name}.pyx"],
             define_macros=macros,
             extra_compile_args=extra + ["-Wall", "-Wno-unused-function"],
+            extra_link_args=link,
             include_dirs=["csrc/meshcore", *flags["include_dirs"]],
             library_dirs=flags["library_dirs"],
             libraries=flags["libraries"],

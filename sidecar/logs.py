@@ -14,3 +14,8 @@ def setup(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # grpc logs an exception that escapes a servicer (and its own failures) at ERROR, to a logger it silences.
+    grpc_log = logging.getLogger("grpc")
+    grpc_log.handlers[:] = [handler]
+    grpc_log.setLevel(logging.WARNING)
+    grpc_log.propagate = False

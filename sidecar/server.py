@@ -96,10 +96,11 @@ async def serve(settings: SidecarSettings) -> int:
     await health_servicer.enter_graceful_shutdown()
     produce.shutdown()
     await server.stop(grace=settings.shutdown_grace_s)
+    # Every submit has returned before a producer is closed: a batch being enqueued is never cut short.
+    await produce.close()
     await source.stop()
     await status.stop()
     lost = await routes.close(flush_timeout_ms=int(settings.shutdown_grace_s * 1000))
-    produce.close()
     if lost:
         log.warning("stopped with %d records undelivered", lost)
         return 1

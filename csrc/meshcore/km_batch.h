@@ -7,8 +7,10 @@
  * the batch: it is moved to the stream's completed list under the stream's lock and the stream's eventfd is
  * written, which wakes the asyncio loop that encodes and sends the response.
  *
- * Lifetimes: a stream is reference-counted (its owner + each batch in flight), so a report that arrives after the
- * gRPC stream ended still finds its stream, sees it closed, and frees the batch. */
+ * Lifetimes: a stream is reference-counted (its owner, each batch in flight, and each submit in progress), so a
+ * report that arrives after the gRPC stream ended still finds its stream, sees it closed, and frees the batch, and
+ * a submit running in a worker thread while the owner closes the stream finishes on valid memory: it sees
+ * `stop` and stops enqueuing. */
 #ifndef KM_BATCH_H
 #define KM_BATCH_H
 
@@ -45,6 +47,7 @@ static inline int km_code_for(rd_kafka_resp_err_t err) {
     case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
     case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
         return KM_RECORD_TOO_LARGE;
+    case RD_KAFKA_RESP_ERR__DESTROY:     /* refused by the core: the sink's producer was closing */
     case RD_KAFKA_RESP_ERR__PURGE_QUEUE:
     case RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
     case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
@@ -86,8 +89,9 @@ typedef struct km_msgref {
 typedef struct km_stream {
     pthread_mutex_t lock;
     int efd;                 /* eventfd written when a batch completes; -1 once closed */
-    int closed;
-    int64_t refs;            /* atomic: the owner + one per batch in flight */
+    int closed;              /* under lock */
+    int stop;                /* atomic: set by km_stream_stop or close; a submit in progress stops enqueuing */
+    int64_t refs;            /* atomic: the owner + one per batch in flight + one per submit in progress */
     int64_t inflight_bytes;  /* atomic: request bytes of the batches in flight */
     int64_t inflight_batches;
     struct km_batch *head, *tail;   /* completed batches not yet drained (under lock) */
@@ -135,6 +139,8 @@ static inline void km_batch_free(km_batch *b) {
         km_atomic_add(&km_batches_freed, 1);
 }
 
+static inline void km_stream_ref(km_stream *s) { __atomic_add_fetch(&s->refs, 1, __ATOMIC_ACQ_REL); }
+
 static inline void km_stream_unref(km_stream *s) {
     if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
@@ -152,10 +158,14 @@ static inline void km_stream_unref(km_stream *s) {
         km_atomic_add(&km_streams_freed, 1);
 }
 
+/* No one will read the answer of a batch being submitted: the submit stops enqueuing at its next record. */
+static inline void km_stream_stop(km_stream *s) { __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE); }
+
 /* The owner is done with the stream: batches still in flight are freed when they complete. */
 static inline void km_stream_close(km_stream *s) {
     pthread_mutex_lock(&s->lock);
     s->closed = 1;
+    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
     km_batch *b = s->head;
     s->head = s->tail = NULL;
     if (s->efd >= 0) {

@@ -16,5 +16,7 @@
 /* Delivery reports arrive on whichever thread serves rd_kafka_poll(); counters they touch are atomic. */
 static inline void km_atomic_add(int64_t *p, int64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 static inline int64_t km_atomic_load(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+/* A flag another thread sets once (a handle or stream closing), read where a loop may stop early. */
+static inline int km_flag_load(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 
 #endif

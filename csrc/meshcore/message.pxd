@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t
 from libc.string cimport memcpy
 
 from meshcore.rdkafka cimport *
+from meshcore.support cimport km_flag_load
 from meshcore.wire cimport Reader, RecordView, Slice, header_next
 
 cdef enum:
@@ -11,11 +12,17 @@ cdef enum:
     MAX_TOPIC_LEN = 249
 
 
+cdef inline bint stopped(const int *stop_a, const int *stop_b) noexcept nogil:
+    return (stop_a != NULL and km_flag_load(stop_a) != 0) or (stop_b != NULL and km_flag_load(stop_b) != 0)
+
+
 cdef inline rd_kafka_resp_err_t produce_record(rd_kafka_t *rk, RecordView *rec, rd_kafka_topic_t *rkt,
-                                               void *opaque, int wait_ms) noexcept nogil:
+                                               void *opaque, int wait_ms, const int *stop_a,
+                                               const int *stop_b) noexcept nogil:
     """Enqueue a copy of rec (topic 1-249 bytes) to rk, by rkt when given, else by the record's topic name, with
-    opaque as its message opaque. A full queue is waited out (serving delivery reports), never an error. Returns
-    the error that refused the record, or NO_ERROR."""
+    opaque as its message opaque. A full queue is waited out (serving delivery reports), never an error, unless
+    one of the stop flags (either may be NULL) is set meanwhile: then the record is refused with _DESTROY, so that
+    a closing producer or stream never waits on Kafka. Returns the error that refused the record, or NO_ERROR."""
     cdef char topic[MAX_TOPIC_LEN + 1]
     cdef rd_kafka_vu_t vus[8]
     cdef size_t nvu = 0
@@ -63,6 +70,8 @@ cdef inline rd_kafka_resp_err_t produce_record(rd_kafka_t *rk, RecordView *rec, 
             return RD_KAFKA_RESP_ERR_NO_ERROR
         code = rd_kafka_error_code(error)
         rd_kafka_error_destroy(error)
+        if code == RD_KAFKA_RESP_ERR__QUEUE_FULL and stopped(stop_a, stop_b):
+            code = RD_KAFKA_RESP_ERR__DESTROY
         if code != RD_KAFKA_RESP_ERR__QUEUE_FULL:
             if hdrs != NULL:
                 rd_kafka_headers_destroy(hdrs)     # ours again when produceva fails

@@ -5,18 +5,22 @@ Threads: submit() runs on any one thread at a time (the servicer uses a worker t
 queue makes it wait); it holds no GIL while parsing and enqueuing. Delivery reports complete batches on the
 producers' poll threads and wake the owner through the eventfd returned by fileno(); drain() then encodes the
 completed batches' responses, one bytes object per batch.
+
+close() may run while a submit is in progress in another thread: the submit holds a reference on the C stream and
+on each sink's producer handle, taken while it still held the GIL, so it never touches freed memory; it sees the
+stream stopped or closed (or a producer closing) and stops enqueuing.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, strlen
 
 from meshcore.message cimport MAX_TOPIC_LEN, produce_record
 from meshcore.rdkafka cimport *
 from meshcore.routes cimport Route, RouteTable
-from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_load
+from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_load, km_flag_load
 from meshcore.wire cimport (
     ProduceRequestView, RecordView, produce_request_parse, produce_request_view_free,
 )
@@ -29,6 +33,7 @@ cdef extern from "km_batch.h" nogil:
         KM_OK
         KM_NO_ROUTE
         KM_INVALID_TOPIC
+        KM_CLUSTER_UNAVAILABLE
         KM_INTERNAL
     ctypedef struct km_batch
     ctypedef struct km_msgref:
@@ -37,6 +42,7 @@ cdef extern from "km_batch.h" nogil:
         uint16_t sink
     ctypedef struct km_stream:
         int efd
+        int stop
         int64_t inflight_bytes
         int64_t inflight_batches
     ctypedef struct km_batch:
@@ -54,6 +60,9 @@ cdef extern from "km_batch.h" nogil:
         km_msgref refs[1]
     int64_t km_batches_created, km_batches_freed, km_streams_created, km_streams_freed
     km_stream *km_stream_new()
+    void km_stream_ref(km_stream *s)
+    void km_stream_unref(km_stream *s)
+    void km_stream_stop(km_stream *s)
     void km_stream_close(km_stream *s)
     km_batch *km_batch_new(km_stream *s, uint64_t batch_id, uint64_t revision, uint32_t n_records, uint32_t n_refs,
                            int64_t bytes, const char *names, size_t names_len, const uint32_t *name_off,
@@ -131,9 +140,12 @@ cdef void _topic_cache_clear(TopicCache *cache) noexcept nogil:
     cache.n = 0
 
 
-cdef int _submit(km_stream *stream, RouteTable table, ProduceRequestView *view, int64_t nbytes,
+cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, ProduceRequestView *view, int64_t nbytes,
                  int wait_ms, uint64_t *out_batch_id) except -1 nogil:
-    """Route and enqueue every record of view as one batch. Returns 0, or -1 (MemoryError) before enqueuing."""
+    """Route and enqueue every record of view as one batch, to the sinks' handles acquired in rks (NULL: that
+    producer is closed, and its records fail with CLUSTER_UNAVAILABLE). Returns 0, or -1 (MemoryError) before
+    enqueuing. Once the stream is stopped or closed, the rest is not enqueued: no one will read the batch's
+    answer."""
     cdef size_t i
     cdef int s, k
     cdef uint64_t n_refs = 0
@@ -180,13 +192,21 @@ cdef int _submit(km_stream *stream, RouteTable table, ProduceRequestView *view, 
         if codes[i] != KM_OK:
             km_batch_fail(b, i, codes[i], 0, 0)
             continue
+        if km_flag_load(&stream.stop):
+            km_batch_settle(b, <int64_t>n_refs - ref)     # counted as pending, never enqueued
+            break
         route = routes[i]
         for k in range(route.n):
             s = route.sinks[k]
             b.refs[ref].batch = b
             b.refs[ref].index = i
             b.refs[ref].sink = s
-            _enqueue(table.rks[s], &view.records[i], &b.refs[ref], wait_ms, &topics, s)   # failures: on the batch
+            if rks[s] == NULL:
+                km_batch_fail(b, i, KM_CLUSTER_UNAVAILABLE, <int32_t>RD_KAFKA_RESP_ERR__DESTROY, s)
+                km_batch_settle(b, 1)
+            else:   # failures are recorded on the batch
+                _enqueue(rks[s], &view.records[i], &b.refs[ref], wait_ms, &topics, s, &table.handles[s].closing,
+                         &stream.stop)
             ref += 1
     _topic_cache_clear(&topics)
     free(routes)
@@ -196,12 +216,13 @@ cdef int _submit(km_stream *stream, RouteTable table, ProduceRequestView *view, 
 
 
 cdef void _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *ref, int wait_ms, TopicCache *topics,
-                   int sink) noexcept nogil:
+                   int sink, const int *producer_closing, const int *stream_stop) noexcept nogil:
     """Enqueue one (record, sink) delivery of a batch; a refusal is recorded on the batch at once."""
     cdef char name[MAX_TOPIC_LEN + 1]
     memcpy(name, rec.topic.p, rec.topic.n)
     name[rec.topic.n] = 0
-    cdef rd_kafka_resp_err_t code = produce_record(rk, rec, _topic_handle(topics, rk, sink, rec, name), ref, wait_ms)
+    cdef rd_kafka_resp_err_t code = produce_record(rk, rec, _topic_handle(topics, rk, sink, rec, name), ref, wait_ms,
+                                                   producer_closing, stream_stop)
     if code != RD_KAFKA_RESP_ERR_NO_ERROR:
         km_batch_fail(ref.batch, ref.index, _code_for(code), <int32_t>code, ref.sink)
         km_batch_settle(ref.batch, 1)          # it was counted as pending, and will get no delivery report
@@ -253,13 +274,26 @@ cdef class ProduceStream:
         cdef int rc
         cdef uint64_t batch_id = 0
         cdef int64_t nbytes = buf.shape[0]
+        # Taken with the GIL, so that a close() on another thread cannot free them under this call.
+        cdef km_stream *stream = self.s
+        cdef rd_kafka_t **rks = <rd_kafka_t **>calloc(max(1, table.n_sinks), sizeof(rd_kafka_t *))
+        if rks == NULL:
+            raise MemoryError()
+        km_stream_ref(stream)
+        table.acquire_all(rks)
         with nogil:
-            rc = produce_request_parse(&buf[0] if buf.shape[0] else <const unsigned char *>"", buf.shape[0], &view)
-            if rc == 0:
-                try:
-                    _submit(self.s, table, &view, nbytes, queue_full_wait_ms, &batch_id)
-                finally:
-                    produce_request_view_free(&view)
+            try:
+                rc = produce_request_parse(&buf[0] if buf.shape[0] else <const unsigned char *>"", buf.shape[0],
+                                           &view)
+                if rc == 0:
+                    try:
+                        _submit(stream, table, rks, &view, nbytes, queue_full_wait_ms, &batch_id)
+                    finally:
+                        produce_request_view_free(&view)
+            finally:
+                table.release_all(rks)
+                km_stream_unref(stream)
+                free(rks)
         if rc < 0:
             raise WireError(view.err.decode(), view.err_pos)
         return batch_id
@@ -283,8 +317,15 @@ cdef class ProduceStream:
                 b = next_b
         return out
 
+    def abandon(self):
+        """No one will read this stream's answers any more (the app cancelled): a submit in progress on another
+        thread stops enqueuing at its next record. What it enqueued is still delivered; close() still follows."""
+        if self.s != NULL:
+            km_stream_stop(self.s)
+
     def close(self):
-        """End the stream: batches still in flight are settled and freed when their deliveries complete."""
+        """End the stream: batches still in flight are settled and freed when their deliveries complete. Safe while
+        a submit is in progress on another thread: that submit stops enqueuing and returns."""
         if self.s != NULL:
             km_stream_close(self.s)
             self.s = NULL
@@ -380,6 +421,9 @@ cdef object _encode_response(km_batch *b):
             elif b.rec_code[i] == KM_INVALID_TOPIC and b.rec_kerr[i] == 0:
                 n = snprintf(msg, sizeof(msg), "invalid topic name: it must be 1 to 249 characters of "
                              "[a-zA-Z0-9._-] and not '.' or '..'")
+            elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__DESTROY:
+                n = snprintf(msg, sizeof(msg), "cluster '%s': not written, its producer was closed (the sidecar is "
+                             "stopping, or the cluster left the mapping)", b.names + b.name_off[b.rec_sink[i]])
             else:
                 sink = b.names + b.name_off[b.rec_sink[i]]
                 n = snprintf(msg, sizeof(msg), "cluster '%s': %s (%s)", sink,

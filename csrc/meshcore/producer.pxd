@@ -3,6 +3,18 @@ from libc.stdint cimport int64_t
 from meshcore.rdkafka cimport rd_kafka_t
 
 
+cdef extern from "km_handle.h" nogil:
+    ctypedef struct km_handle:
+        int closing
+    km_handle *km_handle_new(rd_kafka_t *rk)
+    void km_handle_free(km_handle *h)
+    rd_kafka_t *km_handle_acquire(km_handle *h)
+    void km_handle_release(km_handle *h)
+    int km_handle_closing(const km_handle *h)
+    rd_kafka_t *km_handle_close_begin(km_handle *h)
+    void km_handle_close_end(km_handle *h)
+
+
 cdef extern from "km_poller.h" nogil:
     ctypedef struct km_poller:
         pass
@@ -17,9 +29,11 @@ cdef struct DeliveryStats:
 
 
 cdef class Producer:
-    cdef rd_kafka_t *rk
+    # The rd_kafka_t behind a use count (km_handle.h): every call that uses it acquires it, and close() waits for
+    # the last user. The struct, the delivery counters and the poller live until the object itself is freed.
+    cdef km_handle *h
     cdef DeliveryStats *stats
     cdef km_poller *poller
     cdef readonly str name
-    cdef int _check_alive(self) except -1
-    cdef void _destroy(self) noexcept
+    cdef rd_kafka_t *_acquire(self) except NULL
+    cdef int _close(self, int flush_timeout_ms) except? -1

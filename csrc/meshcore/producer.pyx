@@ -64,127 +64,165 @@ cdef raise_kafka_error(rd_kafka_resp_err_t err):
 
 
 cdef class Producer:
-    """A librdkafka producer. Built by create_producer(); call close() when done."""
+    """A librdkafka producer. Built by create_producer(); call close() when done.
+
+    Any thread may call its methods, and close() may run while another thread is inside one: each call acquires
+    the handle first (HandleClosedError once closing has begun) and close() waits for the calls in progress."""
 
     def __init__(self):
         raise TypeError("Producer cannot be instantiated directly; use create_producer()")
 
-    cdef int _check_alive(self) except -1:
-        if self.rk == NULL:
+    cdef rd_kafka_t *_acquire(self) except NULL:
+        """The rd_kafka_t for one call; release it with km_handle_release(self.h)."""
+        cdef rd_kafka_t *rk = NULL
+        if self.h != NULL:
+            rk = km_handle_acquire(self.h)
+        if rk == NULL:
             raise HandleClosedError(f"producer {self.name!r} is closed")
-        return 0
+        return rk
 
     def produce_request(self, data, int32_t queue_full_wait_ms=100):
         """Enqueue every record of a serialized kafkamesh.v1.ProduceRequest to the topic each record names.
 
         The bytes are parsed and enqueued with the GIL released and no Python object per record. A malformed
         request raises WireError before any record is enqueued. A full librdkafka queue is waited out (serving
-        delivery reports meanwhile), never reported as an error. Returns (batch_id, enqueued, rejected): rejected
-        records (a topic name too long, a record too large for message.max.bytes, ...) count as failed deliveries.
+        delivery reports meanwhile), never reported as an error, unless the producer is being closed. Returns
+        (batch_id, enqueued, rejected): rejected records (a topic name too long, a record too large for
+        message.max.bytes, ...) count as failed deliveries.
         """
-        self._check_alive()
         cdef const unsigned char[::1] buf = data
         cdef ProduceRequestView view
         cdef int rc
         cdef size_t enqueued = 0, rejected = 0
+        cdef rd_kafka_t *rk = self._acquire()
         with nogil:
             rc = produce_request_parse(&buf[0] if buf.shape[0] else <const unsigned char *>"", buf.shape[0], &view)
             if rc == 0:
-                _enqueue_all(self.rk, self.stats, &view, queue_full_wait_ms, &enqueued, &rejected)
+                _enqueue_all(rk, self.h, self.stats, &view, queue_full_wait_ms, &enqueued, &rejected)
                 produce_request_view_free(&view)
+            km_handle_release(self.h)
         if rc < 0:
             raise WireError(view.err.decode(), view.err_pos)
         return view.batch_id, enqueued, rejected
 
     def poll(self, int timeout_ms=0):
         """Serve delivery reports for up to timeout_ms; returns how many were served."""
-        self._check_alive()
         cdef int n
+        cdef rd_kafka_t *rk = self._acquire()
         with nogil:
-            n = rd_kafka_poll(self.rk, timeout_ms)
+            n = rd_kafka_poll(rk, timeout_ms)
+            km_handle_release(self.h)
         return n
 
     def flush(self, int timeout_ms):
         """Wait until every enqueued record is delivered or failed; returns how many are still outstanding."""
-        self._check_alive()
+        cdef int left
+        cdef rd_kafka_t *rk = self._acquire()
         with nogil:
-            rd_kafka_flush(self.rk, timeout_ms)
-        return rd_kafka_outq_len(self.rk)
+            rd_kafka_flush(rk, timeout_ms)
+            left = rd_kafka_outq_len(rk)
+            km_handle_release(self.h)
+        return left
 
     @property
     def delivered(self):
-        self._check_alive()
+        self._check_open()
         return km_atomic_load(&self.stats.delivered)
 
     @property
     def failed(self):
-        self._check_alive()
+        self._check_open()
         return km_atomic_load(&self.stats.failed)
 
     @property
     def last_error(self):
         """The name of the last delivery error (e.g. '_MSG_TIMED_OUT'), or None."""
-        self._check_alive()
+        self._check_open()
         if self.stats.last_error == 0:
             return None
         return rd_kafka_err2name(<rd_kafka_resp_err_t>self.stats.last_error).decode()
 
+    def _check_open(self):
+        if self.closed:
+            raise HandleClosedError(f"producer {self.name!r} is closed")
+
     @property
     def closed(self):
-        return self.rk == NULL
+        """True from the moment close() begins."""
+        return self.h == NULL or km_handle_closing(self.h) != 0
 
     def close(self, int flush_timeout_ms=10000):
-        """Flush for up to flush_timeout_ms, then destroy the handle. Idempotent. Returns how many records were
-        still undelivered then: they are purged first, so each gets a failed delivery report (and its batch an
-        answer) before the handle goes."""
-        if self.rk == NULL:
+        """Flush for up to flush_timeout_ms, then destroy the handle. Idempotent, and safe while other threads use
+        the producer: it first waits for the calls in progress (a call waiting for room in a full queue gives up
+        at once). Returns how many records were still undelivered then: they are purged first, so each gets a
+        failed delivery report (and its batch an answer) before the handle goes."""
+        return self._close(flush_timeout_ms)
+
+    cdef int _close(self, int flush_timeout_ms) except? -1:
+        cdef rd_kafka_t *rk
+        cdef int left = 0
+        if self.h == NULL:
             return 0
-        cdef int left
         with nogil:
-            rd_kafka_flush(self.rk, flush_timeout_ms)
-            left = rd_kafka_outq_len(self.rk)
-            if left > 0:
-                rd_kafka_purge(self.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT)
-                rd_kafka_flush(self.rk, 5000)     # serves the purge reports
-        self._destroy()
+            rk = km_handle_close_begin(self.h)
+            if rk != NULL:
+                rd_kafka_flush(rk, flush_timeout_ms)
+                left = rd_kafka_outq_len(rk)
+                if left > 0:
+                    rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT)
+                    rd_kafka_flush(rk, 5000)     # serves the purge reports
+                _destroy_rk(rk, self.poller)
+                km_handle_close_end(self.h)
+        if rk != NULL:
+            _count_destroyed()
         return left
 
     @property
     def outstanding(self):
         """Records enqueued and not yet delivered or failed."""
-        self._check_alive()
-        return rd_kafka_outq_len(self.rk)
-
-    cdef void _destroy(self) noexcept:
-        global _handles_destroyed
-        cdef rd_kafka_t *rk = self.rk
-        self.rk = NULL
-        if self.poller != NULL:
-            with nogil:
-                km_poller_stop(self.poller)
-            free(self.poller)
-            self.poller = NULL
-        if rk != NULL:
-            with nogil:
-                rd_kafka_destroy(rk)
-            if KM_DEBUG_ENABLED:
-                _handles_destroyed += 1
-        if self.stats != NULL:
-            free(self.stats)
-            self.stats = NULL
+        cdef int n
+        cdef rd_kafka_t *rk = self._acquire()
+        n = rd_kafka_outq_len(rk)
+        km_handle_release(self.h)
+        return n
 
     def __repr__(self):
-        return f"<meshcore.Producer {self.name!r} {'closed' if self.rk == NULL else 'open'}>"
+        return f"<meshcore.Producer {self.name!r} {'closed' if self.closed else 'open'}>"
 
     def __dealloc__(self):
-        if self.rk != NULL:
+        cdef rd_kafka_t *rk
+        if self.h != NULL and not km_handle_closing(self.h):
             # No source=self: the warning would keep a reference to an object being freed.
             warnings.warn(f"unclosed {self!r}", ResourceWarning)
-        self._destroy()
+            # Nothing else can be using it: every user holds a reference to this object.
+            rk = km_handle_close_begin(self.h)
+            with nogil:
+                _destroy_rk(rk, self.poller)
+            km_handle_close_end(self.h)
+            _count_destroyed()
+        km_handle_free(self.h)
+        self.h = NULL
+        free(self.poller)
+        self.poller = NULL
+        free(self.stats)      # after rd_kafka_destroy: no delivery report can reach it any more
+        self.stats = NULL
 
 
-cdef void _enqueue_all(rd_kafka_t *rk, DeliveryStats *stats, ProduceRequestView *view, int32_t wait_ms,
-                       size_t *enqueued, size_t *rejected) noexcept nogil:
+cdef void _destroy_rk(rd_kafka_t *rk, km_poller *poller) noexcept nogil:
+    if poller != NULL:
+        km_poller_stop(poller)
+    if rk != NULL:
+        rd_kafka_destroy(rk)
+
+
+cdef void _count_destroyed() noexcept:
+    global _handles_destroyed
+    if KM_DEBUG_ENABLED:
+        _handles_destroyed += 1
+
+
+cdef void _enqueue_all(rd_kafka_t *rk, km_handle *h, DeliveryStats *stats, ProduceRequestView *view,
+                       int32_t wait_ms, size_t *enqueued, size_t *rejected) noexcept nogil:
     cdef size_t i
     cdef RecordView *rec
     cdef rd_kafka_resp_err_t code
@@ -193,7 +231,7 @@ cdef void _enqueue_all(rd_kafka_t *rk, DeliveryStats *stats, ProduceRequestView 
         if rec.topic.n == 0 or rec.topic.n > MAX_TOPIC_LEN:
             code = RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION
         else:
-            code = produce_record(rk, rec, NULL, NULL, wait_ms)
+            code = produce_record(rk, rec, NULL, NULL, wait_ms, &h.closing, NULL)
         if code == RD_KAFKA_RESP_ERR_NO_ERROR:
             enqueued[0] += 1
         else:
@@ -226,12 +264,17 @@ def create_producer(str name, dict config):
     if KM_DEBUG_ENABLED:
         _handles_created += 1
     p = Producer.__new__(Producer)
-    p.rk = rk
     p.stats = stats
     p.name = name
+    p.h = km_handle_new(rk)
+    if p.h == NULL:
+        with nogil:
+            rd_kafka_destroy(rk)
+        _count_destroyed()
+        raise MemoryError()
     p.poller = <km_poller *>calloc(1, sizeof_km_poller())
     if p.poller == NULL or km_poller_start(p.poller, rk) != 0:
-        p._destroy()
+        p._close(0)
         raise MemoryError(f"could not start the delivery-report thread of producer {name!r}")
     return p
 

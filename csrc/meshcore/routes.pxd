@@ -1,5 +1,6 @@
 from libc.stdint cimport uint32_t, uint64_t
 
+from meshcore.producer cimport km_handle
 from meshcore.rdkafka cimport rd_kafka_t
 
 cdef enum:
@@ -8,7 +9,7 @@ cdef enum:
 
 cdef struct Route:
     int n
-    int sinks[MAX_SINKS]     # indices into RouteTable.rks
+    int sinks[MAX_SINKS]     # indices into RouteTable.handles
 
 
 cdef struct Slot:
@@ -20,8 +21,9 @@ cdef struct Slot:
 
 cdef class RouteTable:
     cdef readonly uint64_t revision
-    cdef list _producers     # the Producer objects whose rd_kafka_t handles rks holds: kept alive by the table
-    cdef rd_kafka_t **rks
+    cdef list _producers     # the Producer objects that own `handles`: kept alive by the table, so a handle that
+                             # was closed under the table is found closed, never freed
+    cdef km_handle **handles
     cdef int n_sinks
     cdef char *names         # sink cluster names, NUL-separated
     cdef size_t names_len
@@ -35,3 +37,5 @@ cdef class RouteTable:
     cdef object __weakref__
 
     cdef const Route *lookup(self, const unsigned char *topic, size_t n) noexcept nogil
+    cdef void acquire_all(self, rd_kafka_t **out) noexcept nogil
+    cdef void release_all(self, rd_kafka_t **acquired) noexcept nogil

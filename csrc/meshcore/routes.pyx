@@ -4,18 +4,20 @@ Topic -> route is an open-addressing hash table (FNV-1a, linear probing, at most
 same with 10 topics or 100,000, and reads only C memory. A table is never changed after it is built: a mapping
 change builds a new one and the control plane swaps its reference; a Produce batch looks its table up once and
 routes every record by it, so one batch is always routed by one revision. The table holds references to the
-Producer objects of its sinks, so their handles outlive every batch routed by it.
+Producer objects of its sinks, so their handle structs outlive it; a user of the table acquires the sinks'
+rd_kafka_t handles for the time of one call (acquire_all), which a producer's close() waits for, and finds a sink
+whose producer was closed as NULL.
 """
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy
 
-from meshcore.producer cimport Producer
+from meshcore.producer cimport Producer, km_handle, km_handle_acquire, km_handle_release
 from meshcore.rdkafka cimport rd_kafka_outq_len, rd_kafka_t
 from meshcore.support cimport KM_DEBUG_ENABLED
 
-from meshcore.errors import CoreError
+from meshcore.errors import CoreError, HandleClosedError
 
 cdef int64_t _tables_created = 0
 cdef int64_t _tables_freed = 0
@@ -63,11 +65,28 @@ cdef class RouteTable:
             return None
         return tuple(self.sink_name(r.sinks[i]) for i in range(r.n))
 
-    def max_queued(self):
-        """The most records any of the table's producers holds unacknowledged (queued or in flight)."""
-        cdef int i, q, most = 0
+    cdef void acquire_all(self, rd_kafka_t **out) noexcept nogil:
+        """out[i]: sink i's rd_kafka_t, held until release_all(out), or NULL when its producer is closed."""
+        cdef int i
         for i in range(self.n_sinks):
-            q = rd_kafka_outq_len(self.rks[i])
+            out[i] = km_handle_acquire(self.handles[i])
+
+    cdef void release_all(self, rd_kafka_t **acquired) noexcept nogil:
+        cdef int i
+        for i in range(self.n_sinks):
+            if acquired[i] != NULL:
+                km_handle_release(self.handles[i])
+
+    def max_queued(self):
+        """The most records any of the table's open producers holds unacknowledged (queued or in flight)."""
+        cdef int i, q, most = 0
+        cdef rd_kafka_t *rk
+        for i in range(self.n_sinks):
+            rk = km_handle_acquire(self.handles[i])
+            if rk == NULL:
+                continue
+            q = rd_kafka_outq_len(rk)
+            km_handle_release(self.handles[i])
             if q > most:
                 most = q
         return most
@@ -83,10 +102,10 @@ cdef class RouteTable:
 
     def __dealloc__(self):
         global _tables_freed
-        if self.rks != NULL or self.slots != NULL or self.routes != NULL:
+        if self.handles != NULL or self.slots != NULL or self.routes != NULL:
             if KM_DEBUG_ENABLED:
                 _tables_freed += 1
-        free(self.rks)
+        free(self.handles)
         free(self.names)
         free(self.name_off)
         free(self.routes)
@@ -115,22 +134,23 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
     names = []
     for obj in producers:
         names.append((<Producer?>obj).name.encode())
-    t.rks = <rd_kafka_t **>calloc(max(1, t.n_sinks), sizeof(rd_kafka_t *))
+    t.handles = <km_handle **>calloc(max(1, t.n_sinks), sizeof(km_handle *))
     t.name_off = <uint32_t *>calloc(max(1, t.n_sinks), sizeof(uint32_t))
     t.names_len = sum(len(n) + 1 for n in names)
     t.names = <char *>calloc(t.names_len + 1, 1)
     all_routes = list(routes) + ([([], list(default_sinks))] if default_sinks is not None else [])
     t.n_routes = len(all_routes)
     t.routes = <Route *>calloc(max(1, t.n_routes), sizeof(Route))
-    if t.rks == NULL or t.name_off == NULL or t.names == NULL or t.routes == NULL:
+    if t.handles == NULL or t.name_off == NULL or t.names == NULL or t.routes == NULL:
         raise MemoryError()
     if KM_DEBUG_ENABLED:
         _tables_created += 1
     cdef size_t off = 0
     for i in range(t.n_sinks):
         p = producers[i]
-        p._check_alive()
-        t.rks[i] = p.rk
+        if p.closed:
+            raise HandleClosedError(f"producer {p.name!r} is closed")
+        t.handles[i] = p.h
         t.name_off[i] = off
         memcpy(t.names + off, <char *>names[i], len(names[i]))
         off += len(names[i]) + 1

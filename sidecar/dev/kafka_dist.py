@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from sidecar.config import DevSettings
+from sidecar.dev import procs
 from sidecar.errors import SandboxError
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -62,7 +63,8 @@ def _resolve(settings: DevSettings, home: pathlib.Path, progress: Progress) -> N
             f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
     downloaded = 0
     with open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=procs.server_env())
         assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from sidecar.config import DevSettings
+from sidecar.dev import procs
 from sidecar.dev.ports import HOST
 from sidecar.errors import SandboxError
 
@@ -81,7 +82,7 @@ def prepare(node: NodeSpec, voters: list[NodeSpec], cluster_id: str, cp: str, se
     fmt = subprocess.run(
         [settings.java_bin, "-Xmx128m", "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id,
          "-c", str(props), "--ignore-formatted"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=procs.server_env(),
     )
     if fmt.returncode != 0:
         log = node.data_dir / "format.log"

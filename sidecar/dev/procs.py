@@ -52,6 +52,13 @@ class Proc:
                 pass
 
 
+def server_env() -> dict[str, str]:
+    """The environment for the servers (Kafka's JVM, etcd, Maven): this process's, without a library preloaded
+    into it. A preload is meant for the Python process (the core's AddressSanitizer build needs its runtime
+    preloaded, see the Makefile's test-asan), and breaks the JVM."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -63,7 +70,7 @@ def spawn(name: str, argv: Sequence[str], log: pathlib.Path, cwd: pathlib.Path, 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         popen = subprocess.Popen(
-            list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            list(argv), cwd=cwd, env=server_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=None if detach else _die_with_parent,
         )
     started = _start_time(popen.pid)

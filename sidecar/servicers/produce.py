@@ -9,6 +9,12 @@ undecoded, and the core's encoded responses are written as they are. Per stream,
   queue makes submit wait for room);
 - the handler itself waits on the stream's eventfd and writes each completed batch's response.
 Malformed bytes end only this stream, with INVALID_ARGUMENT, after the batches already submitted are answered.
+
+A request that was read is always submitted whole before its stream's reader stops, so that its batch exists and
+is answered (or, when the app has gone, abandoned): `shutdown()` cancels only readers that are waiting for their
+next request, and a reader cancelled in a worker-thread submit (the call ended) waits for it. A stream's native
+state is closed only after its reader has finished, and `close()` waits for the submit workers; only then may the
+producers be closed.
 """
 
 from __future__ import annotations
@@ -40,6 +46,44 @@ class StreamAborted(Exception):
         self.message = message
 
 
+class _CallEnded(Exception):
+    """Reading the next request failed because the call is over (the app cancelled it): no one to answer."""
+
+
+def _call_ended(reader: asyncio.Task[None]) -> bool:
+    return not reader.cancelled() and isinstance(reader.exception(), _CallEnded)
+
+
+class _Reader:
+    """One stream's reader task, and whether it holds a request it has read but not yet submitted."""
+
+    __slots__ = ("task", "busy")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.busy = False
+
+
+async def _finish(submit: asyncio.Future[int]) -> int:
+    """Wait for a submit running in a worker thread, through any cancellation: its batch must exist before the
+    reader goes, and the native stream stays open while it runs. A cancellation is raised once the submit ended."""
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(submit)
+            break
+        except asyncio.CancelledError:
+            if submit.done():
+                if submit.cancelled():
+                    raise
+                result = submit.result()
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError()
+    return result
+
+
 class ProduceServicer:
     """Serves Produce streams. `shutdown()` makes every stream stop reading, answer what it has in flight, and
     end, so that a SIGTERM loses nothing that was accepted."""
@@ -47,7 +91,7 @@ class ProduceServicer:
     def __init__(self, routes: RouteState, max_inflight_bytes: int) -> None:
         self._routes = routes
         self._max_inflight = max_inflight_bytes
-        self._readers: set[asyncio.Task[None]] = set()
+        self._readers: set[_Reader] = set()
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="produce-submit")
         self._stopping = False
         self.streams = 0
@@ -56,13 +100,16 @@ class ProduceServicer:
         return grpc.stream_stream_rpc_method_handler(self.produce)
 
     def shutdown(self) -> None:
-        """Stop reading every stream; each still answers what it has in flight, then ends with OK."""
+        """Stop reading every stream; each still submits the request it has read, answers what it has in flight,
+        then ends with OK."""
         self._stopping = True
         for reader in self._readers:
-            reader.cancel()
+            if not reader.busy and reader.task is not None:
+                reader.task.cancel()
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+    async def close(self) -> None:
+        """Wait for every submit worker: after this, no thread of this servicer uses a producer."""
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     async def produce(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -81,10 +128,20 @@ class ProduceServicer:
             wake.set()
 
         loop.add_reader(fd, ready)
-        reader = loop.create_task(self._read(stream, requests, room))
-        reader.add_done_callback(lambda _: wake.set())
-        self._readers.add(reader)
+        state = _Reader()
+        reader = state.task = loop.create_task(self._read(stream, requests, room, state))
+
+        def reader_done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled():
+                task.exception()      # retrieved here: the handler reports it, or the call is already over
+            wake.set()
+
+        reader.add_done_callback(reader_done)
+        self._readers.add(state)
         self.streams += 1
+        # When the app cancels, grpc may stop this handler at a `yield` without resuming it: the call's own done
+        # callback then ends the stream.
+        context.add_done_callback(lambda _: self._end(stream, state, fd))
         try:
             while True:
                 wake.clear()          # before the drain: a batch completing after it wakes the wait below
@@ -94,27 +151,53 @@ class ProduceServicer:
                     for raw in responses:
                         yield raw
                 # A batch counts as in flight until drain() takes it: none left and no reader means all answered.
-                if reader.done() and stream.inflight_batches == 0:
+                if reader.done() and (stream.inflight_batches == 0 or _call_ended(reader)):
                     break
                 await wake.wait()
             error = None if reader.cancelled() else reader.exception()
+            if isinstance(error, _CallEnded):
+                log.debug("produce stream: the call ended while reading: %s", error)
+                return
             if isinstance(error, StreamAborted):
                 await context.abort(error.code, error.message)
             elif error is not None:
                 raise error
         finally:
-            self.streams -= 1
-            self._readers.discard(reader)
-            reader.cancel()
-            loop.remove_reader(fd)
-            stream.close()
+            self._end(stream, state, fd)
 
-    async def _read(self, stream: meshcore.ProduceStream, requests: AsyncIterator[bytes], room: asyncio.Event) -> None:
-        """Submit each request as it arrives; cancelled by shutdown(), which only stops the reading."""
+    def _end(self, stream: meshcore.ProduceStream, state: _Reader, fd: int) -> None:
+        """The stream's call is over (answered, failed or cancelled); runs once or more, the first time counts. Its
+        native stream is closed once the reader has finished: a submit in progress (stopped early, since no one
+        reads its answer) has returned by then."""
+        if state not in self._readers:
+            return
+        self._readers.discard(state)
+        self.streams -= 1
+        asyncio.get_running_loop().remove_reader(fd)      # before close() frees the eventfd's number
+        reader = state.task
+        if reader is None or reader.done():
+            stream.close()
+            return
+        stream.abandon()
+        reader.cancel()
+        reader.add_done_callback(lambda _: stream.close())
+
+    async def _read(self, stream: meshcore.ProduceStream, requests: AsyncIterator[bytes], room: asyncio.Event,
+                    state: _Reader) -> None:
+        """Submit each request as it arrives. shutdown() cancels it only while it waits for the next request; once
+        it holds one it submits it, then sees the servicer stopping and returns."""
         if self._stopping:
             return
         loop = asyncio.get_running_loop()
-        async for raw in requests:
+        incoming = requests.__aiter__()
+        while True:
+            try:
+                raw = await incoming.__anext__()
+            except StopAsyncIteration:
+                break
+            except Exception as e:   # grpc's UsageError ("RPC already finished"): the app cancelled the call
+                raise _CallEnded(f"{type(e).__name__}: {e}") from e
+            state.busy = True
             while stream.inflight_bytes >= self._max_inflight:
                 room.clear()
                 await room.wait()
@@ -126,7 +209,7 @@ class ProduceServicer:
                 # the GIL released. A large request, or producers already holding many records, may meet a full
                 # librdkafka queue and wait for Kafka: that runs in a worker thread, so the loop never waits.
                 if len(raw) > INLINE_MAX_BYTES or table.max_queued() > INLINE_MAX_QUEUED:
-                    await loop.run_in_executor(self._executor, stream.submit, table, raw)
+                    await _finish(loop.run_in_executor(self._executor, stream.submit, table, raw))
                 else:
                     stream.submit(table, raw)
             except (meshcore.WireError, ValueError) as e:
@@ -135,4 +218,7 @@ class ProduceServicer:
             # An idle stream must not keep an old table (and with it retired producers) or the request alive.
             table = None
             raw = b""
+            state.busy = False
+            if self._stopping:
+                return
         log.debug("produce stream: the app closed its side")

@@ -4,7 +4,6 @@ encoded response, and the lifetime of batches that outlive their stream."""
 from __future__ import annotations
 
 import random
-import select
 import time
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2
 from tests.isolation import run_isolated
+from tests.unit.stream_helpers import responses
 
 NOWHERE = {"bootstrap.servers": "127.0.0.1:9", "log_level": "0", "message.timeout.ms": "200"}
 
@@ -54,15 +54,6 @@ def test_bad_tables_are_refused(producers: list[meshcore.Producer]) -> None:
         meshcore.build_route_table(1, ["not a producer"], [])
 
 
-def _responses(stream: meshcore.ProduceStream, count: int, timeout: float = 10) -> list[mesh_pb2.ProduceResponse]:
-    out: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < count and time.monotonic() < deadline:
-        select.select([stream.fileno()], [], [], 0.2)
-        out += stream.drain()
-    return [mesh_pb2.ProduceResponse.FromString(raw) for raw in out]
-
-
 def test_each_record_error_is_reported_by_index_and_code(producers: list[meshcore.Producer]) -> None:
     t = meshcore.build_route_table(3, producers, [(["t1"], [0])])
     s = meshcore.open_stream()
@@ -73,7 +64,7 @@ def test_each_record_error_is_reported_by_index_and_code(producers: list[meshcor
         req.records.add(topic="bad/name", value=b"c")     # invalid topic
         req.records.add(topic="..", value=b"d")           # invalid topic
         assert s.submit(t, req.SerializeToString()) == 11
-        [resp] = _responses(s, 1)
+        [resp] = responses(s, 1)
     finally:
         s.close()
     assert (resp.batch_id, resp.ok_count, resp.mapping_revision) == (11, 0, 3)
@@ -91,7 +82,7 @@ def test_a_batch_with_only_immediate_errors_completes_at_once(producers: list[me
         raw = mesh_pb2.ProduceRequest(batch_id=5, records=[mesh_pb2.Record(topic="x")]).SerializeToString()
         s.submit(t, raw)
         s.submit(t, mesh_pb2.ProduceRequest(batch_id=6).SerializeToString())   # an empty batch is answered too
-        got = {r.batch_id: r for r in _responses(s, 2, timeout=2)}
+        got = {r.batch_id: r for r in responses(s, 2, timeout=2)}
     finally:
         s.close()
     assert got[5].ok_count == 0 and [e.code for e in got[5].errors] == [mesh_pb2.ERROR_CODE_NO_ROUTE]
