@@ -21,7 +21,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-python3 -m pip install -q --upgrade "pip>=23" "setuptools>=77" wheel "cython>=3.0.10"
+# The build links the librdkafka of the pinned confluent-kafka wheel (setup.py): it must be installed first.
+build_requires=$(python3 -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+python3 -m pip install -q --upgrade "pip>=23" $build_requires
 python3 -m pip install -q --no-build-isolation -e ".[test]"
 kafka-mesh dev fetch >/dev/null
-echo "setup: done ($(python3 -c 'import meshcore; print("librdkafka", meshcore.librdkafka_version())'))"
+echo "setup: done ($(python3 -c 'import meshcore; print("librdkafka", meshcore.librdkafka_version(), "from", meshcore.LIBRDKAFKA_SOURCE)'))"

@@ -2,7 +2,8 @@
 mapping source; status registration; and an orderly stop on SIGTERM or SIGINT.
 
 Everything runs on one asyncio event loop (grpc.aio, aetcd), except the native core's threads (librdkafka's, one
-delivery-report thread per producer) and the produce-submit worker threads.
+delivery-report thread per producer) and the produce-submit worker threads. librdkafka's log lines are drained
+into logging by a task on the loop (sidecar/rdkafka_log.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sidecar import rdkafka_log
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _mesh_pb2
 from sidecar.config import SidecarSettings
 from sidecar.control.source import MappingSource
@@ -28,6 +30,9 @@ from sidecar.servicers.subscribe import SubscribeServicer
 from sidecar.subscribe.session import StreamSettings
 
 log = logging.getLogger("kafka_mesh.server")
+
+#: At a stop, how long the connections stay open after the last Produce stream ended (for its final status).
+FINAL_STATUS_S = 0.2
 
 
 def _listen_address(spec: str) -> str:
@@ -50,6 +55,12 @@ async def serve(settings: SidecarSettings) -> int:
     loop = asyncio.get_running_loop()
     status = StatusReporter(settings)
     routes = RouteState(settings.delivery_timeout_ms, on_change=status.applied)
+
+    def secrets() -> list[str]:
+        mapping = routes.mapping
+        return [] if mapping is None else [v for c in mapping.clusters.values() for v in c.secrets()]
+
+    librdkafka_log = loop.create_task(rdkafka_log.run(secrets))
     source = MappingSource(settings, routes.apply)
     await source.start()             # raises when there is no mapping at all to serve
     produce = ProduceServicer(routes, settings.max_inflight_bytes)
@@ -95,12 +106,19 @@ async def serve(settings: SidecarSettings) -> int:
     log.info("stopping: no new streams; answering the batches in flight")
     await health_servicer.enter_graceful_shutdown()
     produce.shutdown()
-    await server.stop(grace=settings.shutdown_grace_s)
+    # Produce streams end by themselves once every batch they read is answered. Closing the connections only then,
+    # and a moment later, lets each app read its last answers and the call's OK before the socket goes.
+    started = loop.time()
+    if await produce.wait_idle(settings.shutdown_grace_s):
+        await asyncio.sleep(FINAL_STATUS_S)
+    await server.stop(grace=max(0.0, settings.shutdown_grace_s - (loop.time() - started)))
     # Every submit has returned before a producer is closed: a batch being enqueued is never cut short.
     await produce.close()
     await source.stop()
     await status.stop()
     lost = await routes.close(flush_timeout_ms=int(settings.shutdown_grace_s * 1000))
+    librdkafka_log.cancel()
+    await asyncio.gather(librdkafka_log, return_exceptions=True)
     if lost:
         log.warning("stopped with %d records undelivered", lost)
         return 1

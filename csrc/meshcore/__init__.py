@@ -6,11 +6,26 @@ exported here.
 
 from __future__ import annotations
 
+from meshcore import _linked
+
+if _linked.SOURCE == "wheel":
+    # The core links the librdkafka of the confluent-kafka wheel (setup.py). Importing confluent_kafka first loads
+    # that very file, so the core's reference to it resolves to the library already in the process whichever way
+    # the core was installed, and the process holds one librdkafka.
+    import confluent_kafka as _confluent_kafka
+
+    if _confluent_kafka.__version__ != _linked.CONFLUENT_KAFKA:
+        raise ImportError(
+            f"meshcore was built against the librdkafka of confluent-kafka {_linked.CONFLUENT_KAFKA} "
+            f"({_linked.LIBRARY}), but confluent-kafka {_confluent_kafka.__version__} is installed: rebuild the core "
+            "with `make build` (or `pip install --no-build-isolation -e .`)")
+
 from meshcore import consumer as _consumer
 from meshcore import produce as _produce
 from meshcore import producer as _producer
 from meshcore import routes as _routes
 from meshcore import wire as _wire
+from meshcore.conf import take_logs
 from meshcore.consumer import Consumer, create_consumer
 from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaError, WireError
 from meshcore.produce import ProduceStream, open_stream
@@ -20,6 +35,14 @@ from meshcore.wire import decode_produce_request, encode_records
 
 #: True in the debug build (KAFKA_MESH_DEBUG=1 at build time), which counts C handles.
 DEBUG: bool = _producer.debug_build
+
+#: Which librdkafka the core links: "wheel" (confluent-kafka's, the default) or "system" (KAFKA_MESH_RDKAFKA=system).
+LIBRDKAFKA_SOURCE: str = _linked.SOURCE
+
+if _linked.SOURCE == "wheel" and librdkafka_version() != _confluent_kafka.libversion()[0]:
+    raise ImportError(f"meshcore runs librdkafka {librdkafka_version()} but confluent-kafka "
+                      f"{_confluent_kafka.__version__} runs {_confluent_kafka.libversion()[0]}: rebuild the core with "
+                      "`make build`")
 
 
 def debug_counts() -> dict[str, tuple[int, int]]:
@@ -34,6 +57,7 @@ def debug_counts() -> dict[str, tuple[int, int]]:
 
 __all__ = [
     "ConfigError", "Consumer", "CoreError", "HandleClosedError", "KafkaError", "ProduceStream", "Producer",
-    "RouteTable", "WireError", "DEBUG", "build_route_table", "create_consumer", "create_producer", "debug_counts",
-    "decode_produce_request", "encode_records", "librdkafka_version", "open_stream",
+    "RouteTable", "WireError", "DEBUG", "LIBRDKAFKA_SOURCE", "build_route_table", "create_consumer",
+    "create_producer", "debug_counts", "decode_produce_request", "encode_records", "librdkafka_version",
+    "open_stream", "take_logs",
 ]

@@ -15,7 +15,7 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, strlen
 
-from meshcore.conf cimport conf_from_dict
+from meshcore.conf cimport conf_from_dict, forget_client, register_client
 from meshcore.rdkafka cimport *
 from meshcore.support cimport KM_DEBUG_ENABLED
 
@@ -83,6 +83,7 @@ cdef class Consumer:
     cdef rd_kafka_t *rk
     cdef km_cstate *st
     cdef readonly str name
+    cdef str _log_key        # librdkafka's name for the handle, under which its log lines are attributed
 
     def __init__(self):
         raise TypeError("Consumer cannot be instantiated directly; use create_consumer()")
@@ -373,6 +374,7 @@ cdef class Consumer:
             km_cstate_clear(st)      # and whatever the closing rebalance queued, before the handle goes
             rd_kafka_destroy(rk)
             km_cstate_free(st)
+        forget_client(self._log_key)
         if KM_DEBUG_ENABLED:
             _handles_destroyed += 1
 
@@ -416,6 +418,7 @@ def create_consumer(str name, dict config):
     c.rk = rk
     c.st = st
     c.name = name
+    c._log_key = register_client(rk, name)
     return c
 
 

@@ -35,5 +35,6 @@ cdef class Producer:
     cdef DeliveryStats *stats
     cdef km_poller *poller
     cdef readonly str name
+    cdef str _log_key        # librdkafka's name for the handle, under which its log lines are attributed
     cdef rd_kafka_t *_acquire(self) except NULL
     cdef int _close(self, int flush_timeout_ms) except? -1

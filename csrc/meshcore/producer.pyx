@@ -14,7 +14,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-from meshcore.conf cimport conf_from_dict
+from meshcore.conf cimport conf_from_dict, forget_client, register_client
 from meshcore.message cimport MAX_TOPIC_LEN, produce_record
 from meshcore.rdkafka cimport *
 from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_add, km_atomic_load
@@ -175,6 +175,7 @@ cdef class Producer:
                 km_handle_close_end(self.h)
         if rk != NULL:
             _count_destroyed()
+            forget_client(self._log_key)
         return left
 
     @property
@@ -200,6 +201,7 @@ cdef class Producer:
                 _destroy_rk(rk, self.poller)
             km_handle_close_end(self.h)
             _count_destroyed()
+            forget_client(self._log_key)
         km_handle_free(self.h)
         self.h = NULL
         free(self.poller)
@@ -266,6 +268,7 @@ def create_producer(str name, dict config):
     p = Producer.__new__(Producer)
     p.stats = stats
     p.name = name
+    p._log_key = register_client(rk, name)
     p.h = km_handle_new(rk)
     if p.h == NULL:
         with nogil:

@@ -119,6 +119,10 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
                                      void (*dr_msg_cb)(rd_kafka_t *rk, const rd_kafka_message_t *rkmessage,
                                                        void *opaque) noexcept nogil)
     void rd_kafka_conf_set_opaque(rd_kafka_conf_t *conf, void *opaque)
+    void rd_kafka_conf_set_log_cb(rd_kafka_conf_t *conf,
+                                  void (*log_cb)(const rd_kafka_t *rk, int level, const char *fac,
+                                                 const char *buf) noexcept nogil)
+    const char *rd_kafka_name(const rd_kafka_t *rk)
 
     rd_kafka_t *rd_kafka_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, size_t errstr_size)
     void rd_kafka_destroy(rd_kafka_t *rk)

@@ -35,6 +35,17 @@ _TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 _TOPIC_RULE = "use 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'"
 
 
+# librdkafka properties whose values are secrets (its own sensitive ones, and any *.password / *.secret), never to be
+# printed or logged.
+_SECRET_KEYS = frozenset({"ssl.key.pem", "ssl_key", "sasl.oauthbearer.config", "ssl.keystore.password",
+                          "ssl.key.password", "sasl.password", "sasl.oauthbearer.client.secret"})
+
+
+def is_secret(key: str) -> bool:
+    """Whether a librdkafka property's value is a secret."""
+    return key in _SECRET_KEYS or key.endswith((".password", ".secret", "_password", "_secret"))
+
+
 def _type(data: Any) -> str:
     return "null" if data is None else type(data).__name__
 
@@ -57,6 +68,10 @@ class Cluster:
 
     def to_json(self) -> dict[str, Any]:
         return {"bootstrap": self.bootstrap, "role": self.role, "config": dict(self.config)}
+
+    def secrets(self) -> list[str]:
+        """The values of the secret properties of the cluster's config."""
+        return [v for k, v in self.config.items() if is_secret(k) and v]
 
     def encode(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True).encode()

@@ -94,6 +94,8 @@ class ProduceServicer:
         self._readers: set[_Reader] = set()
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="produce-submit")
         self._stopping = False
+        self._idle = asyncio.Event()      # set while no stream is open
+        self._idle.set()
         self.streams = 0
 
     def method(self) -> grpc.RpcMethodHandler:
@@ -106,6 +108,14 @@ class ProduceServicer:
         for reader in self._readers:
             if not reader.busy and reader.task is not None:
                 reader.task.cancel()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """After shutdown(): wait up to timeout for every stream to answer what it read and end; True if all did."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
     async def close(self) -> None:
         """Wait for every submit worker: after this, no thread of this servicer uses a producer."""
@@ -139,6 +149,7 @@ class ProduceServicer:
         reader.add_done_callback(reader_done)
         self._readers.add(state)
         self.streams += 1
+        self._idle.clear()
         # When the app cancels, grpc may stop this handler at a `yield` without resuming it: the call's own done
         # callback then ends the stream.
         context.add_done_callback(lambda _: self._end(stream, state, fd))
@@ -173,6 +184,8 @@ class ProduceServicer:
             return
         self._readers.discard(state)
         self.streams -= 1
+        if not self.streams:
+            self._idle.set()
         asyncio.get_running_loop().remove_reader(fd)      # before close() frees the eventfd's number
         reader = state.task
         if reader is None or reader.done():
