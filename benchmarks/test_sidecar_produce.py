@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import confluent_kafka
 import grpc
 import pytest
 from confluent_kafka import Producer as CKProducer
 
 import meshcore
 from benchmarks.baseline import CountingProducer
+from benchmarks.procstat import CpuMeter
 from sidecar.api.kafkamesh.v1 import mesh_pb2
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
@@ -231,36 +234,52 @@ def test_added_latency_per_batch_at_1000_batches_per_s(benchmark: Any,
     benchmark.extra_info.update(results)
 
 
-def test_paired_rounds_sidecar_vs_direct(benchmark: Any, setup: tuple[SidecarProc, str, str, str]) -> None:
+def test_paired_rounds_sidecar_vs_direct(benchmark: Any, sandbox: Sandbox,
+                                         setup: tuple[SidecarProc, str, str, str]) -> None:
     """Rounds of the two paths interleaved (sidecar, direct, sidecar, ...), so that the broker's drift over a run
-    (log segments, JVM collections) weighs on both alike; reports the median of the per-pair ratios."""
+    (log segments, JVM collections) weighs on both alike; reports the median of the per-pair ratios, and the CPU time
+    per record of the sidecar, the broker and the app on each path (from /proc)."""
     proc, topic, bootstrap, _ = setup
     keys = [str(i).encode() for i in range(BATCH)]
     channel = grpc.insecure_channel(proc.target)
     call = channel.stream_stream("/kafkamesh.v1.Mesh/Produce")
     direct = CountingProducer({"bootstrap.servers": bootstrap, **CONF})
+    assert proc.proc is not None
+    # CPU of each process group per path, over the counted rounds: the sidecar, c1's broker, and this process (the
+    # app: encoding and sending batches on the sidecar path; produce() with confluent-kafka's threads on the direct
+    # one).
+    groups = {"sidecar": [proc.proc.pid], "broker": [b.proc.pid for b in sandbox.clusters[0].brokers],
+              "app": [os.getpid()]}
+    cpu: dict[str, dict[str, float]] = {"sidecar": {}, "direct": {}}
 
-    def sidecar_round() -> float:
+    def metered(path: str, fn: Callable[[], None]) -> float:
+        meter = CpuMeter(groups)
+        meter.start()
         started = time.perf_counter()
+        fn()
+        rate = BATCH * BATCHES / (time.perf_counter() - started)
+        meter.stop()
+        for name, used in meter.used.items():
+            cpu[path][name] = cpu[path].get(name, 0.0) + used
+        return rate
+
+    def sidecar_batches() -> None:
         ok = 0
         for raw in call((_encode(b, topic, keys) for b in range(BATCHES)), timeout=120):
             ok += mesh_pb2.ProduceResponse.FromString(raw).ok_count
         assert ok == BATCH * BATCHES
-        return BATCH * BATCHES / (time.perf_counter() - started)
 
-    def direct_round() -> float:
-        started = time.perf_counter()
+    def direct_batches() -> None:
         direct.produce_batches(topic, VALUE, keys, BATCHES)
-        return BATCH * BATCHES / (time.perf_counter() - started)
 
     pairs: list[tuple[float, float]] = []
 
     def run() -> None:
         for _ in range(2):          # warm both paths
-            sidecar_round()
-            direct_round()
+            sidecar_batches()
+            direct_batches()
         for _ in range(12):
-            pairs.append((sidecar_round(), direct_round()))
+            pairs.append((metered("sidecar", sidecar_batches), metered("direct", direct_batches)))
 
     benchmark.group = "paired"
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
@@ -271,4 +290,7 @@ def test_paired_rounds_sidecar_vs_direct(benchmark: Any, setup: tuple[SidecarPro
         "direct_median_rps": round(statistics.median(d for _, d in pairs)),
         "ratio_median": round(statistics.median(ratios), 2),
         "ratio_min": round(ratios[0], 2), "ratio_max": round(ratios[-1], 2), "pairs": len(pairs),
+        "cpu_us_per_record": {path: {name: round(used / (len(pairs) * BATCH * BATCHES) * 1e6, 2)
+                                     for name, used in groups_used.items()} for path, groups_used in cpu.items()},
+        "librdkafka": {"sidecar": meshcore.librdkafka_version(), "direct": confluent_kafka.libversion()[0]},
     })

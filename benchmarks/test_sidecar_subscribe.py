@@ -40,6 +40,7 @@ from confluent_kafka import Producer as CKProducer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import meshcore
+from benchmarks.procstat import CpuMeter, mib, proc_status
 from sidecar.api.kafkamesh.v1 import mesh_pb2
 from sidecar.dev.sandbox import Sandbox
 from tests.integration.sidecar_proc import SidecarProc, apply, clusters_doc, new_namespace
@@ -103,55 +104,6 @@ def _lat_stats(samples_ns: list[int]) -> dict[str, Any]:
 def _split_stats(samples: dict[str, list[int]]) -> dict[str, Any]:
     """_lat_stats of the whole latencies, with those of each side under its SPLITS name."""
     return {**_lat_stats(samples["latency"]), **{k: _lat_stats(samples[k]) for k in SPLITS if k != "latency"}}
-
-
-def _mib(kb: int) -> float:
-    return round(kb / 1024, 1)
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU time (user + system, every thread) a process has used, from /proc/<pid>/stat."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU seconds used by named groups of processes between start() and stop(): with 2 cores shared by the brokers,
-    the sidecar, the client and a producer, the CPU per record is a steadier figure than a rate, and the split says
-    which process a slow run was short of."""
-
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self._groups = groups
-        self._start: dict[str, float] = {}
-        self._t0 = 0.0
-        self.used: dict[str, float] = {}
-        self.wall = 0.0
-
-    def _now(self) -> dict[str, float]:
-        return {name: sum(_cpu_s(p) for p in pids) for name, pids in self._groups.items()}
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self._start = self._now()
-
-    def stop(self) -> None:
-        now = self._now()
-        self.wall = time.monotonic() - self._t0
-        self.used = {name: now[name] - self._start[name] for name in now}
-
-    def cores(self) -> dict[str, float]:
-        """Average cores each group kept busy over the window."""
-        return {name: round(used / self.wall, 2) for name, used in self.used.items()} if self.wall > 0 else {}
-
-
-def _proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM (kB) and Threads of a process, from /proc/<pid>/status."""
-    out: dict[str, int] = {}
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM", "Threads"):
-            out[name] = int(rest.split()[0])
-    return out
 
 
 # -- the sandbox side: topics, mapping, sidecar ----------------------------------------------------------------------
@@ -1131,7 +1083,7 @@ def test_sidecar_rss_3_clusters_20_streams(benchmark: Any, mesh: Mesh, tmp_path:
 
     def run() -> None:
         time.sleep(2)
-        idle = _proc_status(pid)
+        idle = proc_status(pid)
         streams: list[Stream] = []
         counts = [0] * RSS_STREAMS
         threads: list[_Thread] = []
@@ -1151,10 +1103,10 @@ def test_sidecar_rss_3_clusters_20_streams(benchmark: Any, mesh: Mesh, tmp_path:
         started = time.monotonic()
         while time.monotonic() - started < RSS_SECONDS:
             time.sleep(0.5)
-            now = _proc_status(pid)
+            now = proc_status(pid)
             if now["VmRSS"] > peak["VmRSS"]:
                 peak = now
-        end = _proc_status(pid)
+        end = proc_status(pid)
         received = sum(counts)
         closing = time.monotonic()
         for s in streams:
@@ -1166,15 +1118,15 @@ def test_sidecar_rss_3_clusters_20_streams(benchmark: Any, mesh: Mesh, tmp_path:
         for ch in channels:
             ch.close()
         time.sleep(3)
-        after = _proc_status(pid)
+        after = proc_status(pid)
         time.sleep(9)
-        later = _proc_status(pid)
+        later = proc_status(pid)
         results.update({
-            "idle_rss_mib": _mib(idle["VmRSS"]), "idle_threads": idle["Threads"],
-            "streams_rss_mib_at_end": _mib(end["VmRSS"]), "streams_rss_mib_peak_sampled": _mib(peak["VmRSS"]),
-            "streams_vmhwm_mib": _mib(end["VmHWM"]), "streams_threads": end["Threads"],
+            "idle_rss_mib": mib(idle["VmRSS"]), "idle_threads": idle["Threads"],
+            "streams_rss_mib_at_end": mib(end["VmRSS"]), "streams_rss_mib_peak_sampled": mib(peak["VmRSS"]),
+            "streams_vmhwm_mib": mib(end["VmHWM"]), "streams_threads": end["Threads"],
             "streams_end_s": round(closed_s, 2), "streams_cancelled": sum(s.cancelled for s in streams),
-            "rss_mib_3s_after_end": _mib(after["VmRSS"]), "rss_mib_12s_after_end": _mib(later["VmRSS"]),
+            "rss_mib_3s_after_end": mib(after["VmRSS"]), "rss_mib_12s_after_end": mib(later["VmRSS"]),
             "threads_12s_after_end": later["Threads"],
             "records_received": received,
             "streams_done_reading": sum(c >= len(CLUSTERS) * RSS_PRELOAD for c in counts),

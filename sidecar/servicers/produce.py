@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 import meshcore
+from sidecar import memory
 from sidecar.routing import RouteState
 
 log = logging.getLogger("kafka_mesh.produce")
@@ -186,6 +187,7 @@ class ProduceServicer:
         self.streams -= 1
         if not self.streams:
             self._idle.set()
+        memory.release_soon()
         asyncio.get_running_loop().remove_reader(fd)      # before close() frees the eventfd's number
         reader = state.task
         if reader is None or reader.done():

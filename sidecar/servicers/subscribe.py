@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 import meshcore
+from sidecar import memory
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _mesh_pb2
 from sidecar.errors import MappingError
 from sidecar.mapping.model import check_topic
@@ -101,6 +102,7 @@ class SubscribeServicer:
             self.streams -= 1
             reader.cancel()
             await session.close()
+            memory.release_soon()        # what the stream's consumers held
             log.info("subscribe stream closed group=%s", sub.group)
         if failure:
             await context.abort(*failure[0])

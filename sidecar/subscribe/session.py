@@ -67,13 +67,36 @@ def clusters_by_topic(mapping: Mapping, topics: list[str]) -> dict[str, list[str
     return out
 
 
-def prefetch_kbytes(credit_bytes: int) -> int:
-    """queued.max.messages.kbytes for one consumer of a stream: librdkafka stops fetching a partition once its queue
-    holds this much payload (64 MiB by default). Sized from the stream's byte credit, within 1-16 MiB. It bounds
-    payload only: librdkafka keeps a few hundred bytes of its own per queued record on top (for 100-byte records,
-    about three times the payload). Not lower by default, because librdkafka 2.0.2 looks at a partition that hit the
-    bound again only about a second later, so a small bound turns a fast catch-up into stop-and-go."""
-    return max(1024, min(16384, credit_bytes // 1024))
+#: How long librdkafka postpones a partition's next fetch once a consumer's prefetch queue is at its bound
+#: (fetch.queue.backoff.ms, 1 s by default): short, so that a small bound still keeps a catch-up flowing.
+PREFETCH_BACKOFF_MS = 5
+
+
+def _has_fetch_backoff(version: str) -> bool:
+    """fetch.queue.backoff.ms came with librdkafka 2.2."""
+    major, minor = (int(x) for x in version.split(".")[:2])
+    return (major, minor) >= (2, 2)
+
+
+def prefetch(credit_records: int, credit_bytes: int,
+             fetch_backoff: bool | None = None) -> dict[str, str]:
+    """librdkafka's prefetch bounds for one consumer of a stream (each bounds the consumer's queue, all partitions):
+    a fifth of the stream's record credit (queued.min.messages, 1,000-100,000; 2,000 at the default credit) and a
+    64th of its byte credit in payload (queued.max.messages.kbytes, 256 KiB-4 MiB; 256 KiB by default). librdkafka
+    keeps a few hundred bytes of its own per queued record, so the count bound matters as much as the payload one.
+    A prefetch this small keeps a catch-up at full rate because fetching resumes PREFETCH_BACKOFF_MS after the
+    queue drops below its bound. With a librdkafka older than 2.2 (a core built against the system's), which waits
+    about a second instead, the payload bound is the whole byte credit (1-16 MiB) and the count bound librdkafka's
+    default: smaller ones turn a catch-up into stop-and-go."""
+    if fetch_backoff is None:
+        fetch_backoff = _has_fetch_backoff(meshcore.librdkafka_version())
+    if not fetch_backoff:
+        return {"queued.max.messages.kbytes": str(max(1024, min(16384, credit_bytes // 1024)))}
+    return {
+        "queued.max.messages.kbytes": str(max(256, min(4096, credit_bytes // 64 // 1024))),
+        "queued.min.messages": str(max(1000, min(100_000, credit_records // 5))),
+        "fetch.queue.backoff.ms": str(PREFETCH_BACKOFF_MS),
+    }
 
 
 @dataclass(frozen=True)
@@ -96,7 +119,7 @@ class Session:
         self.out: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.credit = Credit(sub.credit.records or DEFAULT_CREDIT_RECORDS, sub.credit.bytes or DEFAULT_CREDIT_BYTES)
         self._poller = Poller(self.credit, min(sub.max_records or DEFAULT_MAX_RECORDS, MAX_RECORDS), self._from_thread)
-        self._prefetch_kb = prefetch_kbytes(self.credit.bytes)
+        self._prefetch = prefetch(self.credit.records, self.credit.bytes)
         self.offsets: dict[tuple[str, str, int], PartitionOffsets] = {}
         self.consumers: dict[str, meshcore.Consumer] = {}        # every open consumer, draining ones too
         self._plan: dict[str, list[str]] = {}                     # clusters read now -> their topics
@@ -140,7 +163,7 @@ class Session:
             "log_level": "4", **config, "bootstrap.servers": cluster.bootstrap, "group.id": self._sub.group,
             "auto.offset.reset": reset, "enable.auto.commit": "true", "enable.auto.offset.store": "false",
             "auto.commit.interval.ms": str(self._settings.commit_interval_ms),
-            "queued.max.messages.kbytes": str(self._prefetch_kb),
+            **self._prefetch,
         })
         try:
             c.subscribe(topics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.mapping.model import Mapping
-from sidecar.subscribe.session import PlanError, clusters_by_topic, prefetch_kbytes
+from sidecar.subscribe.session import PlanError, clusters_by_topic, prefetch
 
 DOC = {
     "clusters": {n: {"bootstrap": f"127.0.0.1:{9092 + i}", "role": "fronting"}
@@ -32,22 +32,26 @@ def test_a_default_route_catches_the_rest() -> None:
     assert clusters_by_topic(m, ["anything"]) == {"c3": ["anything"]}
 
 
-@pytest.mark.parametrize("credit, kb", [(0, 1024), (100_000, 1024), (4 << 20, 4096), (16 << 20, 16384),
-                                        (1 << 30, 16384)])
-def test_prefetch_follows_the_byte_credit_within_1_to_16_mib(credit: int, kb: int) -> None:
-    assert prefetch_kbytes(credit) == kb
+@pytest.mark.parametrize("records, nbytes, kb, count", [
+    (10_000, 16 << 20, 256, 2000),          # the default credit
+    (100_000, 128 << 20, 2048, 20_000),
+    (0, 0, 256, 1000),
+    (1 << 30, 1 << 30, 4096, 100_000),
+])
+def test_prefetch_follows_the_credit_within_its_bounds(records: int, nbytes: int, kb: int, count: int) -> None:
+    assert prefetch(records, nbytes, fetch_backoff=True) == {
+        "queued.max.messages.kbytes": str(kb), "queued.min.messages": str(count), "fetch.queue.backoff.ms": "5"}
 
 
-def test_responses_of_several_clusters_merge_into_one_with_every_group_in_order() -> None:
-    from sidecar.api.kafkamesh.v1 import mesh_pb2 as M
-    from sidecar.subscribe.poller import merge_responses
+@pytest.mark.parametrize("nbytes, kb", [(0, 1024), (4 << 20, 4096), (16 << 20, 16384), (1 << 30, 16384)])
+def test_before_librdkafka_2_2_prefetch_is_the_byte_credit_within_1_to_16_mib(nbytes: int, kb: int) -> None:
+    # No fetch.queue.backoff.ms there: a bound reached stops fetching for about a second, so it stays large.
+    assert prefetch(10_000, nbytes, fetch_backoff=False) == {"queued.max.messages.kbytes": str(kb)}
 
-    def resp(cluster: str, n: int, size: int) -> bytes:
-        return M.SubscribeResponse(records=M.RecordBatch(partitions=[M.PartitionRecords(
-            cluster=cluster, topic="t", partition=n, records=[M.ConsumedRecord(offset=i, value=b"v" * size)
-                                                              for i in range(n)])])).SerializeToString()
 
-    parts = [resp("c1", 1, 10), resp("c2", 3, 300), resp("c3", 2, 70_000)]   # 1-, 2- and 3-byte lengths
-    merged = M.SubscribeResponse.FromString(merge_responses(parts))
-    assert [(g.cluster, len(g.records)) for g in merged.records.partitions] == [("c1", 1), ("c2", 3), ("c3", 2)]
-    assert merge_responses(parts[:1]) == parts[0]
+def test_the_linked_librdkafka_decides() -> None:
+    import meshcore
+
+    expected = "fetch.queue.backoff.ms" in prefetch(10_000, 16 << 20, fetch_backoff=True)
+    version = tuple(int(x) for x in meshcore.librdkafka_version().split(".")[:2])
+    assert ("fetch.queue.backoff.ms" in prefetch(10_000, 16 << 20)) == (expected and version >= (2, 2))
