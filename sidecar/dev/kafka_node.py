@@ -63,6 +63,9 @@ def server_properties(node: NodeSpec, voters: list[NodeSpec]) -> str:
         "min.insync.replicas": "1",
         # A sandbox wants groups to form at once, not after the production default of 3 s.
         "group.initial.rebalance.delay.ms": "0",
+        # KIP-848 groups hand partitions over by heartbeats (every 5 s by default): a sandbox moves them within 0.5 s.
+        "group.consumer.heartbeat.interval.ms": "500",
+        "group.consumer.min.heartbeat.interval.ms": "500",
         "num.network.threads": "2",
         "num.io.threads": "2",
         "log.cleaner.threads": "1",

@@ -72,10 +72,23 @@ def clusters_by_topic(mapping: Mapping, topics: list[str]) -> dict[str, list[str
 PREFETCH_BACKOFF_MS = 5
 
 
+def _at_least(version: str, major: int, minor: int) -> bool:
+    have = tuple(int(x) for x in version.split(".")[:2])
+    return have >= (major, minor)
+
+
 def _has_fetch_backoff(version: str) -> bool:
     """fetch.queue.backoff.ms came with librdkafka 2.2."""
-    major, minor = (int(x) for x in version.split(".")[:2])
-    return (major, minor) >= (2, 2)
+    return _at_least(version, 2, 2)
+
+
+def group_protocol(version: str | None = None) -> dict[str, str]:
+    """The consumer group protocol by default: KIP-848's, production-ready from librdkafka 2.12 (assignment computed
+    by the broker, per member and incremental: a member joining or leaving moves only the partitions it takes or
+    gives, and nobody stops). A cluster's config may set "group.protocol": "classic" (brokers before Kafka 4.0)."""
+    if _at_least(version or meshcore.librdkafka_version(), 2, 12):
+        return {"group.protocol": "consumer"}
+    return {}
 
 
 def prefetch(credit_records: int, credit_bytes: int,
@@ -120,6 +133,7 @@ class Session:
         self.credit = Credit(sub.credit.records or DEFAULT_CREDIT_RECORDS, sub.credit.bytes or DEFAULT_CREDIT_BYTES)
         self._poller = Poller(self.credit, min(sub.max_records or DEFAULT_MAX_RECORDS, MAX_RECORDS), self._from_thread)
         self._prefetch = prefetch(self.credit.records, self.credit.bytes)
+        self._group_protocol = group_protocol()
         self.offsets: dict[tuple[str, str, int], PartitionOffsets] = {}
         self.consumers: dict[str, meshcore.Consumer] = {}        # every open consumer, draining ones too
         self._plan: dict[str, list[str]] = {}                     # clusters read now -> their topics
@@ -158,9 +172,12 @@ class Session:
         # The registry's per-cluster config serves producers and consumers alike; producer-only properties would
         # only make librdkafka warn on every consumer.
         config = {k: v for k, v in cluster.config.items() if k not in PRODUCER_ONLY}
-        # log_level is a default the cluster's config may raise (with "debug", to see what librdkafka does).
+        # Defaults the cluster's config may change: log_level (raised with "debug", to see what librdkafka does), and
+        # the group protocol: KIP-848's "consumer" where the core's librdkafka has it (2.12 and later), "classic" for
+        # a cluster whose brokers are older than Kafka 4.0.
         c = meshcore.create_consumer(cluster_name, {
-            "log_level": "4", **config, "bootstrap.servers": cluster.bootstrap, "group.id": self._sub.group,
+            "log_level": "4", **self._group_protocol, **config, "bootstrap.servers": cluster.bootstrap,
+            "group.id": self._sub.group,
             "auto.offset.reset": reset, "enable.auto.commit": "true", "enable.auto.offset.store": "false",
             "auto.commit.interval.ms": str(self._settings.commit_interval_ms),
             **self._prefetch,

@@ -44,6 +44,13 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -
     return out
 
 
+def group_type(bootstrap: str, group: str) -> str:
+    """The protocol a consumer group runs, as the broker describes it: "CONSUMER" (KIP-848) or "CLASSIC"."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    description = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    return str(description.type.name)
+
+
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:

@@ -13,7 +13,7 @@ from sidecar.api.kafkamesh.v1 import mesh_pb2 as M
 from sidecar.dev import sandbox as sandbox_mod
 from sidecar.dev.sandbox import Sandbox
 from tests.integration.conftest import sandbox_settings
-from tests.integration.kafka_helpers import committed, create_topic, produce_direct
+from tests.integration.kafka_helpers import committed, create_topic, group_type, produce_direct
 from tests.integration.sidecar_proc import apply, clusters_doc, new_namespace
 from tests.integration.subscribe_stream import SubStream
 
@@ -161,6 +161,10 @@ def test_two_subscribers_split_the_partitions_and_hand_over_without_loss_or_acke
 
         a.wait(lambda _: len(owned(a)) == 2 and len(owned(b)) == 2, timeout=60, what="the split")  # type: ignore[arg-type]
         assert owned(a).isdisjoint(owned(b))
+        # KIP-848's protocol, incremental: a gave up only the partitions b took, and kept reading the others.
+        assert group_type(c1.bootstrap, group) == "CONSUMER"
+        revoked_from_a = {p for e in a.events if e.WhichOneof("kind") == "revoked" for p in e.revoked.partitions}
+        assert revoked_from_a == owned(b)
         produce_direct(c1.bootstrap, topic, [f"p2-{i}" for i in range(200)])
         a.wait(lambda _: len(set(a.values() + b.values())) >= 400, what="phase 2")  # type: ignore[union-attr]
         assert b.records and all(v.startswith("p2-") for v in b.values())     # phase 1 was acked: not again

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.mapping.model import Mapping
-from sidecar.subscribe.session import PlanError, clusters_by_topic, prefetch
+from sidecar.subscribe.session import PlanError, clusters_by_topic, group_protocol, prefetch
 
 DOC = {
     "clusters": {n: {"bootstrap": f"127.0.0.1:{9092 + i}", "role": "fronting"}
@@ -55,3 +55,8 @@ def test_the_linked_librdkafka_decides() -> None:
     expected = "fetch.queue.backoff.ms" in prefetch(10_000, 16 << 20, fetch_backoff=True)
     version = tuple(int(x) for x in meshcore.librdkafka_version().split(".")[:2])
     assert ("fetch.queue.backoff.ms" in prefetch(10_000, 16 << 20)) == (expected and version >= (2, 2))
+
+
+def test_kip_848_groups_where_librdkafka_has_them_production_ready() -> None:
+    assert group_protocol("2.16.0") == group_protocol("2.12.1") == {"group.protocol": "consumer"}
+    assert group_protocol("2.11.1") == group_protocol("2.0.2") == {}
