@@ -50,12 +50,11 @@ SUBSCRIBE = "/kafkamesh.v1.Mesh/Subscribe"
 CLUSTERS = ("c1", "c2", "c3")
 PARTITIONS = 3
 VALUE_BYTES = 100
-# Records per cluster in the rate topics. A backlog this size stays within librdkafka's prefetch thresholds (a
-# consumer's queue of all its partitions: queued.min.messages, 100,000 records, and queued.max.messages.kbytes, which
-# the sidecar sets to 16 MiB with the default credit), so neither path hits the pause that follows a full prefetch
-# queue (until the broker thread next looks, up to a second, in the sidecar's librdkafka 2.0.2; fetch.queue.backoff.ms,
-# 1 s by default, in the client's 2.16): a round measures the path, not that pause. Each round's longest gap between
-# two deliveries is reported (max_gap_ms).
+# Records per cluster in the rate topics. The direct consumers keep confluent-kafka's defaults, under which a backlog
+# larger than a consumer's prefetch (queued.min.messages, 100,000 records) is read in stops and goes (after a full
+# prefetch queue, the next fetch waits fetch.queue.backoff.ms, 1 s by default): 100,000 stays within it, so a round
+# measures the paths, not that pause (benchmarks/test_subscribe_catchup.py measures the pause). Each round's longest
+# gap between two deliveries is reported (max_gap_ms).
 PRELOAD = 100_000
 IDLE_PRELOAD = 100_000         # records on c1 in each idle-rate topic; not more, for the same reason as PRELOAD: at
                                # 400,000 every variant stopped and went (gaps of 0.85 s)

@@ -283,7 +283,7 @@ def create_producer(str name, dict config):
 
 
 def librdkafka_version():
-    """The linked librdkafka's version string, e.g. '2.0.2'."""
+    """The linked librdkafka's version string, e.g. '2.16.0'."""
     return rd_kafka_version_str().decode()
 
 
