@@ -28,7 +28,7 @@ EPILOG_MAPPING = """examples:
   kafka-mesh mapping show --etcd http://127.0.0.1:2379 > mapping.json    # what is in force; apply-able as it is
   KAFKA_MESH_ETCD=http://127.0.0.1:2379 kafka-mesh mapping show --json --namespace prod
 
-a mapping file (DESIGN.md section 2; each section in the seed's own format):
+a mapping file (README, "The mapping"; each section in the seed's own format):
   {"clusters": {"c1": {"bootstrap": "127.0.0.1:19092", "role": "fronting", "config": {"linger.ms": "5"}},
                 "c2": {"bootstrap": "127.0.0.1:29092", "role": "consumer"}},
    "producer": {"t1, t2": {"where": [{"sink": "c1"}]},

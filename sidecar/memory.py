@@ -12,9 +12,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import logging
-
-log = logging.getLogger("kafka_mesh.memory")
 
 TRIM_DEBOUNCE_S = 1.0
 

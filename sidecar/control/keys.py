@@ -1,4 +1,4 @@
-"""The etcd key layout of one kafka-mesh namespace (DESIGN.md section 2).
+"""The etcd key layout of one kafka-mesh namespace (README, "The mapping").
 
     /kafka-mesh/<namespace>/clusters/<name>     JSON: bootstrap, role, librdkafka config
     /kafka-mesh/<namespace>/producer/<route>    JSON: the seed's producer route value; <route> is the route key as

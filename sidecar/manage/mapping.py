@@ -1,6 +1,6 @@
 """The mapping in etcd: read a mapping file, apply it as one etcd transaction, and load what is in force.
 
-A mapping change is one etcd revision (DESIGN.md section 2): `apply` validates the document against what etcd holds
+A mapping change is one etcd revision (README, "The mapping"): `apply` validates the document against what etcd holds
 and writes every key of the sections it replaces, and deletes the keys of routes the document no longer has, in one
 transaction, so a sidecar watching the namespace sees the change whole. This module never writes a mapping that
 from_etcd would refuse to read back.

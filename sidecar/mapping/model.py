@@ -1,4 +1,4 @@
-"""The mapping's data model (DESIGN.md section 2): clusters, producer routes and consumer routes, parsed from the
+"""The mapping's data model (README, "The mapping"): clusters, producer routes and consumer routes, parsed from the
 one-file JSON document or from the etcd keys of a namespace, with checks that name the key and the reason of every
 refusal.
 

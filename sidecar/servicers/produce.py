@@ -97,7 +97,11 @@ class ProduceServicer:
         self._stopping = False
         self._idle = asyncio.Event()      # set while no stream is open
         self._idle.set()
-        self.streams = 0
+
+    @property
+    def streams(self) -> int:
+        """Produce streams open now."""
+        return len(self._readers)
 
     def method(self) -> grpc.RpcMethodHandler:
         return grpc.stream_stream_rpc_method_handler(self.produce)
@@ -149,7 +153,6 @@ class ProduceServicer:
 
         reader.add_done_callback(reader_done)
         self._readers.add(state)
-        self.streams += 1
         self._idle.clear()
         # When the app cancels, grpc may stop this handler at a `yield` without resuming it: the call's own done
         # callback then ends the stream.
@@ -184,8 +187,7 @@ class ProduceServicer:
         if state not in self._readers:
             return
         self._readers.discard(state)
-        self.streams -= 1
-        if not self.streams:
+        if not self._readers:
             self._idle.set()
         memory.release_soon()
         asyncio.get_running_loop().remove_reader(fd)      # before close() frees the eventfd's number

@@ -1,4 +1,4 @@
-"""The mapping model: the one-file document of DESIGN.md section 2, every refusal with the key and the reason, the
+"""The mapping model: the one-file document (README, "The mapping"), every refusal with the key and the reason, the
 routing questions a sidecar asks, and the etcd layout."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sidecar.errors import MappingError, UsageError
 from sidecar.manage.mapping import load_file, read_document
 from sidecar.mapping.model import Cluster, Mapping, ProducerRoute
 
-# DESIGN.md section 2, verbatim.
+# A full document in the seed's own format (fronting and consumer clusters, a list key, __default__), verbatim.
 DESIGN_EXAMPLE = """
     {
       "clusters": {
