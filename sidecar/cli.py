@@ -147,6 +147,9 @@ def _add_sidecar_parser(sub: Any) -> None:
 
 
 def _sidecar(args: argparse.Namespace) -> int:
+    from sidecar import memory
+
+    memory.limit_arenas()           # before grpc's and librdkafka's threads exist
     from sidecar import logs, server
     from sidecar.config import SidecarSettings
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import meshcore
+from sidecar.clientconf import client_defaults
 from sidecar.errors import MappingError
 from sidecar.mapping.model import Cluster, Mapping
 
@@ -32,7 +33,7 @@ PRODUCER_DEFAULTS: dict[str, str] = {
     # waits for Kafka on the event loop.
     "queue.buffering.max.messages": "10000000",
     "queue.buffering.max.kbytes": "2097151",
-    "log_level": "4",
+    **client_defaults(),
 }
 
 
