@@ -25,7 +25,8 @@ KAFKA_HOME (use an unpacked Kafka instead of Maven), ETCD_BIN, JAVA, MVN, KAFKA_
 
 EPILOG_MAPPING = """examples:
   kafka-mesh mapping apply mapping.json --etcd http://127.0.0.1:2379     # one etcd transaction
-  kafka-mesh mapping show --etcd http://127.0.0.1:2379 > mapping.json    # what is in force; apply-able as it is
+  kafka-mesh mapping show --etcd http://127.0.0.1:2379                   # what is in force, secrets redacted
+  kafka-mesh mapping show --show-secrets --etcd ... > mapping.json       # the same, apply-able as it is
   KAFKA_MESH_ETCD=http://127.0.0.1:2379 kafka-mesh mapping show --json --namespace prod
 
 a mapping file (README, "The mapping"; each section in the seed's own format):
@@ -99,7 +100,10 @@ def _add_mapping_parser(sub: Any) -> None:
     m_show = msub.add_parser("show", help="print the mapping in force and its etcd revisions",
                              description="Print the mapping in force as a JSON document (one consistent read). The "
                                          "revision it was read at and the revision its keys were last written at "
-                                         "(what `apply` printed) go to stderr, so the output can be applied again.",
+                                         "(what `apply` printed) go to stderr. Secret cluster settings (sasl."
+                                         "password, ssl.key.pem, any *.password or *.secret) print as <redacted>, "
+                                         "which `apply` refuses; with --show-secrets the output can be applied "
+                                         "again as it is.",
                              epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
     for p in (m_apply, m_show):
         p.add_argument("--etcd", metavar="URL", default=None,
@@ -107,6 +111,8 @@ def _add_mapping_parser(sub: Any) -> None:
         p.add_argument("--namespace", metavar="NS", default=None,
                        help="mapping namespace (default: $KAFKA_MESH_NAMESPACE, else default)")
         p.add_argument("--json", action="store_true", help="print one JSON object")
+    m_show.add_argument("--show-secrets", action="store_true",
+                        help="print secret cluster settings in clear (default: <redacted>)")
 
 
 EPILOG_SIDECAR = """examples:
@@ -130,6 +136,8 @@ def _add_sidecar_parser(sub: Any) -> None:
     p.add_argument("--listen", metavar="ADDR", action="append", default=[],
                    help="unix:PATH or HOST:PORT; repeat for several (default: a Unix socket under $XDG_RUNTIME_DIR "
                         "and 127.0.0.1:7420)")
+    p.add_argument("--socket-mode", metavar="MODE",
+                   help="the Unix socket's permissions, octal: 600 (default, this user only) or 660 (its group too)")
     p.add_argument("--config", metavar="FILE", help="a TOML file of settings")
     p.add_argument("--mapping", dest="mapping_file", metavar="FILE", help="serve this mapping file instead of etcd")
     p.add_argument("--host-id", metavar="NAME", help="this sidecar's name in etcd's status/ (default: host name)")
@@ -240,11 +248,11 @@ def _mapping(args: argparse.Namespace, settings: ControlSettings) -> int:
                 return await mapping_mod.load(etcd, keys)
 
         current, written = asyncio.run(load())
+        doc = current.to_document(redact=not args.show_secrets)
         if args.json:
-            print(json.dumps({"revision": current.revision, "written_revision": written,
-                              "mapping": current.to_document()}))
+            print(json.dumps({"revision": current.revision, "written_revision": written, "mapping": doc}))
         else:
-            print(json.dumps(current.to_document(), indent=2))
+            print(json.dumps(doc, indent=2))
             _progress(f"mapping of namespace {settings.namespace} read at etcd revision {current.revision}, last "
                       f"written at revision {written} (under {keys.root})")
         return 0

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sidecar.errors import UsageError
+from sidecar.local_socket import parse_mode
 
 #: The Apache Kafka release the sandbox runs (KRaft). See README "Kafka version" for why 4.1.
 KAFKA_VERSION = "4.1.1"
@@ -93,6 +94,7 @@ class SidecarSettings:
     etcd: str | None = None                  # etcd endpoint; None with mapping_file
     namespace: str = DEFAULT_NAMESPACE
     listen: tuple[str, ...] = ()             # unix:PATH or HOST:PORT; default: a Unix socket and 127.0.0.1:7420
+    socket_mode: int = 0o600                 # the Unix socket's permissions (600: this user; 660: its group too)
     mapping_file: pathlib.Path | None = None # serve this mapping file instead of etcd
     cache_dir: pathlib.Path = pathlib.Path(".")   # where the last applied mapping is cached
     host_id: str = ""                        # this sidecar's name under status/ (default: the host name)
@@ -166,6 +168,7 @@ class SidecarSettings:
             etcd=str(etcd) if etcd else None,
             namespace=str(values.get("namespace") or DEFAULT_NAMESPACE),
             listen=tuple(str(x).strip() for x in listen if str(x).strip()),
+            socket_mode=parse_mode(values.get("socket_mode", "600")),
             mapping_file=pathlib.Path(str(mapping_file)) if mapping_file else None,
             cache_dir=pathlib.Path(str(values["cache_dir"])),
             host_id=str(values.get("host_id") or "sidecar"),

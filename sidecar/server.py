@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sidecar import rdkafka_log
+from sidecar import local_socket, rdkafka_log
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _mesh_pb2
 from sidecar.config import SidecarSettings
 from sidecar.control.source import MappingSource
@@ -35,14 +34,12 @@ log = logging.getLogger("kafka_mesh.server")
 FINAL_STATUS_S = 0.2
 
 
-def _listen_address(spec: str) -> str:
+def _listen_address(spec: str, socket_mode: int) -> str:
     if spec.startswith("unix:"):
         path = spec[len("unix:"):]
         if not path:
             raise UsageError(f"invalid listen address {spec!r}: unix: needs a path")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)   # a stale socket of an earlier run
+        local_socket.prepare(path, socket_mode)
         return f"unix:{path}"
     host, sep, port = spec.rpartition(":")
     if not sep or not port.isdigit() or not host:
@@ -79,16 +76,21 @@ async def serve(settings: SidecarSettings) -> int:
     reflection.enable_server_reflection(
         (_mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name, health_pb2.DESCRIPTOR.services_by_name[
             "Health"].full_name, reflection.SERVICE_NAME), server)
-    for spec in settings.listen:
-        address = _listen_address(spec)
-        try:
-            if address.startswith("unix:"):
-                server.add_insecure_port(address)
-            elif server.add_insecure_port(address) == 0:
-                raise UsageError(f"cannot listen on {spec}: the port is in use or the address is not local")
-        except RuntimeError as e:
-            raise UsageError(f"cannot listen on {spec}: {e}") from e
-    await server.start()
+    sockets = []
+    addresses = [(spec, _listen_address(spec, settings.socket_mode)) for spec in settings.listen]
+    with local_socket.created_with(settings.socket_mode):
+        for spec, address in addresses:
+            try:
+                if address.startswith("unix:"):
+                    server.add_insecure_port(address)
+                    sockets.append(address[len("unix:"):])
+                elif server.add_insecure_port(address) == 0:
+                    raise UsageError(f"cannot listen on {spec}: the port is in use or the address is not local")
+            except RuntimeError as e:
+                raise UsageError(f"cannot listen on {spec}: {e}") from e
+        await server.start()
+    for path in sockets:
+        local_socket.secure(path, settings.socket_mode)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await status.start()

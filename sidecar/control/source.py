@@ -145,9 +145,13 @@ class MappingSource:
     def _write_cache(self, mapping: Mapping) -> None:
         path = self.cache_path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"revision": mapping.revision, "mapping": mapping.to_document()}))
+            # The cache holds the clusters' config, secrets included: readable by this user only, from the start.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(fd, 0o600)        # a .tmp left by an older version may have had a wider mode
+                f.write(json.dumps({"revision": mapping.revision, "mapping": mapping.to_document()}))
             os.replace(tmp, path)
         except OSError as e:
             log.warning("cannot write the mapping cache path=%s error=%s", path, e)

@@ -41,6 +41,11 @@ _SECRET_KEYS = frozenset({"ssl.key.pem", "ssl_key", "sasl.oauthbearer.config", "
                           "ssl.key.password", "sasl.password", "sasl.oauthbearer.client.secret"})
 
 
+#: What a secret's value is replaced with where the mapping is printed (`mapping show` without --show-secrets). A
+#: document holding it cannot be applied: the secret itself is needed.
+REDACTED = "<redacted>"
+
+
 def is_secret(key: str) -> bool:
     """Whether a librdkafka property's value is a secret."""
     return key in _SECRET_KEYS or key.endswith((".password", ".secret", "_password", "_secret"))
@@ -66,8 +71,9 @@ class Cluster:
     role: str = "fronting"
     config: dict[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"bootstrap": self.bootstrap, "role": self.role, "config": dict(self.config)}
+    def to_json(self, redact: bool = False) -> dict[str, Any]:
+        config = {k: REDACTED if redact and is_secret(k) else v for k, v in self.config.items()}
+        return {"bootstrap": self.bootstrap, "role": self.role, "config": config}
 
     def secrets(self) -> list[str]:
         """The values of the secret properties of the cluster's config."""
@@ -97,6 +103,11 @@ class Cluster:
         if not isinstance(config, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in config.items()):
             raise MappingError(f"{key}.config: must map librdkafka property names to string values")
+        redacted = sorted(k for k, v in config.items() if v == REDACTED)
+        if redacted:
+            raise MappingError(f"{key}.config: {', '.join(redacted)} hold(s) {REDACTED!r}, the placeholder of a "
+                               f"redacted printout; give the values themselves (`kafka-mesh mapping show "
+                               f"--show-secrets` prints them)")
         return cls(name=name, bootstrap=bootstrap, role=role, config=dict(config))
 
     @classmethod
@@ -330,10 +341,11 @@ class Mapping:
             for topic, vips in self.consumer.items():
                 _check_vips(topic, vips, self.clusters)
 
-    def to_document(self) -> dict[str, Any]:
-        """The one-file format; from_document(to_document()) gives this mapping back (revision aside)."""
+    def to_document(self, redact: bool = False) -> dict[str, Any]:
+        """The one-file format; from_document(to_document()) gives this mapping back (revision aside). With redact,
+        secret config values read REDACTED (for printing; such a document is refused by from_document)."""
         return {
-            "clusters": {name: c.to_json() for name, c in self.clusters.items()},
+            "clusters": {name: c.to_json(redact) for name, c in self.clusters.items()},
             "producer": {route.key: route.to_json() for route in self.producer},
             "consumer": {topic: [{"vip": v} for v in vips] for topic, vips in self.consumer.items()},
         }
