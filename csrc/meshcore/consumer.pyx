@@ -18,6 +18,7 @@ from libc.string cimport memcpy, strlen
 from meshcore.conf cimport conf_from_dict, forget_client, register_client
 from meshcore.rdkafka cimport *
 from meshcore.support cimport KM_DEBUG_ENABLED
+from meshcore.wire cimport km_utf8_valid
 
 from meshcore.errors import ConfigError, HandleClosedError, KafkaError
 
@@ -484,7 +485,9 @@ cdef unsigned char *_put_headers(unsigned char *p, rd_kafka_message_t *m) noexce
         inner = _field_len(nlen) + (_field_len(vsize) if value != NULL else 0)
         p[0] = 0x22                      # ConsumedRecord.headers = 4
         p = _varint(p + 1, inner)
-        p = _bytes_field(p, 0x0a, name, nlen)
+        # Header.key (1) is a string, which clients' runtimes check: a name another producer wrote that is not
+        # UTF-8 goes, unchanged, in Header.key_bytes (3) instead, so that the response stays readable.
+        p = _bytes_field(p, 0x0a if km_utf8_valid(<const unsigned char *>name, nlen) else 0x1a, name, nlen)
         if value != NULL:
             p = _bytes_field(p, 0x12, value, vsize)
         idx += 1

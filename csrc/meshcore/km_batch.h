@@ -38,6 +38,13 @@ enum {
     KM_QUOTA_EXCEEDED = 7,
     KM_INTERNAL = 8,
     KM_UNKNOWN_TOPIC = 9,
+    KM_INVALID_RECORD = 10,
+};
+
+/* Why a record is refused before anything is enqueued (KM_INVALID_RECORD; kept in the batch's rec_kerr for it). */
+enum {
+    KM_INVALID_HEADER_NAME = 1,  /* a header name that is not UTF-8 */
+    KM_INVALID_TIMESTAMP = 2,    /* a negative timestamp */
 };
 
 static inline int km_code_for(rd_kafka_resp_err_t err) {

@@ -33,6 +33,9 @@ cdef extern from "km_batch.h" nogil:
         KM_OK
         KM_NO_ROUTE
         KM_INVALID_TOPIC
+        KM_INVALID_RECORD
+        KM_INVALID_HEADER_NAME
+        KM_INVALID_TIMESTAMP
         KM_CLUSTER_UNAVAILABLE
         KM_INTERNAL
     ctypedef struct km_batch
@@ -167,6 +170,9 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, ProduceR
         if not valid_topic(rec.topic.p, rec.topic.n):
             codes[i] = KM_INVALID_TOPIC
             continue
+        if rec.invalid:
+            codes[i] = KM_INVALID_RECORD
+            continue
         route = table.lookup(rec.topic.p, rec.topic.n)
         if route == NULL:
             codes[i] = KM_NO_ROUTE
@@ -190,7 +196,7 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, ProduceR
     topics.n = 0
     for i in range(view.count):
         if codes[i] != KM_OK:
-            km_batch_fail(b, i, codes[i], 0, 0)
+            km_batch_fail(b, i, codes[i], view.records[i].invalid if codes[i] == KM_INVALID_RECORD else 0, 0)
             continue
         if km_flag_load(&stream.stop):
             km_batch_settle(b, <int64_t>n_refs - ref)     # counted as pending, never enqueued
@@ -421,6 +427,12 @@ cdef object _encode_response(km_batch *b):
             elif b.rec_code[i] == KM_INVALID_TOPIC and b.rec_kerr[i] == 0:
                 n = snprintf(msg, sizeof(msg), "invalid topic name: it must be 1 to 249 characters of "
                              "[a-zA-Z0-9._-] and not '.' or '..'")
+            elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_HEADER_NAME:
+                n = snprintf(msg, sizeof(msg), "a header name is not valid UTF-8 (Header.key is a string; consumers "
+                             "in other languages could not read the record)")
+            elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_TIMESTAMP:
+                n = snprintf(msg, sizeof(msg), "timestamp_ms is negative; Kafka takes milliseconds since the Unix "
+                             "epoch, 0 or later")
             elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__DESTROY:
                 n = snprintf(msg, sizeof(msg), "cluster '%s': not written, its producer was closed (the sidecar is "
                              "stopping, or the cluster left the mapping)", b.names + b.name_off[b.rec_sink[i]])

@@ -25,6 +25,7 @@ cdef struct RecordView:
     int64_t timestamp_ms
     int32_t partition
     uint32_t header_count
+    uint8_t invalid       # 0, or why the record is refused alone (KM_INVALID_* in km_batch.h); the request goes on
     uint8_t has_key
     uint8_t has_value
     uint8_t has_timestamp
@@ -42,3 +43,6 @@ cdef struct ProduceRequestView:
 cdef int produce_request_parse(const unsigned char *buf, size_t n, ProduceRequestView *out) noexcept nogil
 cdef void produce_request_view_free(ProduceRequestView *view) noexcept nogil
 cdef int header_next(Reader *r, Slice *name, Slice *value, uint8_t *has_value) noexcept nogil
+
+cdef extern from "km_utf8.h" nogil:
+    int km_utf8_valid(const unsigned char *p, size_t n)

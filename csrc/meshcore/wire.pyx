@@ -15,6 +15,11 @@ from meshcore.support cimport KM_DEBUG_ENABLED
 
 from meshcore.errors import WireError
 
+cdef extern from "km_batch.h" nogil:
+    enum:
+        KM_INVALID_HEADER_NAME
+        KM_INVALID_TIMESTAMP
+
 # Field numbers of mesh.proto; the test of the generated stubs checks them against the descriptors.
 cdef enum:
     WT_VARINT = 0
@@ -197,7 +202,7 @@ cdef int _parse_record(const unsigned char *p, size_t n, RecordView *rec, Reader
             if expect(&r, wtype, WT_VARINT, "Record.timestamp_ms must be a varint") == 0 and read_varint(&r, &v) == 0:
                 sv = <int64_t>v
                 if sv < 0:
-                    _fail(&r, "Record.timestamp_ms is negative")
+                    rec.invalid = KM_INVALID_TIMESTAMP      # this record fails alone
                 else:
                     rec.timestamp_ms = sv
                     rec.has_timestamp = 1
@@ -217,6 +222,10 @@ cdef int _parse_record(const unsigned char *p, size_t n, RecordView *rec, Reader
             got = header_next(&r, &name, &value, &hv)
             if got <= 0:
                 break
+            # Header.key is a protobuf string: a name that is not UTF-8 would be written to Kafka and then break
+            # every consumer whose runtime checks strings. That record fails alone.
+            if not rec.invalid and not km_utf8_valid(name.p, name.n):
+                rec.invalid = KM_INVALID_HEADER_NAME
     if r.err != NULL:
         outer.err = r.err
         outer.err_pos = (p - outer.buf) + r.err_pos
@@ -304,11 +313,24 @@ cdef inline object _slice_bytes(Slice s, bint present):
     return (<const char *>s.p)[:s.n]
 
 
+#: Why a record is refused alone (ERROR_CODE_INVALID_RECORD), by the reason number km_batch.h gives it.
+INVALID_REASONS = {KM_INVALID_HEADER_NAME: "header_name", KM_INVALID_TIMESTAMP: "timestamp"}
+
+
+def utf8_valid(data):
+    """Whether bytes are strict UTF-8, by the check the core applies to header names (for tests)."""
+    cdef const unsigned char[::1] buf = data
+    if buf.shape[0] == 0:
+        return True
+    return bool(km_utf8_valid(&buf[0], buf.shape[0]))
+
+
 def decode_produce_request(data):
     """Decode a ProduceRequest into Python objects, through the same parser the producer uses.
 
     For tests and tools only: it builds Python objects per record, which the data path never does.
-    Returns (batch_id, [(topic, key, value, [(name, value)], timestamp_ms, partition), ...]).
+    Returns (batch_id, [(topic, key, value, [(name, value)], timestamp_ms, partition), ...]); a record refused alone
+    (a header name that is not UTF-8, a negative timestamp) has a 7th item, the reason (INVALID_REASONS).
     """
     cdef const unsigned char[::1] buf = data
     cdef ProduceRequestView view
@@ -334,14 +356,15 @@ def decode_produce_request(data):
             while header_next(&r, &name, &value, &hv) == 1:
                 headers.append(((<const char *>name.p)[:name.n].decode("utf-8", "surrogateescape"),
                                 _slice_bytes(value, hv)))
-            records.append((
+            item = (
                 (<const char *>rec.topic.p)[:rec.topic.n].decode("utf-8", "surrogateescape") if rec.topic.n else "",
                 _slice_bytes(rec.key, rec.has_key),
                 _slice_bytes(rec.value, rec.has_value),
                 headers,
                 rec.timestamp_ms if rec.has_timestamp else None,
                 rec.partition if rec.has_partition else None,
-            ))
+            )
+            records.append(item + (INVALID_REASONS[rec.invalid],) if rec.invalid else item)
         return view.batch_id, records
     finally:
         produce_request_view_free(&view)

@@ -65,6 +65,12 @@ _ACK_FLUSH_RANGES = 1024
 Headers = tuple[tuple[str, bytes | None], ...]
 
 
+def _name(raw: bytes) -> str:
+    """A header name another producer wrote that is not UTF-8 (sent in Header.key_bytes): as a str that gives the
+    bytes back with .encode("utf-8", "surrogateescape")."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Records and events
 
@@ -184,7 +190,8 @@ def _decode(raw: bytes, owner: Consumer | None = None) -> list[ConsumedRecord] |
             for r in g.records:
                 offset = r.offset
                 headers: Headers = tuple(
-                    (h.key, h.value if h.HasField("value") else None) for h in r.headers) if r.headers else ()
+                    (h.key or _name(h.key_bytes), h.value if h.HasField("value") else None)
+                    for h in r.headers) if r.headers else ()
                 append(ConsumedRecord(cluster, topic, partition, offset,
                                       r.key if r.HasField("key") else None,
                                       r.value if r.HasField("value") else None,

@@ -28,6 +28,7 @@ class ErrorCode(enum.IntEnum):
     QUOTA_EXCEEDED = 7
     INTERNAL = 8
     UNKNOWN_TOPIC = 9
+    INVALID_RECORD = 10        # the record breaks a rule: a header name not UTF-8, a negative timestamp
 
     @classmethod
     def from_wire(cls, value: int) -> ErrorCode:

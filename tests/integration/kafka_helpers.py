@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import time
 import uuid
 from typing import Any
@@ -69,3 +70,63 @@ def produce_direct(bootstrap: str, topic: str, values: list[str]) -> None:
     for v in values:
         p.produce(topic, key=v.encode(), value=v.encode(), on_delivery=lambda err, _m: err and failed.append(err))
     assert p.flush(30) == 0 and not failed, failed
+
+
+class _VuHeader(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("val", ctypes.c_void_p), ("size", ctypes.c_ssize_t)]
+
+
+class _VuMem(ctypes.Structure):
+    _fields_ = [("ptr", ctypes.c_void_p), ("size", ctypes.c_size_t)]
+
+
+class _VuUnion(ctypes.Union):
+    _fields_ = [("cstr", ctypes.c_char_p), ("i", ctypes.c_int), ("mem", _VuMem), ("header", _VuHeader),
+                ("_pad", ctypes.c_char * 64)]
+
+
+class _Vu(ctypes.Structure):
+    """librdkafka's rd_kafka_vu_t: one argument of rd_kafka_produceva()."""
+    _fields_ = [("vtype", ctypes.c_int), ("u", _VuUnion)]
+
+
+_VTYPE_TOPIC, _VTYPE_VALUE, _VTYPE_MSGFLAGS, _VTYPE_HEADER = 1, 4, 7, 9
+_MSG_F_COPY = 0x2
+
+
+def produce_raw_headers(bootstrap: str, topic: str, records: list[tuple[bytes, list[tuple[bytes, bytes]]]]) -> None:
+    """Write records (value, [(header name, value)]) with header names as raw bytes, as any Kafka producer may:
+    confluent-kafka's Python API only takes str names, so this calls the core's librdkafka through ctypes."""
+    import meshcore._linked as linked
+
+    lib = ctypes.CDLL(linked.LIBRARY)
+    lib.rd_kafka_conf_new.restype = ctypes.c_void_p
+    lib.rd_kafka_conf_set.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                      ctypes.c_size_t]
+    lib.rd_kafka_new.restype = ctypes.c_void_p
+    lib.rd_kafka_new.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.rd_kafka_produceva.restype = ctypes.c_void_p
+    lib.rd_kafka_produceva.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Vu), ctypes.c_size_t]
+    lib.rd_kafka_flush.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.rd_kafka_destroy.argtypes = [ctypes.c_void_p]
+    err = ctypes.create_string_buffer(512)
+    conf = lib.rd_kafka_conf_new()
+    assert lib.rd_kafka_conf_set(conf, b"bootstrap.servers", bootstrap.encode(), err, 512) == 0, err.value
+    rk = lib.rd_kafka_new(0, conf, err, 512)                    # RD_KAFKA_PRODUCER
+    assert rk, err.value
+    try:
+        for value, headers in records:
+            vus = (_Vu * (3 + len(headers)))()
+            vus[0].vtype, vus[0].u.cstr = _VTYPE_TOPIC, topic.encode()
+            vus[1].vtype, vus[1].u.i = _VTYPE_MSGFLAGS, _MSG_F_COPY
+            vus[2].vtype = _VTYPE_VALUE
+            vus[2].u.mem.ptr, vus[2].u.mem.size = ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p), len(value)
+            for k, (name, hval) in enumerate(headers):
+                vus[3 + k].vtype = _VTYPE_HEADER
+                vus[3 + k].u.header.name = name
+                vus[3 + k].u.header.val = ctypes.cast(ctypes.c_char_p(hval), ctypes.c_void_p)
+                vus[3 + k].u.header.size = len(hval)
+            assert lib.rd_kafka_produceva(rk, vus, len(vus)) is None      # NULL: enqueued (headers copied)
+        assert lib.rd_kafka_flush(rk, 30_000) == 0
+    finally:
+        lib.rd_kafka_destroy(rk)

@@ -23,6 +23,7 @@ class SubStream:
         self.auto_ack = auto_ack
         self.grant = grant
         self.records: list[Rec] = []
+        self.consumed: list[M.ConsumedRecord] = []              # the same records whole (headers, timestamps)
         self.events: list[M.Event] = []
         self.acked: set[tuple[str, str, int, int]] = set()       # what the test acked (sent)
         self.status: grpc.StatusCode | None = None
@@ -50,10 +51,13 @@ class SubStream:
                         self.events.append(resp.event)
                     continue
                 got: list[Rec] = []
+                whole: list[M.ConsumedRecord] = []
                 for g in resp.records.partitions:
                     got += [(g.cluster, g.topic, g.partition, r.offset, r.value) for r in g.records]
+                    whole += g.records
                 with self._lock:
                     self.records += got
+                    self.consumed += whole
                 req = M.SubscribeRequest()
                 if self.auto_ack:
                     req.acks.CopyFrom(self._ack_message(got))

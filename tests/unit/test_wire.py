@@ -66,6 +66,20 @@ def test_unknown_fields_are_skipped_for_forward_compatibility() -> None:
     assert meshcore.decode_produce_request(extra + raw + extra) == _expected(req)
 
 
+def test_a_negative_timestamp_or_a_header_name_not_utf8_marks_that_record_alone() -> None:
+    good = mesh_pb2.Record(topic="t", value=b"v")
+    negative = mesh_pb2.Record(topic="t", value=b"n", timestamp_ms=-1)
+    raw = mesh_pb2.ProduceRequest(batch_id=9, records=[good, negative, good]).SerializeToString()
+    # Header{key=b"\xff\xfe"} by hand: the protobuf runtime will not encode a string that is not UTF-8.
+    bad_header = b"\x0a\x01t" + b"\x22\x04\x0a\x02\xff\xfe"
+    raw += b"\x12" + bytes([len(bad_header)]) + bad_header
+    batch_id, records = meshcore.decode_produce_request(raw)
+    assert batch_id == 9 and len(records) == 4
+    assert records[0] == records[2] == ("t", None, b"v", [], None, None)
+    assert records[1] == ("t", None, b"n", [], None, None, "timestamp")
+    assert records[3] == ("t", None, None, [("\udcff\udcfe", None)], None, None, "header_name")
+
+
 @pytest.mark.parametrize("raw, reason", [
     (b"\x08", "truncated varint"),
     (b"\x08" + b"\x80" * 10 + b"\x01", "varint overflows 64 bits"),
@@ -79,7 +93,6 @@ def test_unknown_fields_are_skipped_for_forward_compatibility() -> None:
     (b"\x0a\x01x", "ProduceRequest.batch_id must be a varint"),
     (b"\x12\x02\x08\x01", "Record.topic must be length-delimited"),
     (b"\x12\x02\x28\xff", "truncated varint"),
-    (b"\x12\x0b\x28" + b"\xff" * 9 + b"\x01", "Record.timestamp_ms is negative"),
     (b"\x12\x06\x30\x80\x80\x80\x80\x08", "Record.partition is out of the int32 range"),
     (b"\x12\x04\x22\x02\x0a\x05", "length-delimited field runs past the end of its message"),
     (b"\x12\x04\x22\x02\x08\x01", "Header.key must be length-delimited"),
@@ -94,9 +107,10 @@ def test_malformed_bytes_raise_wire_error_with_reason(raw: bytes, reason: str) -
 
 def _agrees_with_protobuf(raw: bytes) -> None:
     """The native parser accepts what the protobuf runtime accepts and decodes it the same; where they differ it
-    is only by the parser's stricter checks (negative timestamp, partition out of int32 range, a 10th varint byte
-    over 1, which the runtime silently truncates, a known field with the wrong wire type) or the runtime's
-    UTF-8 check of string fields, which the sidecar leaves to per-record topic validation."""
+    is only by the parser's stricter checks (partition out of int32 range, a 10th varint byte over 1, which the
+    runtime silently truncates, a known field with the wrong wire type), the records it marks to fail alone (a
+    negative timestamp, a header name that is not UTF-8), or the runtime's UTF-8 check of string fields, which the
+    sidecar leaves to per-record validation."""
     try:
         ours = meshcore.decode_produce_request(raw)
     except meshcore.WireError as e:
@@ -110,7 +124,7 @@ def _agrees_with_protobuf(raw: bytes) -> None:
         if not isinstance(theirs, DecodeError):
             # A known field with the wrong wire type is kept as an unknown field by the runtime; we refuse it.
             assert ours.reason.endswith(("must be a varint", "must be length-delimited")) or ours.reason in (
-                "Record.timestamp_ms is negative", "Record.partition is out of the int32 range",
+                "Record.partition is out of the int32 range",
                 "varint overflows 64 bits", "unsupported wire type (groups or invalid)"), (ours, raw)
     elif isinstance(theirs, DecodeError):
         # Only a string field with invalid UTF-8 (topic or header name) is accepted by us and refused by protobuf.
@@ -118,7 +132,15 @@ def _agrees_with_protobuf(raw: bytes) -> None:
             "\udc80" <= ch <= "\udcff"
             for rec in ours[1] for ch in rec[0] + "".join(h[0] for h in rec[3])), (theirs, raw)
     else:
-        assert ours == theirs, raw
+        assert isinstance(theirs, tuple) and ours[0] == theirs[0] and len(ours[1]) == len(theirs[1]), raw
+        for mine, runtime in zip(ours[1], theirs[1], strict=True):
+            if len(mine) == 7:
+                # Refused alone: a negative timestamp is not kept (the runtime keeps it; a header name's UTF-8
+                # failure would have made the runtime refuse the whole message, above).
+                assert mine[6] == "timestamp" and runtime[4] < 0, (mine, runtime)
+                assert mine[:4] + (runtime[4],) + mine[5:6] == runtime, raw
+            else:
+                assert mine == runtime, raw
 
 
 def test_every_truncation_of_a_valid_request_agrees_with_protobuf() -> None:
@@ -178,3 +200,38 @@ def test_encode_records_refuses_what_is_not_bytes() -> None:
         meshcore.encode_records(1, "t", [b"a"], [1])
     with pytest.raises(ValueError, match="keys has 2 entries for 1 values"):
         meshcore.encode_records(1, "t", [b"a"], [b"k", b"k"])
+
+
+_UTF8_EDGES = [b"", b"abc", b"a\x00b", "é€😀".encode(), "\U0010ffff".encode(), "\ud7ff".encode(), "\ue000".encode(),
+               b"\xc0\x80", b"\xc1\xbf",            # overlong 2-byte forms
+               b"\xe0\x80\x80", b"\xe0\x9f\xbf",    # overlong 3-byte
+               b"\xf0\x80\x80\x80", b"\xf0\x8f\xbf\xbf",   # overlong 4-byte
+               b"\xed\xa0\x80", b"\xed\xbf\xbf",    # UTF-16 surrogates
+               b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\xfe",   # above U+10FFFF, never-valid bytes
+               b"\x80", b"\xbf", b"\xe2\x82", b"\xf0\x9f\x98", b"\xe2\x82\xac\x80", b"\xc2"]   # stray, truncated
+
+
+def _strict(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")       # Python's codec is strict: no overlongs, surrogates or values over U+10FFFF
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_the_header_name_utf8_check_agrees_with_strict_decoding() -> None:
+    for b in _UTF8_EDGES:
+        assert meshcore.wire.utf8_valid(b) == _strict(b), b
+    rnd = random.Random(11)
+    pivots = [0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED,
+              0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF]
+    valid = 0
+    for _ in range(100_000):
+        n = rnd.randrange(1, 9)
+        b = bytes(rnd.choice(pivots) if rnd.random() < 0.7 else rnd.randrange(256) for _ in range(n))
+        if rnd.random() < 0.3:      # a valid prefix, then the mutation: the check must read every sequence
+            b = rnd.choice(_UTF8_EDGES[:7]) + b
+        ok = meshcore.wire.utf8_valid(b)
+        assert ok == _strict(b), b
+        valid += ok
+    assert 2_000 < valid < 98_000       # both outcomes well exercised

@@ -19,6 +19,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_QUOTA_EXCEEDED: _ClassVar[ErrorCode]
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
     ERROR_CODE_UNKNOWN_TOPIC: _ClassVar[ErrorCode]
+    ERROR_CODE_INVALID_RECORD: _ClassVar[ErrorCode]
 
 class StartPosition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +35,7 @@ ERROR_CODE_NOT_AUTHORIZED: ErrorCode
 ERROR_CODE_QUOTA_EXCEEDED: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_UNKNOWN_TOPIC: ErrorCode
+ERROR_CODE_INVALID_RECORD: ErrorCode
 START_POSITION_LATEST: StartPosition
 START_POSITION_EARLIEST: StartPosition
 
@@ -62,12 +64,14 @@ class Record(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., timestamp_ms: _Optional[int] = ..., partition: _Optional[int] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("key", "value")
+    __slots__ = ("key", "value", "key_bytes")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    KEY_BYTES_FIELD_NUMBER: _ClassVar[int]
     key: str
     value: bytes
-    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    key_bytes: bytes
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., key_bytes: _Optional[bytes] = ...) -> None: ...
 
 class ProduceResponse(_message.Message):
     __slots__ = ("batch_id", "ok_count", "errors", "mapping_revision")
