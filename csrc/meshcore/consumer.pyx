@@ -89,16 +89,19 @@ cdef class Consumer:
     def __init__(self):
         raise TypeError("Consumer cannot be instantiated directly; use create_consumer()")
 
-    cdef int _collect(self, rd_kafka_message_t **msgs, int max_records, long long max_bytes,
-                      int timeout_ms) noexcept nogil:
-        """Poll up to max_records records (keys and values within max_bytes; the first always fits), waiting at most
-        timeout_ms for the first. A record over the budget is held for the next call. The batch ends at a
-        rebalance, so that it never holds records from before and after an assignment change. Errors librdkafka
-        recovers from are skipped; a fatal one is left in st.fatal."""
+    cdef int _collect(self, rd_kafka_message_t **msgs, int max_records, long long max_bytes, int timeout_ms,
+                      long long group_bytes, bint strict) noexcept nogil:
+        """Poll up to max_records records whose encoded size (each ConsumedRecord whole, headers included, and
+        group_bytes plus the topic's name for each new partition group) adds up to at most max_bytes, waiting at most
+        timeout_ms for the first. The first record always fits unless strict. A record over the budget is held for
+        the next call. The batch ends at a rebalance, so that it never holds records from before and after an
+        assignment change. Errors librdkafka recovers from are skipped; a fatal one is left in st.fatal."""
         cdef int n = 0
         cdef int wait = timeout_ms
         cdef long long used = 0, size
         cdef rd_kafka_message_t *m
+        cdef rd_kafka_topic_t *last_rkt = NULL
+        cdef int32_t last_partition = -1
         cdef km_cstate *st = self.st
         while n < max_records and not st.fatal:
             if st.nheld:
@@ -117,10 +120,15 @@ cdef class Consumer:
                     st.fatal = 1
                 rd_kafka_message_destroy(m)
                 continue
-            size = <long long>(m.len + m.key_len)
-            if n > 0 and used + size > max_bytes:
+            # the record's tag and length (at most 6 bytes) and a timestamp of up to 10 bytes, over _record_len's
+            size = <long long>(_record_len(m, 0) + 16)
+            if m.rkt != last_rkt or m.partition != last_partition:
+                size += group_bytes + <long long>strlen(rd_kafka_topic_name(m.rkt))
+            if (n > 0 or strict) and used + size > max_bytes:
                 km_held_unpop(self.rk, st, m)
                 break
+            last_rkt = m.rkt
+            last_partition = m.partition
             used += size
             msgs[n] = m
             n += 1
@@ -134,21 +142,25 @@ cdef class Consumer:
                              f"consumer {self.name!r}: {self.st.reason.decode(errors='replace')}")
         return 0
 
-    def poll_batch(self, str cluster, int max_records, long long max_bytes, int timeout_ms):
-        """Poll up to max_records records whose keys and values add up to at most max_bytes, waiting at most
-        timeout_ms for the first, and encode them as one kafkamesh.v1.SubscribeResponse (a RecordBatch grouped by
-        partition, each group naming `cluster`), with no Python object per record.
+    def poll_batch(self, str cluster, int max_records, long long max_bytes, int timeout_ms, bint strict=False):
+        """Poll up to max_records records, waiting at most timeout_ms for the first, and encode them as one
+        kafkamesh.v1.SubscribeResponse (a RecordBatch grouped by partition, each group naming `cluster`), with no
+        Python object per record, of at most max_bytes (the first record always comes, whatever its size, unless
+        strict).
 
         Returns (encoded, runs, count): runs lists (topic, partition, first_offset, last_offset) per group, for the
-        stream's offset tracking; encoded is None when nothing arrived. A record that does not fit the byte budget
-        is kept and returned first by the next call. A batch ends at a rebalance: call take_events() after each
-        call. A fatal consumer error raises KafkaError."""
-        cdef _Polled polled = self._poll(max_records, max_bytes, timeout_ms)
+        stream's offset tracking; encoded is None when nothing arrived (or, strict, the first record would not fit).
+        A record that does not fit the byte budget is kept and returned first by the next call. A batch ends at a
+        rebalance: call take_events() after each call. A fatal consumer error raises KafkaError."""
+        cdef bytes name = cluster.encode()
+        # A partition group: its tag and length, cluster, topic and partition fields, and the response's own framing.
+        cdef _Polled polled = self._poll(max_records, max_bytes, timeout_ms, 32 + len(name), strict)
         if polled.n == 0:
             return None, [], 0
-        return _encode_batch(cluster.encode(), polled.msgs, polled.n)
+        return _encode_batch(name, polled.msgs, polled.n)
 
-    cdef _Polled _poll(self, int max_records, long long max_bytes, int timeout_ms):
+    cdef _Polled _poll(self, int max_records, long long max_bytes, int timeout_ms, long long group_bytes=0,
+                       bint strict=False):
         """_collect() into a fresh _Polled; raises for a closed handle, a bad bound, or a fatal consumer error."""
         self._check_alive()
         if max_records <= 0:
@@ -158,7 +170,7 @@ cdef class Consumer:
         if polled.msgs == NULL:
             raise MemoryError()
         with nogil:
-            polled.n = self._collect(polled.msgs, max_records, max_bytes, timeout_ms)
+            polled.n = self._collect(polled.msgs, max_records, max_bytes, timeout_ms, group_bytes, strict)
         self._check_fatal()
         return polled
 

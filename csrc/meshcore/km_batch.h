@@ -45,6 +45,7 @@ enum {
 enum {
     KM_INVALID_HEADER_NAME = 1,  /* a header name that is not UTF-8 */
     KM_INVALID_TIMESTAMP = 2,    /* a negative timestamp */
+    KM_INVALID_PARTITION = 3,    /* a negative partition (librdkafka would read -1 as "any partition") */
 };
 
 static inline int km_code_for(rd_kafka_resp_err_t err) {

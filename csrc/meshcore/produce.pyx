@@ -36,6 +36,7 @@ cdef extern from "km_batch.h" nogil:
         KM_INVALID_RECORD
         KM_INVALID_HEADER_NAME
         KM_INVALID_TIMESTAMP
+        KM_INVALID_PARTITION
         KM_CLUSTER_UNAVAILABLE
         KM_INTERNAL
     ctypedef struct km_batch
@@ -79,6 +80,10 @@ cdef extern from "km_batch.h" nogil:
 cdef enum:
     # Bounds a batch's accounting (16 bytes per delivery) and keeps every count in 32 bits.
     MAX_REFS = 4000000
+    # Bounds the response: with every other record failing, ~9 bytes per failure (see _encode_response).
+    MAX_REQUEST_RECORDS = 500000
+    # Errors of a response that carry their text; later ones carry the code alone.
+    MAX_MESSAGES = 1000
 
 
 cdef inline bint valid_topic(const unsigned char *p, size_t n) noexcept nogil:
@@ -158,6 +163,12 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, ProduceR
     cdef const Route **routes = <const Route **>malloc((view.count if view.count else 1) * sizeof(void *))
     cdef uint8_t *codes = <uint8_t *>malloc(view.count if view.count else 1)
     cdef km_batch *b
+    if view.count > MAX_REQUEST_RECORDS:
+        free(routes)
+        free(codes)
+        with gil:
+            raise ValueError(f"a ProduceRequest may hold at most {MAX_REQUEST_RECORDS:,} records, got "
+                             f"{view.count:,}: send them as several requests")
     if routes == NULL or codes == NULL:
         free(routes)
         free(codes)
@@ -398,15 +409,53 @@ cdef int put_bytes(Buf *b, const char *p, size_t n) except -1:
     return 0
 
 
+cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil:
+    """The human-readable text of record i's failure, in msg; returns its length."""
+    cdef int n
+    cdef const char *sink
+    if b.rec_code[i] == KM_NO_ROUTE:
+        n = snprintf(msg, cap, "no producer route for this topic and no __default__ route (mapping revision %llu)",
+                     <unsigned long long>b.revision)
+    elif b.rec_code[i] == KM_INVALID_TOPIC and b.rec_kerr[i] == 0:
+        n = snprintf(msg, cap, "invalid topic name: it must be 1 to 249 characters of [a-zA-Z0-9._-] and not '.' "
+                     "or '..'")
+    elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_HEADER_NAME:
+        n = snprintf(msg, cap, "a header name is not valid UTF-8 (Header.key is a string; consumers in other "
+                     "languages could not read the record)")
+    elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_TIMESTAMP:
+        n = snprintf(msg, cap, "timestamp_ms is negative; Kafka takes milliseconds since the Unix epoch, 0 or later")
+    elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_PARTITION:
+        n = snprintf(msg, cap, "partition is negative; leave it out to let the partitioner choose")
+    elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__DESTROY:
+        n = snprintf(msg, cap, "cluster '%s': not written, its producer was closed (the sidecar is stopping, or the "
+                     "cluster left the mapping)", b.names + b.name_off[b.rec_sink[i]])
+    else:
+        sink = b.names + b.name_off[b.rec_sink[i]]
+        n = snprintf(msg, cap, "cluster '%s': %s (%s)", sink, rd_kafka_err2str(<rd_kafka_resp_err_t>b.rec_kerr[i]),
+                     rd_kafka_err2name(<rd_kafka_resp_err_t>b.rec_kerr[i]))
+    if n < 0:
+        return 0
+    if n >= <int>cap:
+        return <int>cap - 1
+    return n
+
+
+cdef inline bint _same_cause(km_batch *b, uint32_t i, uint32_t j) noexcept nogil:
+    return (b.rec_code[i] == b.rec_code[j] and b.rec_kerr[i] == b.rec_kerr[j]
+            and (b.rec_kerr[i] == 0 or b.rec_sink[i] == b.rec_sink[j]))
+
+
 cdef object _encode_response(km_batch *b):
-    """ProduceResponse{batch_id=1, ok_count=2, errors=3 (RecordError{index=1, code=2, message=3}),
-    mapping_revision=4}, encoded straight from the batch's C state."""
+    """ProduceResponse{batch_id=1, ok_count=2, errors=3 (RecordError{index=1, code=2, message=3, count=4}),
+    mapping_revision=4}, encoded straight from the batch's C state. Consecutive records that failed for the same
+    cause are one RecordError (count), and only the first MAX_MESSAGES errors carry their text, so that a response
+    stays small whatever the request (at most ~9 bytes per failed record, for the worst case of every other record
+    failing: under 2.5 MB at MAX_REQUEST_RECORDS)."""
     cdef Buf out
-    cdef uint32_t i, failed = 0
+    cdef uint32_t i, j, failed = 0, written = 0
     cdef char msg[512]
     cdef int n
     cdef size_t inner
-    cdef const char *sink
     out.p = NULL
     out.len = 0
     out.cap = 0
@@ -418,43 +467,35 @@ cdef object _encode_response(km_batch *b):
         put_varint(&out, b.batch_id)
         put_varint(&out, 0x10)
         put_varint(&out, b.n_records - failed)
-        for i in range(b.n_records):
+        i = 0
+        while i < b.n_records:
             if b.rec_code[i] == KM_OK:
+                i += 1
                 continue
-            if b.rec_code[i] == KM_NO_ROUTE:
-                n = snprintf(msg, sizeof(msg), "no producer route for this topic and no __default__ route "
-                             "(mapping revision %llu)", <unsigned long long>b.revision)
-            elif b.rec_code[i] == KM_INVALID_TOPIC and b.rec_kerr[i] == 0:
-                n = snprintf(msg, sizeof(msg), "invalid topic name: it must be 1 to 249 characters of "
-                             "[a-zA-Z0-9._-] and not '.' or '..'")
-            elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_HEADER_NAME:
-                n = snprintf(msg, sizeof(msg), "a header name is not valid UTF-8 (Header.key is a string; consumers "
-                             "in other languages could not read the record)")
-            elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_TIMESTAMP:
-                n = snprintf(msg, sizeof(msg), "timestamp_ms is negative; Kafka takes milliseconds since the Unix "
-                             "epoch, 0 or later")
-            elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__DESTROY:
-                n = snprintf(msg, sizeof(msg), "cluster '%s': not written, its producer was closed (the sidecar is "
-                             "stopping, or the cluster left the mapping)", b.names + b.name_off[b.rec_sink[i]])
-            else:
-                sink = b.names + b.name_off[b.rec_sink[i]]
-                n = snprintf(msg, sizeof(msg), "cluster '%s': %s (%s)", sink,
-                             rd_kafka_err2str(<rd_kafka_resp_err_t>b.rec_kerr[i]),
-                             rd_kafka_err2name(<rd_kafka_resp_err_t>b.rec_kerr[i]))
-            if n < 0:
-                n = 0
-            elif n >= <int>sizeof(msg):
-                n = sizeof(msg) - 1
-            inner = 1 + varint_size(i) + 1 + varint_size(b.rec_code[i]) + 1 + varint_size(n) + n
+            j = i + 1
+            while j < b.n_records and _same_cause(b, i, j):
+                j += 1
+            n = _message(b, i, msg, sizeof(msg)) if written < MAX_MESSAGES else 0
+            written += 1
+            inner = 1 + varint_size(i) + 1 + varint_size(b.rec_code[i])
+            if n:
+                inner += 1 + varint_size(n) + n
+            if j - i > 1:
+                inner += 1 + varint_size(j - i)
             put_varint(&out, 0x1a)
             put_varint(&out, inner)
             put_varint(&out, 0x08)
             put_varint(&out, i)
             put_varint(&out, 0x10)
             put_varint(&out, b.rec_code[i])
-            put_varint(&out, 0x1a)
-            put_varint(&out, n)
-            put_bytes(&out, msg, n)
+            if n:
+                put_varint(&out, 0x1a)
+                put_varint(&out, n)
+                put_bytes(&out, msg, n)
+            if j - i > 1:
+                put_varint(&out, 0x20)
+                put_varint(&out, j - i)
+            i = j
         if b.revision:
             put_varint(&out, 0x20)
             put_varint(&out, b.revision)

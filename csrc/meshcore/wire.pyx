@@ -19,6 +19,7 @@ cdef extern from "km_batch.h" nogil:
     enum:
         KM_INVALID_HEADER_NAME
         KM_INVALID_TIMESTAMP
+        KM_INVALID_PARTITION
 
 # Field numbers of mesh.proto; the test of the generated stubs checks them against the descriptors.
 cdef enum:
@@ -211,6 +212,8 @@ cdef int _parse_record(const unsigned char *p, size_t n, RecordView *rec, Reader
                 sv = <int64_t>v
                 if sv < INT32_MIN or sv > INT32_MAX:
                     _fail(&r, "Record.partition is out of the int32 range")
+                elif sv < 0:
+                    rec.invalid = KM_INVALID_PARTITION      # this record fails alone
                 else:
                     rec.partition = <int32_t>sv
                     rec.has_partition = 1
@@ -314,7 +317,8 @@ cdef inline object _slice_bytes(Slice s, bint present):
 
 
 #: Why a record is refused alone (ERROR_CODE_INVALID_RECORD), by the reason number km_batch.h gives it.
-INVALID_REASONS = {KM_INVALID_HEADER_NAME: "header_name", KM_INVALID_TIMESTAMP: "timestamp"}
+INVALID_REASONS = {KM_INVALID_HEADER_NAME: "header_name", KM_INVALID_TIMESTAMP: "timestamp",
+                   KM_INVALID_PARTITION: "partition"}
 
 
 def utf8_valid(data):
@@ -330,7 +334,7 @@ def decode_produce_request(data):
 
     For tests and tools only: it builds Python objects per record, which the data path never does.
     Returns (batch_id, [(topic, key, value, [(name, value)], timestamp_ms, partition), ...]); a record refused alone
-    (a header name that is not UTF-8, a negative timestamp) has a 7th item, the reason (INVALID_REASONS).
+    (a header name that is not UTF-8, a negative timestamp or partition) has a 7th item, the reason (INVALID_REASONS).
     """
     cdef const unsigned char[::1] buf = data
     cdef ProduceRequestView view

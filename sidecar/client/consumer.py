@@ -52,6 +52,7 @@ from typing import Any, Literal
 import grpc
 
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _mesh_pb2
+from sidecar.client.channel import open_channel
 from sidecar.client.errors import ConsumerClosedError, SubscribeError
 
 log = logging.getLogger("kafka_mesh.client")
@@ -460,7 +461,7 @@ class Consumer:
             if self._state is not _State.NEW:
                 raise ConsumerClosedError(f"the consumer of group {self.group!r} is closed")
             self._state = _State.SUBSCRIBED       # before connecting, so that a concurrent second call fails
-        channel = grpc.insecure_channel(self.target)
+        channel = open_channel(self.target)
         if self._connect_timeout is not None:
             try:
                 grpc.channel_ready_future(channel).result(timeout=self._connect_timeout)

@@ -49,6 +49,7 @@ import grpc
 import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _mesh_pb2
 from sidecar.client import wire
+from sidecar.client.channel import open_channel
 from sidecar.client.errors import ErrorCode, ProducerClosedError, RecordError, StreamError
 
 log = logging.getLogger("kafka_mesh.client")
@@ -212,7 +213,7 @@ class _RecordBatch:
 
     def resolve(self, resp: Any) -> None:
         result = RecordResult(self.batch_id, resp.mapping_revision)
-        failed = {e.index: e for e in resp.errors}
+        failed = dict(record_errors(resp.errors))
         if resp.ok_count + len(failed) != len(self.futures):
             log.warning("produce response does not add up batch_id=%d records=%d ok=%d errors=%d",
                         self.batch_id, len(self.futures), resp.ok_count, len(failed))
@@ -225,11 +226,28 @@ class _RecordBatch:
             if e is None:
                 f.set_result(result)
             else:
-                f.set_exception(RecordError(ErrorCode.from_wire(e.code), e.message, index=i, topic=self.topics[i]))
+                f.set_exception(RecordError(e[0], e[1], index=i, topic=self.topics[i]))
 
     def fail(self, code: Any, details: str) -> None:
         for f in self.futures:
             f.set_exception(StreamError(code, details))
+
+
+def record_errors(errors: Any) -> Iterator[tuple[int, tuple[ErrorCode, str]]]:
+    """(index, (code, message)) for every failed record of a ProduceResponse's errors, whose entries each stand for
+    `count` consecutive records; an entry past the response's first 1,000 has no text: it takes the last text given
+    for its code."""
+    said: dict[int, str] = {}
+    for e in errors:
+        message = e.message or said.get(e.code, "")
+        said[e.code] = message
+        code = ErrorCode.from_wire(e.code)
+        for i in range(e.index, e.index + max(e.count, 1)):
+            yield i, (code, message)
+
+
+#: The most records the sidecar takes in one ProduceRequest.
+MAX_REQUEST_RECORDS = 500_000
 
 
 class _WholeBatch:
@@ -250,8 +268,8 @@ class _WholeBatch:
         return raw
 
     def resolve(self, resp: Any) -> None:
-        errors = tuple(RecordError(ErrorCode.from_wire(e.code), e.message, index=e.index, topic=self.topic)
-                       for e in resp.errors)
+        errors = tuple(RecordError(code, message, index=i, topic=self.topic)
+                       for i, (code, message) in record_errors(resp.errors))
         self.future.set_result(BatchResult(self.batch_id, resp.ok_count, errors, resp.mapping_revision))
 
     def fail(self, code: Any, details: str) -> None:
@@ -296,6 +314,9 @@ class Producer:
                             ("max_inflight_batches", max_inflight_batches), ("max_request_bytes", max_request_bytes)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if batch_records > MAX_REQUEST_RECORDS:
+            raise ValueError(f"batch_records must be at most {MAX_REQUEST_RECORDS:,} (the sidecar's limit per "
+                             f"request), got {batch_records:,}")
         self.target = target
         self._linger = linger_ms / 1000.0
         self._batch_records = batch_records
@@ -313,7 +334,7 @@ class Producer:
         self._next_id = 1
         self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
 
-        self._channel = grpc.insecure_channel(target)
+        self._channel = open_channel(target)
         if connect_timeout is not None:
             try:
                 grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
@@ -412,6 +433,10 @@ class Producer:
         this call are sent before it. `timeout` as for send()."""
         if len(values) == 0:
             raise ValueError("send_batch: values is empty")
+        if len(values) > MAX_REQUEST_RECORDS:
+            # refused here: the sidecar would end the stream, failing every batch in flight on it
+            raise ValueError(f"send_batch: at most {MAX_REQUEST_RECORDS:,} records per batch (the sidecar's limit "
+                             f"per request), got {len(values):,}; split them")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_open()

@@ -21,7 +21,14 @@ from sidecar.api.kafkamesh.v1 import mesh_pb2 as _mesh_pb2
 from sidecar.errors import MappingError
 from sidecar.mapping.model import check_topic
 from sidecar.routing import RouteState
-from sidecar.subscribe.session import PlanError, Session, StreamSettings
+from sidecar.subscribe.session import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    MAX_RESPONSE_BYTES,
+    MIN_RESPONSE_BYTES,
+    PlanError,
+    Session,
+    StreamSettings,
+)
 
 log = logging.getLogger("kafka_mesh.subscribe")
 
@@ -51,6 +58,10 @@ def parse_subscription(raw: bytes) -> _mesh_pb2.Subscription:
         raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, "subscription.group is empty")
     if not sub.topics:
         raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, "subscription.topics is empty")
+    if sub.max_response_bytes and not MIN_RESPONSE_BYTES <= sub.max_response_bytes <= MAX_RESPONSE_BYTES:
+        raise Aborted(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"subscription.max_response_bytes {sub.max_response_bytes} is out of range: 0 (the default, "
+                      f"{DEFAULT_MAX_RESPONSE_BYTES}) or {MIN_RESPONSE_BYTES} to {MAX_RESPONSE_BYTES}")
     for i, topic in enumerate(sub.topics):
         try:
             check_topic(f"subscription.topics[{i}]", topic)

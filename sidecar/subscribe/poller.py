@@ -144,9 +144,11 @@ class Poller:
     """Polls a stream's consumers on one thread; every Item goes to deliver(item) (called on the poll thread: it
     must hand over to the loop thread-safely), and deliver(None) comes last."""
 
-    def __init__(self, credit: Credit, max_records: int, deliver: Callable[[Item | None], None]) -> None:
+    def __init__(self, credit: Credit, max_records: int, deliver: Callable[[Item | None], None],
+                 max_response_bytes: int = 4 << 20) -> None:
         self.credit = credit
         self._max_records = max_records
+        self._max_response = max_response_bytes
         self._deliver = deliver
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._consumers: dict[str, meshcore.Consumer] = {}     # only the thread touches this
@@ -260,14 +262,18 @@ class Poller:
             # Start each round one cluster further on: when credit is short, every cluster gets its turn.
             self._turn = (self._turn + 1) % len(order)
             order = order[self._turn:] + order[:self._turn]
+        room = self._max_response       # one response per round, of at most max_response_bytes
         for cluster, consumer in order:
             records, nbytes = self.credit.take()
-            if records > 0 and nbytes > 0:
+            if records > 0 and nbytes > 0 and room > 0:
                 if consumer.paused:
                     consumer.set_paused(False)
                 limit = min(records, self._max_records)
                 try:
-                    encoded, runs, n = consumer.poll_batch(cluster, limit, nbytes, 0)
+                    # Only the response's first record may be larger than the room (a record larger than the
+                    # response limit then comes alone); a later cluster's must fit, or waits for the next round.
+                    encoded, runs, n = consumer.poll_batch(cluster, limit, min(nbytes, room), 0,
+                                                           strict=bool(encoded_all))
                 except meshcore.CoreError as e:
                     e.cluster = cluster
                     raise
@@ -276,15 +282,17 @@ class Poller:
                     encoded_all.append(encoded)
                     runs_all += [(cluster, *run) for run in runs]
                     count += n
+                    room -= len(encoded)
                 # records held back (over the byte budget, or a batch cut by a rebalance) wake nobody: poll again
                 more = more or n >= limit or consumer.held > 0
             else:
-                more = True     # out of credit mid-round: the loop's credit check decides what comes next
+                more = True     # out of credit, or the response is full, mid-round: poll again
             events = consumer.take_events()
             if events and encoded_all:
                 # the records polled before a rebalance go first, so that acks meet the assignment they came from
                 self._deliver(Records(merge_responses(encoded_all), runs_all, count))
                 encoded_all, runs_all, count = [], [], 0
+                room = self._max_response
             self._deliver_events(cluster, consumer, events)
         if encoded_all:
             # One response per round over every cluster: at a modest rate each cluster has a few records a round,

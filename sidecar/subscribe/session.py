@@ -27,7 +27,18 @@ from sidecar.api.kafkamesh.v1 import mesh_pb2 as _pb
 from sidecar.clientconf import at_least, client_defaults
 from sidecar.mapping.model import Cluster, Mapping
 from sidecar.subscribe.offsets import PartitionOffsets
-from sidecar.subscribe.poller import Credit, Failed, Item, Poller, Rebalanced, Records, Removed, StateChanged
+from sidecar.subscribe.poller import (
+    MAX_CREDIT_BYTES,
+    MAX_CREDIT_RECORDS,
+    Credit,
+    Failed,
+    Item,
+    Poller,
+    Rebalanced,
+    Records,
+    Removed,
+    StateChanged,
+)
 
 log = logging.getLogger("kafka_mesh.subscribe")
 
@@ -38,6 +49,11 @@ MAX_RECORDS = 10_000
 # and the application working at once instead of taking turns (3x the rate of a 1,000-record window, measured).
 DEFAULT_CREDIT_RECORDS = 10_000
 DEFAULT_CREDIT_BYTES = 16 << 20
+#: The most bytes of one response of records: under the 4 MiB (4,194,304 bytes) that gRPC clients in every language
+#: accept by default, whatever the credit. A subscription may choose 1 KiB-64 MiB (max_response_bytes).
+DEFAULT_MAX_RESPONSE_BYTES = (4 << 20) - 1024
+MIN_RESPONSE_BYTES = 1024
+MAX_RESPONSE_BYTES = 64 << 20
 #: While a cluster is down, how often the session asks it for metadata to notice that it is back.
 PROBE_INTERVAL_S = 1.0
 
@@ -134,8 +150,11 @@ class Session:
         self._listeners = listeners
         self._loop = asyncio.get_running_loop()
         self.out: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.credit = Credit(sub.credit.records or DEFAULT_CREDIT_RECORDS, sub.credit.bytes or DEFAULT_CREDIT_BYTES)
-        self._poller = Poller(self.credit, min(sub.max_records or DEFAULT_MAX_RECORDS, MAX_RECORDS), self._from_thread)
+        # A credit of up to 2^64 - 1 is the app's "no limit": held within what the poll thread's counters take.
+        self.credit = Credit(min(sub.credit.records or DEFAULT_CREDIT_RECORDS, MAX_CREDIT_RECORDS),
+                             min(sub.credit.bytes or DEFAULT_CREDIT_BYTES, MAX_CREDIT_BYTES))
+        self._poller = Poller(self.credit, min(sub.max_records or DEFAULT_MAX_RECORDS, MAX_RECORDS), self._from_thread,
+                              sub.max_response_bytes or DEFAULT_MAX_RESPONSE_BYTES)
         self._prefetch = prefetch(self.credit.bytes)
         self._group_protocol = group_protocol()
         self.offsets: dict[tuple[str, str, int], PartitionOffsets] = {}

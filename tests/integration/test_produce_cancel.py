@@ -1,6 +1,7 @@
-"""Large Produce requests that end early, against the real sidecar process: apps that cancel a 13.5 MB request
-(1.5 million records, submitted in a worker thread) at any moment, and a SIGTERM while one is being submitted. The
-sidecar must survive every one, keep serving other streams, and answer the batch it had read when told to stop."""
+"""Large Produce requests that end early, against the real sidecar process: apps that cancel a 15 MB request
+(500,000 records, the most a request may hold, submitted in a worker thread) at any moment, and a SIGTERM while one
+is being submitted. The sidecar must survive every one, keep serving other streams, and answer the batch it had read
+when told to stop."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from sidecar.dev import ports
 from sidecar.dev.sandbox import Sandbox
 from tests.integration.kafka_helpers import create_topic, read_all
 from tests.integration.sidecar_proc import apply, batch, clusters_doc, new_namespace
+from tests.produce_responses import per_record
 
-LARGE = 1_500_000        # records of one byte: 13.5 MB on the wire, past the sidecar's inline-submit size
+LARGE = 500_000          # records of 10 bytes: 15 MB on the wire, past the sidecar's inline-submit size
 
 
 def _large_request(batch_id: int, topic: str) -> mesh_pb2.ProduceRequest:
     """Built without a Python object per record: protobuf merges the repeated field of concatenated messages."""
-    one = mesh_pb2.ProduceRequest(records=[mesh_pb2.Record(topic=topic, value=b"x")]).SerializeToString()
+    one = mesh_pb2.ProduceRequest(records=[mesh_pb2.Record(topic=topic, value=b"x" * 10)]).SerializeToString()
     raw = mesh_pb2.ProduceRequest(batch_id=batch_id).SerializeToString() + one * LARGE
     return mesh_pb2.ProduceRequest.FromString(raw)
 
@@ -56,7 +58,7 @@ class SteadyStream(threading.Thread):
             try:
                 for resp in mesh_pb2_grpc.MeshStub(ch).Produce(self._requests(), timeout=600):
                     ids = [f"{self.name_}-{resp.batch_id}-{j}" for j in range(20)]
-                    failed = {e.index for e in resp.errors}
+                    failed = {i for i, _, _ in per_record(resp)}
                     self.acked += [x for j, x in enumerate(ids) if j not in failed]
                     self.failed += [x for j, x in enumerate(ids) if j in failed]
                     self.answered.release()
@@ -93,7 +95,7 @@ def test_cancelled_large_requests_and_a_sigterm_during_one_crash_nothing_and_los
     for s in steady:
         s.start()
 
-    # 20 apps each send a 13.5 MB request and cancel it, from before it is read to after it was enqueued.
+    # 20 apps each send a 15 MB request and cancel it, from before it is read to after it was enqueued.
     doomed = _large_request(1, gone_topic)
     acked_before = sum(len(s.acked) for s in steady)
     with grpc.insecure_channel(sc.target, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
@@ -109,7 +111,7 @@ def test_cancelled_large_requests_and_a_sigterm_during_one_crash_nothing_and_los
     assert served > 0 and all(s.error is None and not s.failed for s in steady)
     assert all(s.is_alive() for s in steady)
 
-    # SIGTERM while a 13.5 MB request to a live cluster is being enqueued: its batch is still answered, whole.
+    # SIGTERM while a 15 MB request to a live cluster is being enqueued: its batch is still answered, whole.
     answers: list[mesh_pb2.ProduceResponse] = []
     ended: queue.Queue[grpc.StatusCode] = queue.Queue()
 

@@ -303,3 +303,33 @@ def test_stream_registration_holds_above_and_below_dataclass_slots_and_not_for_s
             p.send(Sub("x"))
     got = [(r.topic, r.key if r.HasField("key") else None, r.value) for req in sc.requests for r in req.records]
     assert got == [("above", b"7", b'{"k":7}'), ("below", "é".encode(), '{"k":"é"}'.encode()), ("raw", None, b"raw")]
+
+
+def test_runs_of_errors_resolve_every_record_and_untold_texts_take_their_codes_last(
+        fake: Callable[..., FakeSidecar]) -> None:
+    def answer(req: mesh_pb2.ProduceRequest) -> list[mesh_pb2.ProduceResponse]:
+        errors = [mesh_pb2.RecordError(index=1, code=mesh_pb2.ERROR_CODE_NO_ROUTE, message="no route", count=3),
+                  mesh_pb2.RecordError(index=5, code=mesh_pb2.ERROR_CODE_NO_ROUTE),          # past the 1,000th
+                  mesh_pb2.RecordError(index=7, code=mesh_pb2.ERROR_CODE_INVALID_RECORD, count=0)]
+        return [mesh_pb2.ProduceResponse(batch_id=req.batch_id, ok_count=len(req.records) - 5, errors=errors)]
+
+    sc = fake(answer)
+    with Producer(sc.target, batch_records=8) as p:
+        fs = [p.send("t", f"v{i}".encode()) for i in range(8)]
+        whole = p.send_batch("t", [b"x"] * 8).result(timeout=10)
+    failed = {i: (f.exception().code, f.exception().message) for i, f in enumerate(fs) if f.exception()}
+    assert failed == {1: (ErrorCode.NO_ROUTE, "no route"), 2: (ErrorCode.NO_ROUTE, "no route"),
+                      3: (ErrorCode.NO_ROUTE, "no route"), 5: (ErrorCode.NO_ROUTE, "no route"),
+                      7: (ErrorCode.INVALID_RECORD, "")}
+    assert [(e.index, e.code) for e in whole.errors] == [(i, c) for i, (c, _) in failed.items()]
+
+
+def test_more_records_than_the_sidecar_takes_in_a_request_are_refused_here(
+        fake: Callable[..., FakeSidecar]) -> None:
+    with pytest.raises(ValueError, match="batch_records must be at most 500,000"):
+        Producer("unix:/nonexistent", batch_records=500_001, connect_timeout=None)
+    sc = fake(lambda req: [mesh_pb2.ProduceResponse(batch_id=req.batch_id, ok_count=len(req.records))])
+    with Producer(sc.target) as p:
+        with pytest.raises(ValueError, match="at most 500,000 records per batch .* got 500,001; split them"):
+            p.send_batch("t", [b""] * 500_001)
+        assert p.send_batch("t", [b"ok"]).result(timeout=10).ok_count == 1     # the producer is unharmed

@@ -12,6 +12,7 @@ import time
 import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2
 from tests.isolation import run_isolated
+from tests.produce_responses import per_record
 from tests.unit.stream_helpers import responses
 
 NOWHERE = {"bootstrap.servers": "127.0.0.1:9", "log_level": "0", "message.timeout.ms": "1000"}
@@ -83,7 +84,7 @@ def _table_with_a_closed_producer() -> dict[str, object]:
     del table
     _assert_balanced(before)
     return {"queued": queued, "ok": resp.ok_count,
-            "errors": [(e.index, mesh_pb2.ErrorCode.Name(e.code), e.message) for e in resp.errors]}
+            "errors": [(i, mesh_pb2.ErrorCode.Name(code), message) for i, code, message in per_record(resp)]}
 
 
 def test_a_producer_closed_under_a_live_table_fails_its_records_and_nothing_else() -> None:
@@ -116,7 +117,7 @@ def _close_producer_under_submit() -> dict[str, object]:
     del table
     _assert_balanced(before)
     return {"close_s": close_s, "undelivered": undelivered, "alive": alive, "ok": resp.ok_count,
-            "errors": len(resp.errors), "codes": sorted({mesh_pb2.ErrorCode.Name(e.code) for e in resp.errors})}
+            "errors": len(per_record(resp)), "codes": sorted({mesh_pb2.ErrorCode.Name(e.code) for e in resp.errors})}
 
 
 def test_closing_a_producer_under_a_waiting_submit_stops_the_wait_and_answers_every_record() -> None:

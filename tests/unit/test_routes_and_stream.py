@@ -11,6 +11,7 @@ import pytest
 import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2
 from tests.isolation import run_isolated
+from tests.produce_responses import per_record
 from tests.unit.stream_helpers import responses
 
 NOWHERE = {"bootstrap.servers": "127.0.0.1:9", "log_level": "0", "message.timeout.ms": "200"}
@@ -68,9 +69,10 @@ def test_each_record_error_is_reported_by_index_and_code(producers: list[meshcor
     finally:
         s.close()
     assert (resp.batch_id, resp.ok_count, resp.mapping_revision) == (11, 0, 3)
-    assert [(e.index, e.code) for e in resp.errors] == [
+    assert [(i, code) for i, code, _ in per_record(resp)] == [
         (0, mesh_pb2.ERROR_CODE_CLUSTER_UNAVAILABLE), (1, mesh_pb2.ERROR_CODE_NO_ROUTE),
         (2, mesh_pb2.ERROR_CODE_INVALID_TOPIC), (3, mesh_pb2.ERROR_CODE_INVALID_TOPIC)]
+    assert [(e.index, e.count) for e in resp.errors] == [(0, 0), (1, 0), (2, 2)]   # one entry for the run of two
     assert resp.errors[0].message == "cluster 'c1': Local: Message timed out (_MSG_TIMED_OUT)"
     assert "mapping revision 3" in resp.errors[1].message
 

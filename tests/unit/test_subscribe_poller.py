@@ -29,9 +29,10 @@ class FakeConsumer:
     def enable_wakeup(self, fd: int) -> None:
         self.fd = fd
 
-    def poll_batch(self, cluster: str, max_records: int, max_bytes: int, timeout_ms: int) -> Any:
+    def poll_batch(self, cluster: str, max_records: int, max_bytes: int, timeout_ms: int,
+                   strict: bool = False) -> Any:
         with self.lock:
-            n = min(max_records, self.backlog, max(1, max_bytes))
+            n = min(max_records, self.backlog, max_bytes if strict else max(1, max_bytes))
             if n <= 0:
                 return None, [], 0
             first = self.next_offset

@@ -78,6 +78,9 @@ def test_a_negative_timestamp_or_a_header_name_not_utf8_marks_that_record_alone(
     assert records[0] == records[2] == ("t", None, b"v", [], None, None)
     assert records[1] == ("t", None, b"n", [], None, None, "timestamp")
     assert records[3] == ("t", None, None, [("\udcff\udcfe", None)], None, None, "header_name")
+    negative_partition = mesh_pb2.ProduceRequest(records=[mesh_pb2.Record(topic="t", partition=-1)])
+    assert meshcore.decode_produce_request(negative_partition.SerializeToString())[1] == [
+        ("t", None, None, [], None, None, "partition")]
 
 
 @pytest.mark.parametrize("raw, reason", [
@@ -135,10 +138,12 @@ def _agrees_with_protobuf(raw: bytes) -> None:
         assert isinstance(theirs, tuple) and ours[0] == theirs[0] and len(ours[1]) == len(theirs[1]), raw
         for mine, runtime in zip(ours[1], theirs[1], strict=True):
             if len(mine) == 7:
-                # Refused alone: a negative timestamp is not kept (the runtime keeps it; a header name's UTF-8
-                # failure would have made the runtime refuse the whole message, above).
-                assert mine[6] == "timestamp" and runtime[4] < 0, (mine, runtime)
-                assert mine[:4] + (runtime[4],) + mine[5:6] == runtime, raw
+                # Refused alone: a negative timestamp or partition is not kept (the runtime keeps it; a header
+                # name's UTF-8 failure would have made the runtime refuse the whole message, above).
+                assert mine[6] in ("timestamp", "partition"), (mine, runtime)
+                dropped = [k for k in (4, 5) if mine[k] is None and runtime[k] is not None and runtime[k] < 0]
+                assert dropped and mine[:6] == tuple(runtime[k] if k in dropped else mine[k] for k in range(6)) \
+                    and mine[:4] == runtime[:4], raw
             else:
                 assert mine == runtime, raw
 

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kafkamesh/v1/mesh.proto\x12\x0ckafkamesh.v1\"I\n\x0eProduceRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12%\n\x07records\x18\x02 \x03(\x0b\x32\x14.kafkamesh.v1.Record\"\xc8\x01\n\x06Record\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x03key\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12%\n\x07headers\x18\x04 \x03(\x0b\x32\x14.kafkamesh.v1.Header\x12\x19\n\x0ctimestamp_ms\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\tpartition\x18\x06 \x01(\x05H\x03\x88\x01\x01\x42\x06\n\x04_keyB\x08\n\x06_valueB\x0f\n\r_timestamp_msB\x0c\n\n_partition\"F\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x11\n\tkey_bytes\x18\x03 \x01(\x0c\x42\x08\n\x06_value\"z\n\x0fProduceResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08ok_count\x18\x02 \x01(\r\x12)\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x19.kafkamesh.v1.RecordError\x12\x18\n\x10mapping_revision\x18\x04 \x01(\x04\"T\n\x0bRecordError\x12\r\n\x05index\x18\x01 \x01(\r\x12%\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x17.kafkamesh.v1.ErrorCode\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8c\x01\n\x10SubscribeRequest\x12\x30\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1a.kafkamesh.v1.Subscription\x12 \n\x04\x61\x63ks\x18\x02 \x01(\x0b\x32\x12.kafkamesh.v1.Acks\x12$\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x14.kafkamesh.v1.Credit\"\xa9\x01\n\x0cSubscription\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12*\n\x05start\x18\x03 \x01(\x0e\x32\x1b.kafkamesh.v1.StartPosition\x12\x13\n\x0bmax_records\x18\x04 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x05 \x01(\r\x12$\n\x06\x63redit\x18\x06 \x01(\x0b\x32\x14.kafkamesh.v1.Credit\"(\n\x06\x43redit\x12\x0f\n\x07records\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\".\n\x04\x41\x63ks\x12&\n\x06ranges\x18\x01 \x03(\x0b\x32\x16.kafkamesh.v1.AckRange\"h\n\x08\x41\x63kRange\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x14\n\x0c\x66irst_offset\x18\x04 \x01(\x03\x12\x13\n\x0blast_offset\x18\x05 \x01(\x03\"o\n\x11SubscribeResponse\x12,\n\x07records\x18\x01 \x01(\x0b\x32\x19.kafkamesh.v1.RecordBatchH\x00\x12$\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x13.kafkamesh.v1.EventH\x00\x42\x06\n\x04kind\"A\n\x0bRecordBatch\x12\x32\n\npartitions\x18\x01 \x03(\x0b\x32\x1e.kafkamesh.v1.PartitionRecords\"t\n\x10PartitionRecords\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12-\n\x07records\x18\x04 \x03(\x0b\x32\x1c.kafkamesh.v1.ConsumedRecord\"\x95\x01\n\x0e\x43onsumedRecord\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x10\n\x03key\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12%\n\x07headers\x18\x04 \x03(\x0b\x32\x14.kafkamesh.v1.Header\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x42\x06\n\x04_keyB\x08\n\x06_value\"\x8a\x02\n\x05\x45vent\x12.\n\x08\x61ssigned\x18\x01 \x01(\x0b\x32\x1a.kafkamesh.v1.PartitionSetH\x00\x12-\n\x07revoked\x18\x02 \x01(\x0b\x32\x1a.kafkamesh.v1.PartitionSetH\x00\x12\x39\n\x10\x63lusters_changed\x18\x03 \x01(\x0b\x32\x1d.kafkamesh.v1.ClustersChangedH\x00\x12\x33\n\rcluster_state\x18\x04 \x01(\x0b\x32\x1a.kafkamesh.v1.ClusterStateH\x00\x12*\n\x0c\x61\x63ks_ignored\x18\x05 \x01(\x0b\x32\x12.kafkamesh.v1.AcksH\x00\x42\x06\n\x04kind\"B\n\x0cPartitionSet\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\npartitions\x18\x03 \x03(\x05\"L\n\x0f\x43lustersChanged\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x08\x63lusters\x18\x02 \x03(\t\x12\x18\n\x10mapping_revision\x18\x03 \x01(\x04\"B\n\x0c\x43lusterState\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t*\xd9\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_CODE_NO_ROUTE\x10\x01\x12\x1c\n\x18\x45RROR_CODE_INVALID_TOPIC\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_RECORD_TOO_LARGE\x10\x03\x12\"\n\x1e\x45RROR_CODE_CLUSTER_UNAVAILABLE\x10\x04\x12 \n\x1c\x45RROR_CODE_UNKNOWN_PARTITION\x10\x05\x12\x1d\n\x19\x45RROR_CODE_NOT_AUTHORIZED\x10\x06\x12\x1d\n\x19\x45RROR_CODE_QUOTA_EXCEEDED\x10\x07\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x08\x12\x1c\n\x18\x45RROR_CODE_UNKNOWN_TOPIC\x10\t\x12\x1d\n\x19\x45RROR_CODE_INVALID_RECORD\x10\n*G\n\rStartPosition\x12\x19\n\x15START_POSITION_LATEST\x10\x00\x12\x1b\n\x17START_POSITION_EARLIEST\x10\x01\x32\xa4\x01\n\x04Mesh\x12J\n\x07Produce\x12\x1c.kafkamesh.v1.ProduceRequest\x1a\x1d.kafkamesh.v1.ProduceResponse(\x01\x30\x01\x12P\n\tSubscribe\x12\x1e.kafkamesh.v1.SubscribeRequest\x1a\x1f.kafkamesh.v1.SubscribeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kafkamesh/v1/mesh.proto\x12\x0ckafkamesh.v1\"I\n\x0eProduceRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12%\n\x07records\x18\x02 \x03(\x0b\x32\x14.kafkamesh.v1.Record\"\xc8\x01\n\x06Record\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x03key\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12%\n\x07headers\x18\x04 \x03(\x0b\x32\x14.kafkamesh.v1.Header\x12\x19\n\x0ctimestamp_ms\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\tpartition\x18\x06 \x01(\x05H\x03\x88\x01\x01\x42\x06\n\x04_keyB\x08\n\x06_valueB\x0f\n\r_timestamp_msB\x0c\n\n_partition\"F\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x11\n\tkey_bytes\x18\x03 \x01(\x0c\x42\x08\n\x06_value\"z\n\x0fProduceResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08ok_count\x18\x02 \x01(\r\x12)\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x19.kafkamesh.v1.RecordError\x12\x18\n\x10mapping_revision\x18\x04 \x01(\x04\"c\n\x0bRecordError\x12\r\n\x05index\x18\x01 \x01(\r\x12%\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x17.kafkamesh.v1.ErrorCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\r\"\x8c\x01\n\x10SubscribeRequest\x12\x30\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1a.kafkamesh.v1.Subscription\x12 \n\x04\x61\x63ks\x18\x02 \x01(\x0b\x32\x12.kafkamesh.v1.Acks\x12$\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x14.kafkamesh.v1.Credit\"\xc5\x01\n\x0cSubscription\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12*\n\x05start\x18\x03 \x01(\x0e\x32\x1b.kafkamesh.v1.StartPosition\x12\x13\n\x0bmax_records\x18\x04 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x05 \x01(\r\x12$\n\x06\x63redit\x18\x06 \x01(\x0b\x32\x14.kafkamesh.v1.Credit\x12\x1a\n\x12max_response_bytes\x18\x07 \x01(\r\"(\n\x06\x43redit\x12\x0f\n\x07records\x18\x01 \x01(\r\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\".\n\x04\x41\x63ks\x12&\n\x06ranges\x18\x01 \x03(\x0b\x32\x16.kafkamesh.v1.AckRange\"h\n\x08\x41\x63kRange\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x14\n\x0c\x66irst_offset\x18\x04 \x01(\x03\x12\x13\n\x0blast_offset\x18\x05 \x01(\x03\"o\n\x11SubscribeResponse\x12,\n\x07records\x18\x01 \x01(\x0b\x32\x19.kafkamesh.v1.RecordBatchH\x00\x12$\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x13.kafkamesh.v1.EventH\x00\x42\x06\n\x04kind\"A\n\x0bRecordBatch\x12\x32\n\npartitions\x18\x01 \x03(\x0b\x32\x1e.kafkamesh.v1.PartitionRecords\"t\n\x10PartitionRecords\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12-\n\x07records\x18\x04 \x03(\x0b\x32\x1c.kafkamesh.v1.ConsumedRecord\"\x95\x01\n\x0e\x43onsumedRecord\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x10\n\x03key\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12%\n\x07headers\x18\x04 \x03(\x0b\x32\x14.kafkamesh.v1.Header\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x42\x06\n\x04_keyB\x08\n\x06_value\"\x8a\x02\n\x05\x45vent\x12.\n\x08\x61ssigned\x18\x01 \x01(\x0b\x32\x1a.kafkamesh.v1.PartitionSetH\x00\x12-\n\x07revoked\x18\x02 \x01(\x0b\x32\x1a.kafkamesh.v1.PartitionSetH\x00\x12\x39\n\x10\x63lusters_changed\x18\x03 \x01(\x0b\x32\x1d.kafkamesh.v1.ClustersChangedH\x00\x12\x33\n\rcluster_state\x18\x04 \x01(\x0b\x32\x1a.kafkamesh.v1.ClusterStateH\x00\x12*\n\x0c\x61\x63ks_ignored\x18\x05 \x01(\x0b\x32\x12.kafkamesh.v1.AcksH\x00\x42\x06\n\x04kind\"B\n\x0cPartitionSet\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\npartitions\x18\x03 \x03(\x05\"L\n\x0f\x43lustersChanged\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x08\x63lusters\x18\x02 \x03(\t\x12\x18\n\x10mapping_revision\x18\x03 \x01(\x04\"B\n\x0c\x43lusterState\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t*\xd9\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_CODE_NO_ROUTE\x10\x01\x12\x1c\n\x18\x45RROR_CODE_INVALID_TOPIC\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_RECORD_TOO_LARGE\x10\x03\x12\"\n\x1e\x45RROR_CODE_CLUSTER_UNAVAILABLE\x10\x04\x12 \n\x1c\x45RROR_CODE_UNKNOWN_PARTITION\x10\x05\x12\x1d\n\x19\x45RROR_CODE_NOT_AUTHORIZED\x10\x06\x12\x1d\n\x19\x45RROR_CODE_QUOTA_EXCEEDED\x10\x07\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x08\x12\x1c\n\x18\x45RROR_CODE_UNKNOWN_TOPIC\x10\t\x12\x1d\n\x19\x45RROR_CODE_INVALID_RECORD\x10\n*G\n\rStartPosition\x12\x19\n\x15START_POSITION_LATEST\x10\x00\x12\x1b\n\x17START_POSITION_EARLIEST\x10\x01\x32\xa4\x01\n\x04Mesh\x12J\n\x07Produce\x12\x1c.kafkamesh.v1.ProduceRequest\x1a\x1d.kafkamesh.v1.ProduceResponse(\x01\x30\x01\x12P\n\tSubscribe\x12\x1e.kafkamesh.v1.SubscribeRequest\x1a\x1f.kafkamesh.v1.SubscribeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kafkamesh.v1.mesh_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=2046
-  _globals['_ERRORCODE']._serialized_end=2391
-  _globals['_STARTPOSITION']._serialized_start=2393
-  _globals['_STARTPOSITION']._serialized_end=2464
+  _globals['_ERRORCODE']._serialized_start=2089
+  _globals['_ERRORCODE']._serialized_end=2434
+  _globals['_STARTPOSITION']._serialized_start=2436
+  _globals['_STARTPOSITION']._serialized_end=2507
   _globals['_PRODUCEREQUEST']._serialized_start=41
   _globals['_PRODUCEREQUEST']._serialized_end=114
   _globals['_RECORD']._serialized_start=117
@@ -44,33 +44,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCERESPONSE']._serialized_start=391
   _globals['_PRODUCERESPONSE']._serialized_end=513
   _globals['_RECORDERROR']._serialized_start=515
-  _globals['_RECORDERROR']._serialized_end=599
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=602
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=742
-  _globals['_SUBSCRIPTION']._serialized_start=745
-  _globals['_SUBSCRIPTION']._serialized_end=914
-  _globals['_CREDIT']._serialized_start=916
-  _globals['_CREDIT']._serialized_end=956
-  _globals['_ACKS']._serialized_start=958
-  _globals['_ACKS']._serialized_end=1004
-  _globals['_ACKRANGE']._serialized_start=1006
-  _globals['_ACKRANGE']._serialized_end=1110
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1112
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1223
-  _globals['_RECORDBATCH']._serialized_start=1225
-  _globals['_RECORDBATCH']._serialized_end=1290
-  _globals['_PARTITIONRECORDS']._serialized_start=1292
-  _globals['_PARTITIONRECORDS']._serialized_end=1408
-  _globals['_CONSUMEDRECORD']._serialized_start=1411
-  _globals['_CONSUMEDRECORD']._serialized_end=1560
-  _globals['_EVENT']._serialized_start=1563
-  _globals['_EVENT']._serialized_end=1829
-  _globals['_PARTITIONSET']._serialized_start=1831
-  _globals['_PARTITIONSET']._serialized_end=1897
-  _globals['_CLUSTERSCHANGED']._serialized_start=1899
-  _globals['_CLUSTERSCHANGED']._serialized_end=1975
-  _globals['_CLUSTERSTATE']._serialized_start=1977
-  _globals['_CLUSTERSTATE']._serialized_end=2043
-  _globals['_MESH']._serialized_start=2467
-  _globals['_MESH']._serialized_end=2631
+  _globals['_RECORDERROR']._serialized_end=614
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=617
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=757
+  _globals['_SUBSCRIPTION']._serialized_start=760
+  _globals['_SUBSCRIPTION']._serialized_end=957
+  _globals['_CREDIT']._serialized_start=959
+  _globals['_CREDIT']._serialized_end=999
+  _globals['_ACKS']._serialized_start=1001
+  _globals['_ACKS']._serialized_end=1047
+  _globals['_ACKRANGE']._serialized_start=1049
+  _globals['_ACKRANGE']._serialized_end=1153
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1155
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1266
+  _globals['_RECORDBATCH']._serialized_start=1268
+  _globals['_RECORDBATCH']._serialized_end=1333
+  _globals['_PARTITIONRECORDS']._serialized_start=1335
+  _globals['_PARTITIONRECORDS']._serialized_end=1451
+  _globals['_CONSUMEDRECORD']._serialized_start=1454
+  _globals['_CONSUMEDRECORD']._serialized_end=1603
+  _globals['_EVENT']._serialized_start=1606
+  _globals['_EVENT']._serialized_end=1872
+  _globals['_PARTITIONSET']._serialized_start=1874
+  _globals['_PARTITIONSET']._serialized_end=1940
+  _globals['_CLUSTERSCHANGED']._serialized_start=1942
+  _globals['_CLUSTERSCHANGED']._serialized_end=2018
+  _globals['_CLUSTERSTATE']._serialized_start=2020
+  _globals['_CLUSTERSTATE']._serialized_end=2086
+  _globals['_MESH']._serialized_start=2510
+  _globals['_MESH']._serialized_end=2674
 # @@protoc_insertion_point(module_scope)

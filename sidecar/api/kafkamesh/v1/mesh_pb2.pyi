@@ -86,14 +86,16 @@ class ProduceResponse(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., ok_count: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[RecordError, _Mapping]]] = ..., mapping_revision: _Optional[int] = ...) -> None: ...
 
 class RecordError(_message.Message):
-    __slots__ = ("index", "code", "message")
+    __slots__ = ("index", "code", "message", "count")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
     index: int
     code: ErrorCode
     message: str
-    def __init__(self, index: _Optional[int] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+    count: int
+    def __init__(self, index: _Optional[int] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("subscription", "acks", "credit")
@@ -106,20 +108,22 @@ class SubscribeRequest(_message.Message):
     def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ..., acks: _Optional[_Union[Acks, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("group", "topics", "start", "max_records", "max_wait_ms", "credit")
+    __slots__ = ("group", "topics", "start", "max_records", "max_wait_ms", "credit", "max_response_bytes")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     MAX_RECORDS_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESPONSE_BYTES_FIELD_NUMBER: _ClassVar[int]
     group: str
     topics: _containers.RepeatedScalarFieldContainer[str]
     start: StartPosition
     max_records: int
     max_wait_ms: int
     credit: Credit
-    def __init__(self, group: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., start: _Optional[_Union[StartPosition, str]] = ..., max_records: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
+    max_response_bytes: int
+    def __init__(self, group: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., start: _Optional[_Union[StartPosition, str]] = ..., max_records: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., max_response_bytes: _Optional[int] = ...) -> None: ...
 
 class Credit(_message.Message):
     __slots__ = ("records", "bytes")
