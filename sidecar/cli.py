@@ -143,6 +143,9 @@ def _add_sidecar_parser(sub: Any) -> None:
     p.add_argument("--host-id", metavar="NAME", help="this sidecar's name in etcd's status/ (default: host name)")
     p.add_argument("--cache-dir", metavar="DIR", help="where the last applied mapping is cached")
     p.add_argument("--max-inflight-bytes", metavar="N", help="per stream: stop reading past this (default 64 MiB)")
+    p.add_argument("--memory-budget-bytes", metavar="N",
+                   help="the process's memory budget; Produce requests in flight over all streams hold at most half "
+                        "(default: a quarter of the host's memory, 512 MiB-8 GiB)")
     p.add_argument("--delivery-timeout-ms", metavar="MS", help="fail a record not acknowledged by then (default 60000)")
     p.add_argument("--shutdown-grace-s", metavar="S", help="on SIGTERM, time for in-flight batches (default 30)")
     p.add_argument("--commit-interval-ms", metavar="MS",

@@ -78,6 +78,15 @@ class ControlSettings:
                    namespace=namespace or env.get("KAFKA_MESH_NAMESPACE") or DEFAULT_NAMESPACE)
 
 
+def default_memory_budget() -> int:
+    """A quarter of the host's physical memory, at least 512 MiB and at most 8 GiB."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        total = 4 << 30
+    return max(512 << 20, min(8 << 30, total // 4))
+
+
 def _runtime_dir(env: Mapping[str, str]) -> pathlib.Path:
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime:
@@ -99,6 +108,7 @@ class SidecarSettings:
     cache_dir: pathlib.Path = pathlib.Path(".")   # where the last applied mapping is cached
     host_id: str = ""                        # this sidecar's name under status/ (default: the host name)
     max_inflight_bytes: int = 64 << 20       # per Produce stream: stop reading the stream past this
+    memory_budget_bytes: int = 0             # the process's; 0: a quarter of the host's memory, 512 MiB-8 GiB
     max_request_bytes: int = 64 << 20        # largest ProduceRequest accepted
     delivery_timeout_ms: int = 60_000        # a record not acknowledged by then fails with CLUSTER_UNAVAILABLE
     shutdown_grace_s: float = 30.0           # on SIGTERM: how long in-flight batches may take to finish
@@ -173,6 +183,7 @@ class SidecarSettings:
             cache_dir=pathlib.Path(str(values["cache_dir"])),
             host_id=str(values.get("host_id") or "sidecar"),
             max_inflight_bytes=int(num("max_inflight_bytes", int, 1024)),
+            memory_budget_bytes=int(num("memory_budget_bytes", int, 0)) or default_memory_budget(),
             max_request_bytes=int(num("max_request_bytes", int, 1024)),
             delivery_timeout_ms=int(num("delivery_timeout_ms", int, 100)),
             shutdown_grace_s=float(num("shutdown_grace_s", float, 0)),

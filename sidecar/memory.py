@@ -9,7 +9,10 @@ environment already says (MALLOC_ARENA_MAX, or arena_max in GLIBC_TUNABLES).
 An arena returns freed memory to the system only when its top is free: after 20 Subscribe streams over 3 clusters
 ended, a sidecar held 300-400 MiB more than when idle until malloc_trim(0) gave it back (then 55-60 MiB). So once a
 stream ends, a trim runs in a worker thread (it takes the arenas' locks for a few milliseconds; never on the event
-loop), at most once per TRIM_DEBOUNCE_S however many streams end. Elsewhere than glibc this does nothing.
+loop), at most once per TRIM_DEBOUNCE_S however many streams end. Streams that end while librdkafka still holds
+their records free most of their memory later, when Kafka acknowledges them: trim_after_load() trims again once the
+sidecar has gone idle (50 cancelled Produce streams of 64 KB records: 386 MiB held 10 s after the load without it,
+against 50 MiB before the load). Elsewhere than glibc this does nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 TRIM_DEBOUNCE_S = 1.0
 
@@ -57,6 +60,24 @@ def trim_now() -> None:
     """Return the free memory at the top of every arena, and free whole pages inside them, to the system."""
     if _malloc_trim is not None:
         _malloc_trim(0)
+
+
+#: How often trim_after_load() looks whether the sidecar went idle.
+IDLE_CHECK_S = 2.0
+
+
+async def trim_after_load(idle: Callable[[], bool], every_s: float = IDLE_CHECK_S) -> None:
+    """For the process's life: trim once each time idle() turns true after having been false at a check (no
+    Produce request in flight, no record waiting in a producer's queue). Cancel it to stop."""
+    loop = asyncio.get_running_loop()
+    busy = False
+    while True:
+        await asyncio.sleep(every_s)
+        if not idle():
+            busy = True
+        elif busy:
+            busy = False
+            await loop.run_in_executor(None, trim_now)
 
 
 def release_soon() -> None:

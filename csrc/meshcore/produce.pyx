@@ -426,6 +426,12 @@ cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil
         n = snprintf(msg, cap, "timestamp_ms is negative; Kafka takes milliseconds since the Unix epoch, 0 or later")
     elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_PARTITION:
         n = snprintf(msg, cap, "partition is negative; leave it out to let the partitioner choose")
+    elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__PURGE_QUEUE:
+        n = snprintf(msg, cap, "cluster '%s': not written, the sidecar stopped before the cluster took it (its "
+                     "shutdown grace ran out)", b.names + b.name_off[b.rec_sink[i]])
+    elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
+        n = snprintf(msg, cap, "cluster '%s': unknown whether written, the sidecar stopped while the cluster had it "
+                     "(its shutdown grace ran out)", b.names + b.name_off[b.rec_sink[i]])
     elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__DESTROY:
         n = snprintf(msg, cap, "cluster '%s': not written, its producer was closed (the sidecar is stopping, or the "
                      "cluster left the mapping)", b.names + b.name_off[b.rec_sink[i]])

@@ -2,11 +2,12 @@
 
 The handler is registered without a request deserializer or response serializer: request bytes go to the core
 undecoded, and the core's encoded responses are written as they are. Per stream, on the event loop:
-- a reader task takes the next request only while the stream's in-flight bytes are under the bound, so a slow
-  cluster makes gRPC flow control slow the app instead of growing memory; each request is routed by the table in
-  force when it is read (one revision per batch) and submitted by the core with the GIL released: on the loop
-  thread when small, in a worker thread when it is large or the producers hold many records (a full librdkafka
-  queue makes submit wait for room);
+- a reader task takes the next request only while the stream's in-flight bytes are under its bound and all
+  streams' under the process's (a stream with nothing in flight always gets one request of up to
+  RESERVED_REQUEST_BYTES), so a slow cluster makes gRPC flow control slow the app instead of growing memory; each
+  request is routed by the table in force when it is read (one revision per batch) and submitted by the core with
+  the GIL released: on the loop thread when small, in a thread of the stream's own when it is large or the
+  producers hold many records (a full librdkafka queue makes submit wait for room, and only this stream waits);
 - the handler itself waits on the stream's eventfd and writes each completed batch's response.
 Malformed bytes end only this stream, with INVALID_ARGUMENT, after the batches already submitted are answered.
 
@@ -38,6 +39,11 @@ SERVICE = "kafkamesh.v1.Mesh"
 #: of reach while every producer holds fewer than INLINE_MAX_QUEUED of its 10M); larger ones in a worker thread.
 INLINE_MAX_BYTES = 1 << 20
 INLINE_MAX_QUEUED = 1_000_000
+#: Bound on submit threads (one per stream with a large request or a busy producer, reused when idle).
+MAX_SUBMIT_THREADS = 4096
+#: A stream with nothing in flight may always send one request up to this size, whatever the process-wide bound:
+#: streams to healthy clusters keep flowing while a down cluster's streams hold the whole bound.
+RESERVED_REQUEST_BYTES = 4 << 20
 
 
 class StreamAborted(Exception):
@@ -89,11 +95,16 @@ class ProduceServicer:
     """Serves Produce streams. `shutdown()` makes every stream stop reading, answer what it has in flight, and
     end, so that a SIGTERM loses nothing that was accepted."""
 
-    def __init__(self, routes: RouteState, max_inflight_bytes: int) -> None:
+    def __init__(self, routes: RouteState, max_inflight_bytes: int, max_total_inflight_bytes: int = 1 << 62) -> None:
         self._routes = routes
         self._max_inflight = max_inflight_bytes
-        self._readers: set[_Reader] = set()
-        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="produce-submit")
+        self._max_total = max_total_inflight_bytes
+        self._readers: dict[_Reader, meshcore.ProduceStream] = {}
+        # A thread per stream that needs one, not a small shared pool: a submit waiting for room in a full
+        # librdkafka queue (its cluster down) then holds up only its own stream, never another cluster's. A stream
+        # has one submit at a time, so there are never more threads than streams; idle ones are reused.
+        self._executor = ThreadPoolExecutor(max_workers=MAX_SUBMIT_THREADS, thread_name_prefix="produce-submit")
+        self._freed = asyncio.Event()     # set (and replaced) whenever responses went out: in-flight bytes went down
         self._stopping = False
         self._idle = asyncio.Event()      # set while no stream is open
         self._idle.set()
@@ -114,6 +125,35 @@ class ProduceServicer:
             if not reader.busy and reader.task is not None:
                 reader.task.cancel()
 
+    @property
+    def inflight_bytes(self) -> int:
+        """Request bytes in flight over every Produce stream (read, not yet answered)."""
+        return sum(stream.inflight_bytes for stream in self._readers.values())
+
+    def _responses_sent(self) -> None:
+        freed, self._freed = self._freed, asyncio.Event()
+        freed.set()
+
+    async def _wait_for_room(self, stream: meshcore.ProduceStream) -> None:
+        """Before reading a stream's next request: wait until the stream is under its own bound and the process
+        under the total one. A stream with nothing in flight need not wait for the total: its next request
+        (if it is larger than RESERVED_REQUEST_BYTES, it waits after reading) keeps that stream going whatever the
+        others hold."""
+        while True:
+            mine = stream.inflight_bytes
+            if mine < self._max_inflight and (mine == 0 or self.inflight_bytes < self._max_total):
+                return
+            await self._freed.wait()
+
+    async def _wait_for_total(self, stream: meshcore.ProduceStream, size: int) -> None:
+        """After reading a request larger than RESERVED_REQUEST_BYTES: wait until the total has room for it (or
+        nothing else is in flight, for a request larger than the whole bound)."""
+        while size > RESERVED_REQUEST_BYTES:
+            total = self.inflight_bytes
+            if total == 0 or total + size <= self._max_total:
+                return
+            await self._freed.wait()
+
     async def wait_idle(self, timeout: float) -> bool:
         """After shutdown(): wait up to timeout for every stream to answer what it read and end; True if all did."""
         try:
@@ -130,7 +170,6 @@ class ProduceServicer:
         loop = asyncio.get_running_loop()
         stream = meshcore.open_stream()
         wake = asyncio.Event()        # a batch completed, or the reader stopped
-        room = asyncio.Event()        # responses were sent: in-flight bytes went down
         fd = stream.fileno()
 
         def ready() -> None:
@@ -144,7 +183,7 @@ class ProduceServicer:
 
         loop.add_reader(fd, ready)
         state = _Reader()
-        reader = state.task = loop.create_task(self._read(stream, requests, room, state))
+        reader = state.task = loop.create_task(self._read(stream, requests, state))
 
         def reader_done(task: asyncio.Task[None]) -> None:
             if not task.cancelled():
@@ -152,7 +191,7 @@ class ProduceServicer:
             wake.set()
 
         reader.add_done_callback(reader_done)
-        self._readers.add(state)
+        self._readers[state] = stream
         self._idle.clear()
         # When the app cancels, grpc may stop this handler at a `yield` without resuming it: the call's own done
         # callback then ends the stream.
@@ -162,7 +201,7 @@ class ProduceServicer:
                 wake.clear()          # before the drain: a batch completing after it wakes the wait below
                 responses = stream.drain()
                 if responses:
-                    room.set()
+                    self._responses_sent()
                     for raw in responses:
                         yield raw
                 # A batch counts as in flight until drain() takes it: none left and no reader means all answered.
@@ -186,7 +225,8 @@ class ProduceServicer:
         reads its answer) has returned by then."""
         if state not in self._readers:
             return
-        self._readers.discard(state)
+        del self._readers[state]
+        self._responses_sent()            # its in-flight bytes no longer count
         if not self._readers:
             self._idle.set()
         memory.release_soon()
@@ -199,15 +239,16 @@ class ProduceServicer:
         reader.cancel()
         reader.add_done_callback(lambda _: stream.close())
 
-    async def _read(self, stream: meshcore.ProduceStream, requests: AsyncIterator[bytes], room: asyncio.Event,
-                    state: _Reader) -> None:
-        """Submit each request as it arrives. shutdown() cancels it only while it waits for the next request; once
-        it holds one it submits it, then sees the servicer stopping and returns."""
+    async def _read(self, stream: meshcore.ProduceStream, requests: AsyncIterator[bytes], state: _Reader) -> None:
+        """Submit each request as it arrives, reading the next only once there is room for it (gRPC's flow control
+        then slows the app). shutdown() cancels it only while it waits for room or for the next request; once it
+        holds one it submits it, then sees the servicer stopping and returns."""
         if self._stopping:
             return
         loop = asyncio.get_running_loop()
         incoming = requests.__aiter__()
         while True:
+            await self._wait_for_room(stream)
             try:
                 raw = await incoming.__anext__()
             except StopAsyncIteration:
@@ -215,12 +256,12 @@ class ProduceServicer:
             except Exception as e:   # grpc's UsageError ("RPC already finished"): the app cancelled the call
                 raise _CallEnded(f"{type(e).__name__}: {e}") from e
             state.busy = True
-            while stream.inflight_bytes >= self._max_inflight:
-                room.clear()
-                await room.wait()
+            await self._wait_for_total(stream, len(raw))
             table = self._routes.table
             if table is None:
-                raise StreamAborted(grpc.StatusCode.UNAVAILABLE, "the sidecar has no mapping yet")
+                raise StreamAborted(grpc.StatusCode.UNAVAILABLE, "the sidecar stopped before this request was "
+                                    "enqueued: nothing of it was written" if self._stopping else
+                                    "the sidecar has no mapping yet")
             try:
                 # On the loop thread when it cannot wait: parsing and enqueuing takes microseconds per record with
                 # the GIL released. A large request, or producers already holding many records, may meet a full
