@@ -41,12 +41,19 @@ enum {
     KM_INVALID_RECORD = 10,
 };
 
-/* Why a record is refused before anything is enqueued (KM_INVALID_RECORD; kept in the batch's rec_kerr for it). */
+/* Why a record is refused before anything is enqueued (KM_INVALID_RECORD), as RecordView.invalid gives it. */
 enum {
     KM_INVALID_HEADER_NAME = 1,  /* a header name that is not UTF-8 */
     KM_INVALID_TIMESTAMP = 2,    /* a negative timestamp */
     KM_INVALID_PARTITION = 3,    /* a negative partition (librdkafka would read -1 as "any partition") */
 };
+/* A reason as the batch keeps it in rec_kerr: below zero and above librdkafka's own local codes (-200..-100), and
+ * not -1, so never mistaken for an error librdkafka or a broker reported. */
+#define KM_INVALID_KERR(reason) (-50 - (reason))
+
+/* librdkafka 2.4+ (KIP-467): the broker refused the record's batch for another record of it. The code is fixed in
+ * librdkafka's ABI; written as a number so that the core still builds against older headers. */
+#define KM_ERR_INVALID_DIFFERENT_RECORD ((rd_kafka_resp_err_t)-138)
 
 static inline int km_code_for(rd_kafka_resp_err_t err) {
     switch (err) {
@@ -81,6 +88,12 @@ static inline int km_code_for(rd_kafka_resp_err_t err) {
         return KM_QUOTA_EXCEEDED;
     case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
         return KM_INVALID_TOPIC;
+    case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:   /* outside the topic's message.timestamp.*.max.ms */
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:      /* e.g. no key on a compacted topic */
+    case RD_KAFKA_RESP_ERR_INVALID_MSG:         /* CORRUPT_MESSAGE */
+        return KM_INVALID_RECORD;
+    case KM_ERR_INVALID_DIFFERENT_RECORD:       /* innocent: not written, and may be sent again */
+        return KM_CLUSTER_UNAVAILABLE;
     default:
         return KM_INTERNAL;
     }

@@ -39,6 +39,7 @@ cdef extern from "km_batch.h" nogil:
         KM_INVALID_PARTITION
         KM_CLUSTER_UNAVAILABLE
         KM_INTERNAL
+    int32_t KM_INVALID_KERR(int reason)
     ctypedef struct km_batch
     ctypedef struct km_msgref:
         km_batch *batch
@@ -207,7 +208,8 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, ProduceR
     topics.n = 0
     for i in range(view.count):
         if codes[i] != KM_OK:
-            km_batch_fail(b, i, codes[i], view.records[i].invalid if codes[i] == KM_INVALID_RECORD else 0, 0)
+            km_batch_fail(b, i, codes[i],
+                          KM_INVALID_KERR(view.records[i].invalid) if codes[i] == KM_INVALID_RECORD else 0, 0)
             continue
         if km_flag_load(&stream.stop):
             km_batch_settle(b, <int64_t>n_refs - ref)     # counted as pending, never enqueued
@@ -419,12 +421,12 @@ cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil
     elif b.rec_code[i] == KM_INVALID_TOPIC and b.rec_kerr[i] == 0:
         n = snprintf(msg, cap, "invalid topic name: it must be 1 to 249 characters of [a-zA-Z0-9._-] and not '.' "
                      "or '..'")
-    elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_HEADER_NAME:
+    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_HEADER_NAME):
         n = snprintf(msg, cap, "a header name is not valid UTF-8 (Header.key is a string; consumers in other "
                      "languages could not read the record)")
-    elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_TIMESTAMP:
+    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TIMESTAMP):
         n = snprintf(msg, cap, "timestamp_ms is negative; Kafka takes milliseconds since the Unix epoch, 0 or later")
-    elif b.rec_code[i] == KM_INVALID_RECORD and b.rec_kerr[i] == KM_INVALID_PARTITION:
+    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_PARTITION):
         n = snprintf(msg, cap, "partition is negative; leave it out to let the partitioner choose")
     elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__PURGE_QUEUE:
         n = snprintf(msg, cap, "cluster '%s': not written, the sidecar stopped before the cluster took it (its "

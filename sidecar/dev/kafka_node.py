@@ -66,6 +66,12 @@ def server_properties(node: NodeSpec, voters: list[NodeSpec]) -> str:
         # KIP-848 groups hand partitions over by heartbeats (every 5 s by default): a sandbox moves them within 0.5 s.
         "group.consumer.heartbeat.interval.ms": "500",
         "group.consumer.min.heartbeat.interval.ms": "500",
+        # A member that stops heartbeating (its sidecar killed, not stopped) keeps its partitions for the session
+        # timeout: 45 s by default, and 45 s is also the lowest a client may ask. The sidecar's consumers heartbeat
+        # from librdkafka's own thread, never held up by an app, so 10 s is safe: what README advises for clusters
+        # that serve sidecars.
+        "group.consumer.session.timeout.ms": "10000",
+        "group.consumer.min.session.timeout.ms": "6000",
         "num.network.threads": "2",
         "num.io.threads": "2",
         "log.cleaner.threads": "1",

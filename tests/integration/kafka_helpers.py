@@ -13,9 +13,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from sidecar.api.kafkamesh.v1 import mesh_pb2
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+def create_topic(bootstrap: str, topic: str, partitions: int = 3, config: dict[str, str] | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+    for future in admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})]).values():
         future.result(timeout=30)
 
 

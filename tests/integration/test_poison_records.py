@@ -5,6 +5,7 @@ and the stream go on."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -16,6 +17,7 @@ from sidecar.dev.sandbox import Sandbox
 from tests.integration.kafka_helpers import create_topic, produce_raw_headers, read_all
 from tests.integration.sidecar_proc import apply, clusters_doc, new_namespace
 from tests.integration.subscribe_stream import SubStream
+from tests.produce_responses import per_record
 
 BAD_NAME = b"\xff\xfebad-\xc0\x80name"      # not UTF-8: stray bytes and an overlong NUL
 
@@ -107,3 +109,28 @@ def test_produce_fails_a_bad_header_name_or_a_negative_timestamp_alone_and_the_s
     got = read_all(c1, topic, 4)
     assert sorted(m.value() for m in got) == [b"ok-0", b"ok-1", b"ok-2", b"ok-3"]
     assert {m.value(): m.timestamp()[1] for m in got}[b"ok-2"] == 1_700_000_000_000
+
+
+def test_records_the_broker_refuses_get_invalid_record_and_their_batch_mates_a_retriable_code(
+        sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
+    # One partition: the request's records go to Kafka in one batch, which the broker refuses whole, naming the
+    # culprits (KIP-467). Never INTERNAL: the culprits get INVALID_RECORD, the others CLUSTER_UNAVAILABLE (retry).
+    c1 = sandbox.clusters[0].bootstrap
+    create_topic(c1, topic, partitions=1, config={"message.timestamp.after.max.ms": "3600000"})
+    ns = new_namespace()
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    sc = sidecar_factory(ns)
+    micros = int(time.time() * 1_000_000)                   # a timestamp in microseconds: ~55,000 years ahead
+    req = M.ProduceRequest(batch_id=1)
+    for i in range(6):
+        rec = req.records.add(topic=topic, value=f"v{i}".encode())
+        if i in (1, 4):
+            rec.timestamp_ms = micros
+    with grpc.insecure_channel(sc.target) as ch:
+        [raw] = list(ch.stream_stream("/kafkamesh.v1.Mesh/Produce")(iter([req.SerializeToString()]), timeout=60))
+    failed = per_record(M.ProduceResponse.FromString(raw))
+    assert [(i, code) for i, code, _ in failed] == [
+        (0, M.ERROR_CODE_CLUSTER_UNAVAILABLE), (1, M.ERROR_CODE_INVALID_RECORD),
+        (2, M.ERROR_CODE_CLUSTER_UNAVAILABLE), (3, M.ERROR_CODE_CLUSTER_UNAVAILABLE),
+        (4, M.ERROR_CODE_INVALID_RECORD), (5, M.ERROR_CODE_CLUSTER_UNAVAILABLE)], failed
+    assert "_INVALID_DIFFERENT_RECORD" in failed[0][2] and "INVALID_RECORD" in failed[1][2]
