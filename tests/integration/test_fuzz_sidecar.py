@@ -23,55 +23,39 @@ from sidecar.dev.sandbox import Sandbox
 from tests.integration.kafka_helpers import create_topic, read_all
 from tests.integration.sidecar_proc import apply, clusters_doc, new_namespace
 from tests.integration.subscribe_stream import SubStream
+from tests.wire_bytes import int_field, len_field
 
 PRODUCE_MESSAGES = 80_000
 SUBSCRIBE_MESSAGES = 20_000
 HOSTILE = [b"", b"\xff\xfe", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x00", "é€😀".encode(), b"a" * 300]
 
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _len(num: int, payload: bytes) -> bytes:
-    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _int(num: int, value: int) -> bytes:
-    return _varint(num << 3) + _varint(value)
-
-
 def _record(rnd: random.Random, topics: list[bytes]) -> bytes:
     """A Record that parses, with hostile contents: bad topics, header names that are not UTF-8, out-of-range
     timestamps and partitions, null and empty keys and values, unknown fields."""
-    out = _len(1, rnd.choice(topics) if rnd.random() < 0.8 else rnd.choice(HOSTILE + [b"..", b"bad topic", b"x" * 250]))
+    bad_topics = HOSTILE + [b"..", b"bad topic", b"x" * 250]
+    out = len_field(1, rnd.choice(topics) if rnd.random() < 0.8 else rnd.choice(bad_topics))
     if rnd.random() < 0.7:
-        out += _len(2, rnd.randbytes(rnd.randrange(0, 40)))
+        out += len_field(2, rnd.randbytes(rnd.randrange(0, 40)))
     if rnd.random() < 0.9:
-        out += _len(3, rnd.randbytes(rnd.choice([0, 1, 10, 100, 2000])))
+        out += len_field(3, rnd.randbytes(rnd.choice([0, 1, 10, 100, 2000])))
     for _ in range(rnd.choice([0, 0, 1, 3])):
-        header = _len(1, rnd.choice(HOSTILE + [b"trace-id"]))
+        header = len_field(1, rnd.choice(HOSTILE + [b"trace-id"]))
         if rnd.random() < 0.7:
-            header += _len(2, rnd.randbytes(rnd.randrange(0, 20)))
-        out += _len(4, header)
+            header += len_field(2, rnd.randbytes(rnd.randrange(0, 20)))
+        out += len_field(4, header)
     if rnd.random() < 0.3:
-        out += _int(5, rnd.choice([0, 1_700_000_000_000, -1, -(2**63), 2**63 - 1, 1_700_000_000_000_000]))
+        out += int_field(5, rnd.choice([0, 1_700_000_000_000, -1, -(2**63), 2**63 - 1, 1_700_000_000_000_000]))
     if rnd.random() < 0.3:
-        out += _int(6, rnd.choice([0, 1, 2, 99, -1, -5, 2**31 - 1]))
+        out += int_field(6, rnd.choice([0, 1, 2, 99, -1, -5, 2**31 - 1]))
     if rnd.random() < 0.05:
-        out += _int(15, rnd.randrange(2**64)) + _len(99, rnd.randbytes(5))      # unknown fields: skipped
+        out += int_field(15, rnd.randrange(2**64)) + len_field(99, rnd.randbytes(5))      # unknown fields: skipped
     return out
 
 
 def _produce_request(rnd: random.Random, batch_id: int, topics: list[bytes]) -> bytes:
     """A request that parses (its records may be refused one by one)."""
-    return _int(1, batch_id) + b"".join(_len(2, _record(rnd, topics)) for _ in range(rnd.randrange(0, 6)))
+    return int_field(1, batch_id) + b"".join(len_field(2, _record(rnd, topics)) for _ in range(rnd.randrange(0, 6)))
 
 
 def _mutated(rnd: random.Random, raw: bytes) -> bytes:
@@ -163,7 +147,8 @@ def _subscription(rnd: random.Random, topic: str) -> bytes:
     elif roll < 0.6:
         raw = bytearray(rnd.randbytes(rnd.randrange(0, 40)))
     elif roll < 0.8:
-        raw = bytearray(_len(1, _len(1, rnd.choice(HOSTILE)) + _len(2, rnd.choice(HOSTILE + [b"..", b""]))))
+        group, topic_name = rnd.choice(HOSTILE), rnd.choice(HOSTILE + [b"..", b""])
+        raw = bytearray(len_field(1, len_field(1, group) + len_field(2, topic_name)))
     return bytes(raw)
 
 

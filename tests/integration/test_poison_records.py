@@ -18,6 +18,7 @@ from tests.integration.kafka_helpers import create_topic, produce_raw_headers, r
 from tests.integration.sidecar_proc import apply, clusters_doc, new_namespace
 from tests.integration.subscribe_stream import SubStream
 from tests.produce_responses import per_record
+from tests.wire_bytes import len_field
 
 BAD_NAME = b"\xff\xfebad-\xc0\x80name"      # not UTF-8: stray bytes and an overlong NUL
 
@@ -74,17 +75,8 @@ def _record(value: bytes, header_name: bytes | None = None, timestamp_ms: int | 
 def _request(batch_id: int, records: list[bytes]) -> bytes:
     out = M.ProduceRequest(batch_id=batch_id).SerializeToString()
     for r in records:
-        out += b"\x12" + _varint(len(r)) + r
+        out += len_field(2, r)
     return out
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def test_produce_fails_a_bad_header_name_or_a_negative_timestamp_alone_and_the_stream_goes_on(
