@@ -147,6 +147,9 @@ def _add_sidecar_parser(sub: Any) -> None:
                    help="the process's memory budget; Produce requests in flight over all streams hold at most half "
                         "(default: a quarter of the host's memory, 512 MiB-8 GiB)")
     p.add_argument("--delivery-timeout-ms", metavar="MS", help="fail a record not acknowledged by then (default 60000)")
+    p.add_argument("--max-timestamp-ahead-ms", metavar="MS",
+                   help="fail a record timestamped further ahead of the clock (default 3600000, Kafka's own default "
+                        "limit; 0: no check)")
     p.add_argument("--shutdown-grace-s", metavar="S", help="on SIGTERM, time for in-flight batches (default 30)")
     p.add_argument("--commit-interval-ms", metavar="MS",
                    help="Subscribe: commit acked offsets this often; a sidecar killed with -9 delivers again what "

@@ -111,6 +111,7 @@ class SidecarSettings:
     memory_budget_bytes: int = 0             # the process's; 0: a quarter of the host's memory, 512 MiB-8 GiB
     max_request_bytes: int = 64 << 20        # largest ProduceRequest accepted
     delivery_timeout_ms: int = 60_000        # a record not acknowledged by then fails with CLUSTER_UNAVAILABLE
+    max_timestamp_ahead_ms: int = 3_600_000  # a record timestamped further ahead fails alone; 0: no check
     shutdown_grace_s: float = 30.0           # on SIGTERM: how long in-flight batches may take to finish
     commit_interval_ms: int = 1000           # Subscribe: how often acked offsets are committed to Kafka
     drain_timeout_s: float = 10.0            # Subscribe: how long a cluster leaving a stream waits for its acks
@@ -186,6 +187,7 @@ class SidecarSettings:
             memory_budget_bytes=int(num("memory_budget_bytes", int, 0)) or default_memory_budget(),
             max_request_bytes=int(num("max_request_bytes", int, 1024)),
             delivery_timeout_ms=int(num("delivery_timeout_ms", int, 100)),
+            max_timestamp_ahead_ms=int(num("max_timestamp_ahead_ms", int, 0)),
             shutdown_grace_s=float(num("shutdown_grace_s", float, 0)),
             commit_interval_ms=int(num("commit_interval_ms", int, 10)),
             drain_timeout_s=float(num("drain_timeout_s", float, 0)),

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+import meshcore
 from sidecar import local_socket, memory, rdkafka_log
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _mesh_pb2
 from sidecar.config import SidecarSettings
@@ -54,6 +55,7 @@ async def serve(settings: SidecarSettings) -> int:
     loop = asyncio.get_running_loop()
     status = StatusReporter(settings)
     routes = RouteState(settings.delivery_timeout_ms, on_change=status.applied)
+    meshcore.set_max_timestamp_ahead_ms(settings.max_timestamp_ahead_ms)
 
     def secrets() -> list[str]:
         mapping = routes.mapping

@@ -46,6 +46,7 @@ enum {
     KM_INVALID_HEADER_NAME = 1,  /* a header name that is not UTF-8 */
     KM_INVALID_TIMESTAMP = 2,    /* a negative timestamp */
     KM_INVALID_PARTITION = 3,    /* a negative partition (librdkafka would read -1 as "any partition") */
+    KM_INVALID_TIMESTAMP_AHEAD = 4,  /* a timestamp further ahead of the clock than the sidecar's bound */
 };
 /* A reason as the batch keeps it in rec_kerr: below zero and above librdkafka's own local codes (-200..-100), and
  * not -1, so never mistaken for an error librdkafka or a broker reported. */

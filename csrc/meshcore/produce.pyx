@@ -15,6 +15,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from libc.string cimport memcmp, memcpy, strlen
 
 from meshcore.message cimport MAX_TOPIC_LEN, produce_record
@@ -37,6 +38,7 @@ cdef extern from "km_batch.h" nogil:
         KM_INVALID_HEADER_NAME
         KM_INVALID_TIMESTAMP
         KM_INVALID_PARTITION
+        KM_INVALID_TIMESTAMP_AHEAD
         KM_CLUSTER_UNAVAILABLE
         KM_INTERNAL
     int32_t KM_INVALID_KERR(int reason)
@@ -85,6 +87,20 @@ cdef enum:
     MAX_REQUEST_RECORDS = 500000
     # Errors of a response that carry their text; later ones carry the code alone.
     MAX_MESSAGES = 1000
+
+
+#: A record whose timestamp is further ahead of the clock than this fails alone (0: no such check). Kafka 4 brokers
+#: refuse them by default (message.timestamp.after.max.ms, 1 hour), and refuse with it the whole batch librdkafka
+#: built for the partition, other apps' records included: refused here, the record never reaches a batch.
+cdef int64_t _max_ahead_ms = 3600000
+
+
+def set_max_timestamp_ahead_ms(int64_t ms):
+    """Set the bound (process-wide; 0 turns the check off)."""
+    global _max_ahead_ms
+    if ms < 0:
+        raise ValueError(f"max_timestamp_ahead_ms must be 0 or more, got {ms}")
+    _max_ahead_ms = ms
 
 
 cdef inline bint valid_topic(const unsigned char *p, size_t n) noexcept nogil:
@@ -164,6 +180,9 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, ProduceR
     cdef const Route **routes = <const Route **>malloc((view.count if view.count else 1) * sizeof(void *))
     cdef uint8_t *codes = <uint8_t *>malloc(view.count if view.count else 1)
     cdef km_batch *b
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    cdef int64_t now_ms = <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
     if view.count > MAX_REQUEST_RECORDS:
         free(routes)
         free(codes)
@@ -182,6 +201,8 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, ProduceR
         if not valid_topic(rec.topic.p, rec.topic.n):
             codes[i] = KM_INVALID_TOPIC
             continue
+        if not rec.invalid and rec.has_timestamp and _max_ahead_ms > 0 and rec.timestamp_ms - now_ms > _max_ahead_ms:
+            rec.invalid = KM_INVALID_TIMESTAMP_AHEAD
         if rec.invalid:
             codes[i] = KM_INVALID_RECORD
             continue
@@ -426,6 +447,10 @@ cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil
                      "languages could not read the record)")
     elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TIMESTAMP):
         n = snprintf(msg, cap, "timestamp_ms is negative; Kafka takes milliseconds since the Unix epoch, 0 or later")
+    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TIMESTAMP_AHEAD):
+        n = snprintf(msg, cap, "timestamp_ms is more than %lld ms ahead of the sidecar's clock, which Kafka refuses "
+                     "by default (message.timestamp.after.max.ms): microseconds or nanoseconds instead of "
+                     "milliseconds?", <long long>_max_ahead_ms)
     elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_PARTITION):
         n = snprintf(msg, cap, "partition is negative; leave it out to let the partitioner choose")
     elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__PURGE_QUEUE:

@@ -5,6 +5,7 @@ and the stream go on."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -107,11 +108,12 @@ def test_records_the_broker_refuses_get_invalid_record_and_their_batch_mates_a_r
         sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
     # One partition: the request's records go to Kafka in one batch, which the broker refuses whole, naming the
     # culprits (KIP-467). Never INTERNAL: the culprits get INVALID_RECORD, the others CLUSTER_UNAVAILABLE (retry).
+    # The sidecar's own timestamp check is off here, so that the broker is the one to refuse.
     c1 = sandbox.clusters[0].bootstrap
     create_topic(c1, topic, partitions=1, config={"message.timestamp.after.max.ms": "3600000"})
     ns = new_namespace()
     apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
-    sc = sidecar_factory(ns)
+    sc = sidecar_factory(ns, "--max-timestamp-ahead-ms", "0")
     micros = int(time.time() * 1_000_000)                   # a timestamp in microseconds: ~55,000 years ahead
     req = M.ProduceRequest(batch_id=1)
     for i in range(6):
@@ -126,3 +128,44 @@ def test_records_the_broker_refuses_get_invalid_record_and_their_batch_mates_a_r
         (2, M.ERROR_CODE_CLUSTER_UNAVAILABLE), (3, M.ERROR_CODE_CLUSTER_UNAVAILABLE),
         (4, M.ERROR_CODE_INVALID_RECORD), (5, M.ERROR_CODE_CLUSTER_UNAVAILABLE)], failed
     assert "_INVALID_DIFFERENT_RECORD" in failed[0][2] and "INVALID_RECORD" in failed[1][2]
+
+
+def test_timestamps_in_microseconds_from_one_app_never_fail_another_apps_records(
+        sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
+    # One partition: both apps' records share librdkafka's batches. A record timestamped hours ahead would make
+    # the broker refuse the whole batch; the sidecar refuses it alone before it is enqueued.
+    c1 = sandbox.clusters[0].bootstrap
+    create_topic(c1, topic, partitions=1)
+    ns = new_namespace()
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    sc = sidecar_factory(ns)
+    good = [M.ProduceRequest(batch_id=b, records=[M.Record(topic=topic, key=b"k", value=f"good-{b}-{j}".encode())
+                                                 for j in range(40)]).SerializeToString() for b in range(150)]
+    micros = int(time.time() * 1_000_000)
+    bad = [M.ProduceRequest(batch_id=b, records=[
+        M.Record(topic=topic, value=f"bad-{b}".encode(), timestamp_ms=micros),
+        M.Record(topic=topic, value=f"fine-{b}".encode())]).SerializeToString() for b in range(40)]
+    results: dict[str, list[M.ProduceResponse]] = {}
+
+    def run(name: str, requests: list[bytes], pause_s: float) -> None:
+        def paced() -> Any:
+            for raw in requests:
+                yield raw
+                time.sleep(pause_s)
+
+        with grpc.insecure_channel(sc.target) as ch:
+            call = ch.stream_stream("/kafkamesh.v1.Mesh/Produce")
+            results[name] = [M.ProduceResponse.FromString(r) for r in call(paced(), timeout=120)]
+
+    threads = [threading.Thread(target=run, args=("good", good, 0.005)),
+               threading.Thread(target=run, args=("bad", bad, 0.02))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert len(results["good"]) == 150 and all(r.ok_count == 40 and not r.errors for r in results["good"])
+    assert len(results["bad"]) == 40
+    for r in results["bad"]:
+        assert r.ok_count == 1 and [(i, code) for i, code, _ in per_record(r)] == [(0, M.ERROR_CODE_INVALID_RECORD)]
+    written = {m.value().decode() for m in read_all(c1, topic, 150 * 40 + 40)}
+    assert written == {f"good-{b}-{j}" for b in range(150) for j in range(40)} | {f"fine-{b}" for b in range(40)}

@@ -148,3 +148,31 @@ def _fuzz_stream(seed: int, rounds: int) -> int:
 
 def test_fuzzed_requests_never_crash_the_stream() -> None:
     assert run_isolated(_fuzz_stream, 99, 4000) > 100
+
+
+def test_a_timestamp_too_far_ahead_fails_alone_before_anything_is_enqueued(producers: list[meshcore.Producer]) -> None:
+    t = meshcore.build_route_table(1, producers, [(["t1"], [0])])
+    s = meshcore.open_stream()
+    now_ms = int(time.time() * 1000)
+    req = mesh_pb2.ProduceRequest(batch_id=3)
+    req.records.add(topic="t1", value=b"micros", timestamp_ms=now_ms * 1000)   # microseconds given for ms
+    req.records.add(topic="t1", value=b"59 min ahead", timestamp_ms=now_ms + 59 * 60_000)
+    req.records.add(topic="t1", value=b"2 h ahead", timestamp_ms=now_ms + 2 * 3_600_000)
+    try:
+        meshcore.set_max_timestamp_ahead_ms(3_600_000)
+        s.submit(t, req.SerializeToString())
+        [resp] = responses(s, 1, timeout=5)     # the 59-minute record waits for c1, unreachable: times out
+        meshcore.set_max_timestamp_ahead_ms(0)  # off: nothing is refused for its timestamp
+        s.submit(t, mesh_pb2.ProduceRequest(batch_id=4, records=[req.records[0]]).SerializeToString())
+        [off] = responses(s, 1, timeout=5)
+    finally:
+        meshcore.set_max_timestamp_ahead_ms(3_600_000)
+        s.close()
+    failed = per_record(resp)
+    assert [(i, code) for i, code, _ in failed] == [
+        (0, mesh_pb2.ERROR_CODE_INVALID_RECORD), (1, mesh_pb2.ERROR_CODE_CLUSTER_UNAVAILABLE),
+        (2, mesh_pb2.ERROR_CODE_INVALID_RECORD)]
+    assert "more than 3600000 ms ahead of the sidecar's clock" in failed[0][2]
+    assert [code for _, code, _ in per_record(off)] == [mesh_pb2.ERROR_CODE_CLUSTER_UNAVAILABLE]
+    with pytest.raises(ValueError, match="0 or more"):
+        meshcore.set_max_timestamp_ahead_ms(-1)
