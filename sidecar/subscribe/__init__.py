@@ -1,1 +1,2 @@
-"""The Subscribe side of the sidecar (in progress): offset tracking for at-least-once acks."""
+"""The Subscribe side of the sidecar: a stream's consumers and session (session.py), its poll thread (poller.py),
+and the offsets it may commit for at-least-once acks (offsets.py)."""
