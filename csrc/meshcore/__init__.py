@@ -28,7 +28,7 @@ from meshcore import wire as _wire
 from meshcore.conf import take_logs
 from meshcore.consumer import Consumer, create_consumer
 from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaError, WireError
-from meshcore.produce import ProduceStream, open_stream, set_max_timestamp_ahead_ms
+from meshcore.produce import REQUEST_RECORDS_LIMIT, ProduceStream, open_stream, set_max_timestamp_ahead_ms
 from meshcore.producer import Producer, create_producer, librdkafka_version
 from meshcore.routes import RouteTable, build_route_table
 from meshcore.wire import decode_produce_request, encode_records
@@ -59,6 +59,6 @@ __all__ = [
     "ConfigError", "Consumer", "CoreError", "HandleClosedError", "KafkaError", "ProduceStream", "Producer",
     "RouteTable", "WireError", "DEBUG", "LIBRDKAFKA_SOURCE", "build_route_table", "create_consumer",
     "create_producer", "debug_counts", "decode_produce_request", "encode_records", "librdkafka_version",
-    "set_max_timestamp_ahead_ms",
+    "set_max_timestamp_ahead_ms", "REQUEST_RECORDS_LIMIT",
     "open_stream", "take_logs",
 ]

@@ -89,6 +89,10 @@ cdef enum:
     MAX_MESSAGES = 1000
 
 
+#: The most records one ProduceRequest may hold (clients split larger batches before they send them).
+REQUEST_RECORDS_LIMIT = MAX_REQUEST_RECORDS
+
+
 #: A record whose timestamp is further ahead of the clock than this fails alone (0: no such check). Kafka 4 brokers
 #: refuse them by default (message.timestamp.after.max.ms, 1 hour), and refuse with it the whole batch librdkafka
 #: built for the partition, other apps' records included: refused here, the record never reaches a batch.

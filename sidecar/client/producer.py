@@ -246,8 +246,8 @@ def record_errors(errors: Any) -> Iterator[tuple[int, tuple[ErrorCode, str]]]:
             yield i, (code, message)
 
 
-#: The most records the sidecar takes in one ProduceRequest.
-MAX_REQUEST_RECORDS = 500_000
+#: The most records the sidecar takes in one ProduceRequest (the core's own bound).
+MAX_REQUEST_RECORDS: int = meshcore.REQUEST_RECORDS_LIMIT
 
 
 class _WholeBatch:
