@@ -150,6 +150,11 @@ def _add_sidecar_parser(sub: Any) -> None:
     p.add_argument("--max-timestamp-ahead-ms", metavar="MS",
                    help="fail a record timestamped further ahead of the clock (default 3600000, Kafka's own default "
                         "limit; 0: no check)")
+    p.add_argument("--topic-checks", action=argparse.BooleanOptionalAction, default=None,
+                   help="fail alone a record its topic's config makes the broker refuse (no key on a compacted "
+                        "topic, a timestamp outside the topic's bounds, over its max.message.bytes), which the "
+                        "broker would refuse with other apps' records of its batch; needs DescribeConfigs on the "
+                        "topics (default: on)")
     p.add_argument("--shutdown-grace-s", metavar="S", help="on SIGTERM, time for in-flight batches (default 30)")
     p.add_argument("--commit-interval-ms", metavar="MS",
                    help="Subscribe: commit acked offsets this often; a sidecar killed with -9 delivers again what "

@@ -112,6 +112,7 @@ class SidecarSettings:
     max_request_bytes: int = 64 << 20        # largest ProduceRequest accepted
     delivery_timeout_ms: int = 60_000        # a record not acknowledged by then fails with CLUSTER_UNAVAILABLE
     max_timestamp_ahead_ms: int = 3_600_000  # a record timestamped further ahead fails alone; 0: no check
+    topic_checks: bool = True                # check records by their topic's config (DescribeConfigs) before Kafka
     shutdown_grace_s: float = 30.0           # on SIGTERM: how long in-flight batches may take to finish
     commit_interval_ms: int = 1000           # Subscribe: how often acked offsets are committed to Kafka
     drain_timeout_s: float = 10.0            # Subscribe: how long a cluster leaving a stream waits for its acks
@@ -166,6 +167,15 @@ class SidecarSettings:
                 raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {raw!r}")
             return value
 
+        def flag(name: str) -> bool:
+            raw = values.get(name, getattr(cls, name))
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise UsageError(f"{name.replace('_', '-')} must be true or false, got {raw!r}")
+            return text in ("true", "1", "yes")
+
         raw_listen = values.get("listen") or ()
         listen: list[object] = [raw_listen] if isinstance(raw_listen, str) else list(raw_listen)  # type: ignore[call-overload]
         mapping_file = values.get("mapping_file")
@@ -188,6 +198,7 @@ class SidecarSettings:
             max_request_bytes=int(num("max_request_bytes", int, 1024)),
             delivery_timeout_ms=int(num("delivery_timeout_ms", int, 100)),
             max_timestamp_ahead_ms=int(num("max_timestamp_ahead_ms", int, 0)),
+            topic_checks=flag("topic_checks"),
             shutdown_grace_s=float(num("shutdown_grace_s", float, 0)),
             commit_interval_ms=int(num("commit_interval_ms", int, 10)),
             drain_timeout_s=float(num("drain_timeout_s", float, 0)),

@@ -19,6 +19,7 @@ import meshcore
 from sidecar.clientconf import client_defaults
 from sidecar.errors import MappingError
 from sidecar.mapping.model import Cluster, Mapping
+from sidecar.topic_rules import TopicRulesKeeper
 
 log = logging.getLogger("kafka_mesh.routing")
 
@@ -47,7 +48,9 @@ class _Entry:
 class RouteState:
     """The routing table in force, and the producers behind it."""
 
-    def __init__(self, delivery_timeout_ms: int, on_change: Callable[[Mapping], None] | None = None) -> None:
+    def __init__(self, delivery_timeout_ms: int, on_change: Callable[[Mapping], None] | None = None,
+                 topic_rules: TopicRulesKeeper | None = None) -> None:
+        self._topic_rules = topic_rules
         self._defaults = dict(PRODUCER_DEFAULTS, **{"message.timeout.ms": str(delivery_timeout_ms)})
         self._live: dict[str, _Entry] = {}
         self._retired: list[_Entry] = []
@@ -100,6 +103,12 @@ class RouteState:
             if entries.get(name) is not entry:
                 self._retired.append(entry)
         self._live = entries
+        if self._topic_rules is not None:
+            routed: dict[str, list[str]] = {}
+            for r in mapping.producer:
+                for sink in r.sinks:
+                    routed.setdefault(sink, []).extend(r.topics)
+            self._topic_rules.follow({name: (e.cluster, e.producer) for name, e in entries.items()}, routed)
         self.table = table
         self.mapping = mapping
         log.info("mapping applied revision=%d clusters=%d routes=%d default=%s", mapping.revision, len(used),

@@ -28,6 +28,7 @@ from sidecar.routing import RouteState
 from sidecar.servicers.produce import SERVICE, ProduceServicer
 from sidecar.servicers.subscribe import SubscribeServicer
 from sidecar.subscribe.session import StreamSettings
+from sidecar.topic_rules import TopicRulesKeeper
 
 log = logging.getLogger("kafka_mesh.server")
 
@@ -54,7 +55,8 @@ async def serve(settings: SidecarSettings) -> int:
     """Run the sidecar until SIGTERM/SIGINT; returns the process exit code."""
     loop = asyncio.get_running_loop()
     status = StatusReporter(settings)
-    routes = RouteState(settings.delivery_timeout_ms, on_change=status.applied)
+    rules = TopicRulesKeeper() if settings.topic_checks else None
+    routes = RouteState(settings.delivery_timeout_ms, on_change=status.applied, topic_rules=rules)
     meshcore.set_max_timestamp_ahead_ms(settings.max_timestamp_ahead_ms)
 
     def secrets() -> list[str]:
@@ -75,6 +77,7 @@ async def serve(settings: SidecarSettings) -> int:
         return produce.inflight_bytes == 0 and (table is None or table.max_queued() == 0)
 
     trimmer = loop.create_task(memory.trim_after_load(idle))
+    rules_keeper = loop.create_task(rules.run() if rules is not None else asyncio.sleep(0))
 
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", settings.max_request_bytes),
@@ -148,7 +151,8 @@ async def serve(settings: SidecarSettings) -> int:
     lost += await routes.close(flush_timeout_ms=int(settings.shutdown_grace_s * 1000))
     librdkafka_log.cancel()
     trimmer.cancel()
-    await asyncio.gather(librdkafka_log, trimmer, return_exceptions=True)
+    rules_keeper.cancel()
+    await asyncio.gather(librdkafka_log, trimmer, rules_keeper, return_exceptions=True)
     if lost:
         log.warning("stopped with %d records undelivered", lost)
         return 1

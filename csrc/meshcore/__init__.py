@@ -24,6 +24,7 @@ from meshcore import consumer as _consumer
 from meshcore import produce as _produce
 from meshcore import producer as _producer
 from meshcore import routes as _routes
+from meshcore import topicrules as _topicrules
 from meshcore import wire as _wire
 from meshcore.conf import take_logs
 from meshcore.consumer import Consumer, create_consumer
@@ -31,6 +32,7 @@ from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaErro
 from meshcore.produce import REQUEST_RECORDS_LIMIT, ProduceStream, open_stream, set_max_timestamp_ahead_ms
 from meshcore.producer import Producer, create_producer, librdkafka_version
 from meshcore.routes import RouteTable, build_route_table
+from meshcore.topicrules import TopicRules, build_topic_rules
 from meshcore.wire import decode_produce_request, encode_records
 
 #: True in the debug build (KAFKA_MESH_DEBUG=1 at build time), which counts C handles.
@@ -48,7 +50,7 @@ if _linked.SOURCE == "wheel" and librdkafka_version() != _confluent_kafka.libver
 def debug_counts() -> dict[str, tuple[int, int]]:
     """Created/destroyed counts per kind of C handle; all zero in the release build."""
     counts: dict[str, tuple[int, int]] = {}
-    for module in (_consumer, _produce, _producer, _routes, _wire):
+    for module in (_consumer, _produce, _producer, _routes, _topicrules, _wire):
         for kind, (created, freed) in module._debug_counts().items():
             c0, f0 = counts.get(kind, (0, 0))
             counts[kind] = (c0 + created, f0 + freed)
@@ -57,7 +59,8 @@ def debug_counts() -> dict[str, tuple[int, int]]:
 
 __all__ = [
     "ConfigError", "Consumer", "CoreError", "HandleClosedError", "KafkaError", "ProduceStream", "Producer",
-    "RouteTable", "WireError", "DEBUG", "LIBRDKAFKA_SOURCE", "build_route_table", "create_consumer",
+    "RouteTable", "TopicRules", "WireError", "DEBUG", "LIBRDKAFKA_SOURCE", "build_route_table", "build_topic_rules",
+    "create_consumer",
     "create_producer", "debug_counts", "decode_produce_request", "encode_records", "librdkafka_version",
     "set_max_timestamp_ahead_ms", "REQUEST_RECORDS_LIMIT",
     "open_stream", "take_logs",

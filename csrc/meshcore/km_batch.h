@@ -47,6 +47,11 @@ enum {
     KM_INVALID_TIMESTAMP = 2,    /* a negative timestamp */
     KM_INVALID_PARTITION = 3,    /* a negative partition (librdkafka would read -1 as "any partition") */
     KM_INVALID_TIMESTAMP_AHEAD = 4,  /* a timestamp further ahead of the clock than the sidecar's bound */
+    /* What the sink's brokers would refuse on this topic (km_rules.h): the record fails for that sink alone. */
+    KM_INVALID_NO_KEY = 5,                 /* no key, and the topic is compacted */
+    KM_INVALID_TOPIC_TIMESTAMP_BEHIND = 6, /* older than the topic's message.timestamp.before.max.ms */
+    KM_INVALID_TOPIC_TIMESTAMP_AHEAD = 7,  /* further ahead than the topic's message.timestamp.after.max.ms */
+    KM_INVALID_TOPIC_MAX_BYTES = 8,        /* larger than the topic's max.message.bytes (KM_RECORD_TOO_LARGE) */
 };
 /* A reason as the batch keeps it in rec_kerr: below zero and above librdkafka's own local codes (-200..-100), and
  * not -1, so never mistaken for an error librdkafka or a broker reported. */

@@ -20,10 +20,12 @@ from libc.string cimport memcmp, memcpy, strlen
 
 from meshcore.message cimport MAX_TOPIC_LEN, produce_record
 from meshcore.rdkafka cimport *
+from meshcore.producer cimport Producer
 from meshcore.routes cimport Route, RouteTable
 from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_load, km_flag_load
+from meshcore.topicrules cimport TopicRules, km_rule, km_rules, km_rules_find, km_zz_size
 from meshcore.wire cimport (
-    ProduceRequestView, RecordView, produce_request_parse, produce_request_view_free,
+    ProduceRequestView, Reader, RecordView, Slice, header_next, produce_request_parse, produce_request_view_free,
 )
 
 from meshcore.errors import HandleClosedError, WireError
@@ -39,6 +41,11 @@ cdef extern from "km_batch.h" nogil:
         KM_INVALID_TIMESTAMP
         KM_INVALID_PARTITION
         KM_INVALID_TIMESTAMP_AHEAD
+        KM_INVALID_NO_KEY
+        KM_INVALID_TOPIC_TIMESTAMP_BEHIND
+        KM_INVALID_TOPIC_TIMESTAMP_AHEAD
+        KM_INVALID_TOPIC_MAX_BYTES
+        KM_RECORD_TOO_LARGE
         KM_CLUSTER_UNAVAILABLE
         KM_INTERNAL
     int32_t KM_INVALID_KERR(int reason)
@@ -132,6 +139,7 @@ cdef struct TopicHandle:
     const unsigned char *name     # points into the request
     size_t len
     rd_kafka_topic_t *rkt
+    const km_rule *rule           # what the sink's brokers accept on the topic, or NULL: nothing known
 
 
 cdef struct TopicCache:
@@ -139,27 +147,68 @@ cdef struct TopicCache:
     int n
 
 
-cdef rd_kafka_topic_t *_topic_handle(TopicCache *cache, rd_kafka_t *rk, int sink, RecordView *rec,
-                                     const char *cname) noexcept nogil:
-    """A topic handle for (sink, topic), reused within the batch: naming the topic by string would make
-    librdkafka look the topic up, lock and count a reference for every message."""
+cdef TopicHandle *_topic_entry(TopicCache *cache, rd_kafka_t *rk, int sink, RecordView *rec,
+                               km_rules *rules) noexcept nogil:
+    """The topic handle and rule of (sink, topic), reused within the batch (NULL when the cache is full): naming the
+    topic by string would make librdkafka look the topic up, lock and count a reference for every message, and the
+    rule is looked up once."""
     cdef int i
     cdef TopicHandle *h
+    cdef char cname[MAX_TOPIC_LEN + 1]
     for i in range(cache.n):
         h = &cache.slots[i]
         if h.sink == sink and h.len == rec.topic.n and memcmp(h.name, rec.topic.p, h.len) == 0:
-            return h.rkt
+            return h
     if cache.n == TOPIC_CACHE:
         return NULL
     h = &cache.slots[cache.n]
+    memcpy(cname, rec.topic.p, rec.topic.n)
+    cname[rec.topic.n] = 0
     h.rkt = rd_kafka_topic_new(rk, cname, NULL)
     if h.rkt == NULL:
         return NULL
     h.sink = sink
     h.name = rec.topic.p
     h.len = rec.topic.n
+    h.rule = km_rules_find(rules, rec.topic.p, rec.topic.n) if rules != NULL else NULL
     cache.n += 1
-    return h.rkt
+    return h
+
+
+cdef size_t _batch_size(RecordView *rec) noexcept nogil:
+    """The size of a Kafka record batch (v2) holding this record alone: what a broker compares with the topic's
+    max.message.bytes. Headers are read again from the record's bytes."""
+    cdef Reader hr
+    cdef Slice hname, hvalue
+    cdef uint8_t has_hvalue
+    # attributes, timestamp delta 0, offset delta 0, key, value, header count
+    cdef size_t body = 3 + (km_zz_size(rec.key.n) + rec.key.n if rec.has_key else 1)
+    body += km_zz_size(rec.value.n) + rec.value.n if rec.has_value else 1
+    body += km_zz_size(rec.header_count)
+    if rec.header_count:
+        hr.buf = rec.raw.p
+        hr.len = rec.raw.n
+        hr.pos = 0
+        hr.err = NULL
+        while header_next(&hr, &hname, &hvalue, &has_hvalue) == 1:
+            body += km_zz_size(hname.n) + hname.n + (km_zz_size(hvalue.n) + hvalue.n if has_hvalue else 1)
+    return 61 + km_zz_size(body) + body
+
+
+cdef int _refusal(const km_rule *rule, RecordView *rec, int64_t now_ms) noexcept nogil:
+    """Why the topic's brokers would refuse rec (a KM_INVALID_* reason), or 0."""
+    if rule.requires_key and not rec.has_key:
+        return KM_INVALID_NO_KEY
+    if rule.create_time and rec.has_timestamp:
+        # rec.timestamp_ms >= 0 (a negative one was refused already): neither difference overflows.
+        if now_ms - rec.timestamp_ms > rule.before_max_ms:
+            return KM_INVALID_TOPIC_TIMESTAMP_BEHIND
+        if rec.timestamp_ms - now_ms > rule.after_max_ms:
+            return KM_INVALID_TOPIC_TIMESTAMP_AHEAD
+    # The record's protobuf bytes bound its Kafka size within 96 bytes: only a record near the limit is measured.
+    if <int64_t>rec.raw.n + 96 > rule.max_bytes and <int64_t>_batch_size(rec) > rule.max_bytes:
+        return KM_INVALID_TOPIC_MAX_BYTES
+    return 0
 
 
 cdef void _topic_cache_clear(TopicCache *cache) noexcept nogil:
@@ -169,14 +218,17 @@ cdef void _topic_cache_clear(TopicCache *cache) noexcept nogil:
     cache.n = 0
 
 
-cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, ProduceRequestView *view, int64_t nbytes,
-                 int wait_ms, uint64_t *out_batch_id) except -1 nogil:
+cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules **rules, ProduceRequestView *view,
+                 int64_t nbytes, int wait_ms, uint64_t *out_batch_id) except -1 nogil:
     """Route and enqueue every record of view as one batch, to the sinks' handles acquired in rks (NULL: that
-    producer is closed, and its records fail with CLUSTER_UNAVAILABLE). Returns 0, or -1 (MemoryError) before
+    producer is closed, and its records fail with CLUSTER_UNAVAILABLE). A record that rules[sink] (NULL: none known)
+    says the sink's brokers would refuse fails alone for that sink. Returns 0, or -1 (MemoryError) before
     enqueuing. Once the stream is stopped or closed, the rest is not enqueued: no one will read the batch's
     answer."""
     cdef size_t i
-    cdef int s, k
+    cdef int s, k, reason
+    cdef TopicHandle *th
+    cdef const km_rule *rule
     cdef uint64_t n_refs = 0
     cdef uint32_t ref = 0
     cdef RecordView *rec
@@ -245,13 +297,25 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, ProduceR
             b.refs[ref].batch = b
             b.refs[ref].index = i
             b.refs[ref].sink = s
+            ref += 1
             if rks[s] == NULL:
                 km_batch_fail(b, i, KM_CLUSTER_UNAVAILABLE, <int32_t>RD_KAFKA_RESP_ERR__DESTROY, s)
                 km_batch_settle(b, 1)
+                continue
+            th = _topic_entry(&topics, rks[s], s, &view.records[i], rules[s])
+            if th != NULL:
+                rule = th.rule
+            else:
+                rule = km_rules_find(rules[s], view.records[i].topic.p, view.records[i].topic.n) \
+                    if rules[s] != NULL else NULL
+            reason = _refusal(rule, &view.records[i], now_ms) if rule != NULL else 0
+            if reason:
+                km_batch_fail(b, i, KM_RECORD_TOO_LARGE if reason == KM_INVALID_TOPIC_MAX_BYTES else KM_INVALID_RECORD,
+                              KM_INVALID_KERR(reason), s)
+                km_batch_settle(b, 1)
             else:   # failures are recorded on the batch
-                _enqueue(rks[s], &view.records[i], &b.refs[ref], wait_ms, &topics, s, &table.handles[s].closing,
-                         &stream.stop)
-            ref += 1
+                _enqueue(rks[s], &view.records[i], &b.refs[ref - 1], wait_ms, th.rkt if th != NULL else NULL,
+                         &table.handles[s].closing, &stream.stop)
     _topic_cache_clear(&topics)
     free(routes)
     free(codes)
@@ -259,14 +323,11 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, ProduceR
     return 0
 
 
-cdef void _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *ref, int wait_ms, TopicCache *topics,
-                   int sink, const int *producer_closing, const int *stream_stop) noexcept nogil:
-    """Enqueue one (record, sink) delivery of a batch; a refusal is recorded on the batch at once."""
-    cdef char name[MAX_TOPIC_LEN + 1]
-    memcpy(name, rec.topic.p, rec.topic.n)
-    name[rec.topic.n] = 0
-    cdef rd_kafka_resp_err_t code = produce_record(rk, rec, _topic_handle(topics, rk, sink, rec, name), ref, wait_ms,
-                                                   producer_closing, stream_stop)
+cdef void _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *ref, int wait_ms, rd_kafka_topic_t *rkt,
+                   const int *producer_closing, const int *stream_stop) noexcept nogil:
+    """Enqueue one (record, sink) delivery of a batch (by rkt when given); a refusal is recorded on the batch at
+    once."""
+    cdef rd_kafka_resp_err_t code = produce_record(rk, rec, rkt, ref, wait_ms, producer_closing, stream_stop)
     if code != RD_KAFKA_RESP_ERR_NO_ERROR:
         km_batch_fail(ref.batch, ref.index, _code_for(code), <int32_t>code, ref.sink)
         km_batch_settle(ref.batch, 1)          # it was counted as pending, and will get no delivery report
@@ -321,8 +382,19 @@ cdef class ProduceStream:
         # Taken with the GIL, so that a close() on another thread cannot free them under this call.
         cdef km_stream *stream = self.s
         cdef rd_kafka_t **rks = <rd_kafka_t **>calloc(max(1, table.n_sinks), sizeof(rd_kafka_t *))
-        if rks == NULL:
+        cdef km_rules **rules = <km_rules **>calloc(max(1, table.n_sinks), sizeof(km_rules *))
+        cdef int i
+        if rks == NULL or rules == NULL:
+            free(rks)
+            free(rules)
             raise MemoryError()
+        # The sinks' rule snapshots, held by this list for the call (the control plane may swap in newer ones).
+        held = []
+        for i in range(table.n_sinks):
+            snapshot = (<Producer>table._producers[i]).topic_rules
+            if snapshot is not None:
+                held.append(snapshot)
+                rules[i] = &(<TopicRules>snapshot).r
         km_stream_ref(stream)
         table.acquire_all(rks)
         with nogil:
@@ -331,13 +403,14 @@ cdef class ProduceStream:
                                            &view)
                 if rc == 0:
                     try:
-                        _submit(stream, table, rks, &view, nbytes, queue_full_wait_ms, &batch_id)
+                        _submit(stream, table, rks, rules, &view, nbytes, queue_full_wait_ms, &batch_id)
                     finally:
                         produce_request_view_free(&view)
             finally:
                 table.release_all(rks)
                 km_stream_unref(stream)
                 free(rks)
+                free(rules)
         if rc < 0:
             raise WireError(view.err.decode(), view.err_pos)
         return batch_id
@@ -455,6 +528,18 @@ cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil
         n = snprintf(msg, cap, "timestamp_ms is more than %lld ms ahead of the sidecar's clock, which Kafka refuses "
                      "by default (message.timestamp.after.max.ms): microseconds or nanoseconds instead of "
                      "milliseconds?", <long long>_max_ahead_ms)
+    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_NO_KEY):
+        n = snprintf(msg, cap, "cluster '%s': the topic is compacted (cleanup.policy=compact) and the record has no "
+                     "key", b.names + b.name_off[b.rec_sink[i]])
+    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TOPIC_TIMESTAMP_BEHIND):
+        n = snprintf(msg, cap, "cluster '%s': timestamp_ms is further behind the clock than the topic's "
+                     "message.timestamp.before.max.ms allows", b.names + b.name_off[b.rec_sink[i]])
+    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TOPIC_TIMESTAMP_AHEAD):
+        n = snprintf(msg, cap, "cluster '%s': timestamp_ms is further ahead of the clock than the topic's "
+                     "message.timestamp.after.max.ms allows", b.names + b.name_off[b.rec_sink[i]])
+    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TOPIC_MAX_BYTES):
+        n = snprintf(msg, cap, "cluster '%s': the record, in a Kafka batch of its own, is larger than the topic's "
+                     "max.message.bytes", b.names + b.name_off[b.rec_sink[i]])
     elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_PARTITION):
         n = snprintf(msg, cap, "partition is negative; leave it out to let the partitioner choose")
     elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__PURGE_QUEUE:

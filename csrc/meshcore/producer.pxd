@@ -36,5 +36,8 @@ cdef class Producer:
     cdef km_poller *poller
     cdef readonly str name
     cdef str _log_key        # librdkafka's name for the handle, under which its log lines are attributed
+    # What the cluster's brokers accept per topic (a meshcore.TopicRules, set by the control plane; None: nothing
+    # is checked). Produce submits read it once per batch.
+    cdef public object topic_rules
     cdef rd_kafka_t *_acquire(self) except NULL
     cdef int _close(self, int flush_timeout_ms) except? -1

@@ -156,6 +156,7 @@ cdef class Producer:
         the producer: it first waits for the calls in progress (a call waiting for room in a full queue gives up
         at once). Returns how many records were still undelivered then: they are purged first, so each gets a
         failed delivery report (and its batch an answer) before the handle goes."""
+        self.topic_rules = None     # nothing is enqueued to a closed producer: nothing to check
         return self._close(flush_timeout_ms)
 
     cdef int _close(self, int flush_timeout_ms) except? -1:

@@ -2,6 +2,7 @@ from libc.stdint cimport uint32_t, uint64_t
 
 from meshcore.producer cimport km_handle
 from meshcore.rdkafka cimport rd_kafka_t
+from meshcore.strmap cimport km_strmap
 
 cdef enum:
     MAX_SINKS = 16
@@ -10,13 +11,6 @@ cdef enum:
 cdef struct Route:
     int n
     int sinks[MAX_SINKS]     # indices into RouteTable.handles
-
-
-cdef struct Slot:
-    const char *topic        # NULL: empty slot
-    size_t len
-    uint64_t hash
-    int route
 
 
 cdef class RouteTable:
@@ -31,9 +25,7 @@ cdef class RouteTable:
     cdef Route *routes
     cdef int n_routes
     cdef int default_route   # index into routes, or -1
-    cdef char *topics        # every topic name, back to back
-    cdef Slot *slots
-    cdef size_t mask
+    cdef km_strmap topics    # topic -> index into routes
     cdef object __weakref__
 
     cdef const Route *lookup(self, const unsigned char *topic, size_t n) noexcept nogil

@@ -1,7 +1,7 @@
 """The compiled producer routing table: an immutable snapshot of one mapping revision.
 
-Topic -> route is an open-addressing hash table (FNV-1a, linear probing, at most half full), so a lookup costs the
-same with 10 topics or 100,000, and reads only C memory. A table is never changed after it is built: a mapping
+Topic -> route is a km_strmap (open addressing), so a lookup costs the same with 10 topics or 100,000, and reads
+only C memory. A table is never changed after it is built: a mapping
 change builds a new one and the control plane swaps its reference; a Produce batch looks its table up once and
 routes every record by it, so one batch is always routed by one revision. The table holds references to the
 Producer objects of its sinks, so their handle structs outlive it; a user of the table acquires the sinks'
@@ -9,27 +9,19 @@ rd_kafka_t handles for the time of one call (acquire_all), which a producer's cl
 whose producer was closed as NULL.
 """
 
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcpy
 
 from meshcore.producer cimport Producer, km_handle, km_handle_acquire, km_handle_release
 from meshcore.rdkafka cimport rd_kafka_outq_len, rd_kafka_t
+from meshcore.strmap cimport km_strmap_free, km_strmap_get, km_strmap_init, km_strmap_put
 from meshcore.support cimport KM_DEBUG_ENABLED
 
 from meshcore.errors import CoreError, HandleClosedError
 
 cdef int64_t _tables_created = 0
 cdef int64_t _tables_freed = 0
-
-
-cdef inline uint64_t fnv1a(const unsigned char *p, size_t n) noexcept nogil:
-    cdef uint64_t h = 1469598103934665603ULL
-    cdef size_t i
-    for i in range(n):
-        h ^= p[i]
-        h *= 1099511628211ULL
-    return h
 
 
 cdef class RouteTable:
@@ -40,19 +32,9 @@ cdef class RouteTable:
 
     cdef const Route *lookup(self, const unsigned char *topic, size_t n) noexcept nogil:
         """The route of topic: its own, else __default__'s, else NULL."""
-        cdef uint64_t h
-        cdef size_t i
-        cdef Slot *s
-        if self.slots != NULL:
-            h = fnv1a(topic, n)
-            i = h & self.mask
-            while True:
-                s = &self.slots[i]
-                if s.topic == NULL:
-                    break
-                if s.hash == h and s.len == n and memcmp(s.topic, topic, n) == 0:
-                    return &self.routes[s.route]
-                i = (i + 1) & self.mask
+        cdef int32_t r = km_strmap_get(&self.topics, topic, n)
+        if r >= 0:
+            return &self.routes[r]
         if self.default_route >= 0:
             return &self.routes[self.default_route]
         return NULL
@@ -98,19 +80,18 @@ cdef class RouteTable:
 
     @property
     def topic_count(self):
-        return 0 if self.slots == NULL else sum(1 for i in range(self.mask + 1) if self.slots[i].topic != NULL)
+        return self.topics.count
 
     def __dealloc__(self):
         global _tables_freed
-        if self.handles != NULL or self.slots != NULL or self.routes != NULL:
+        if self.handles != NULL or self.routes != NULL:
             if KM_DEBUG_ENABLED:
                 _tables_freed += 1
         free(self.handles)
         free(self.names)
         free(self.name_off)
         free(self.routes)
-        free(self.topics)
-        free(self.slots)
+        km_strmap_free(&self.topics)
 
 
 def build_route_table(uint64_t revision, list producers, list routes, default_sinks=None):
@@ -124,8 +105,7 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
     cdef RouteTable t = RouteTable.__new__(RouteTable)
     cdef Producer p
     cdef int i, j, r
-    cdef size_t n_topics = 0, topics_len = 0, cap, slot
-    cdef uint64_t h
+    cdef size_t topics_len = 0
     cdef bytes raw
     t.revision = revision
     t.default_route = -1
@@ -170,31 +150,11 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
             topics_len += len(raw)
     if t.n_routes and default_sinks is not None:
         t.default_route = t.n_routes - 1
-    n_topics = len(encoded)
-    if n_topics == 0:
-        return t
-    cap = 16
-    while cap < 2 * n_topics:
-        cap <<= 1
-    t.mask = cap - 1
-    t.slots = <Slot *>calloc(cap, sizeof(Slot))
-    t.topics = <char *>calloc(max(<size_t>1, topics_len), 1)
-    if t.slots == NULL or t.topics == NULL:
+    if km_strmap_init(&t.topics, len(encoded), topics_len) != 0:
         raise MemoryError()
-    off = 0
     for raw, r in encoded:
-        h = fnv1a(raw, len(raw))
-        slot = h & t.mask
-        while t.slots[slot].topic != NULL:
-            if t.slots[slot].len == <size_t>len(raw) and memcmp(t.slots[slot].topic, <char *>raw, len(raw)) == 0:
-                raise CoreError(f"topic {raw.decode()!r} appears in more than one route")
-            slot = (slot + 1) & t.mask
-        memcpy(t.topics + off, <char *>raw, len(raw))
-        t.slots[slot].topic = t.topics + off
-        t.slots[slot].len = len(raw)
-        t.slots[slot].hash = h
-        t.slots[slot].route = r
-        off += len(raw)
+        if km_strmap_put(&t.topics, <char *>raw, len(raw), r) != 0:
+            raise CoreError(f"topic {raw.decode()!r} appears in more than one route")
     return t
 
 

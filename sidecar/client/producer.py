@@ -7,12 +7,14 @@ protobuf message object per record) and decodes only the ProduceResponses, one p
 
 Threads, and how data crosses them:
 - Application threads call send, send_batch, flush and close. Each record is encoded in the calling thread, then
-  appended to the open batch under the producer's one lock (`_lock`). A batch is sealed when it reaches
+  appended to its topic's open batch under the producer's one lock (`_lock`). A batch holds one topic's records, so
+  that a topic whose cluster is down holds up only its own records. A batch is sealed when it reaches
   `batch_records` records or `batch_bytes` bytes: sealing takes the next batch id, records the batch as in flight
-  and puts it on a queue.SimpleQueue, all under the lock. When `max_inflight_batches` batches are in flight, a
-  batch cannot be sealed: the sender waits on the `_room` condition (of the same lock) for a response to free a
-  slot, or until its timeout.
-- The linger thread (`kafka-mesh-linger`) seals the open batch once it is `linger_ms` old (or full and a slot has
+  and puts it on a queue.SimpleQueue, all under the lock. A batch cannot be sealed while `max_inflight_batches`
+  batches are in flight, nor while its topic has `max_inflight_per_topic` in flight, unless its topic has none
+  (so one topic can never take every slot, nor a healthy topic wait for another's): the sender waits on the
+  `_room` condition (of the same lock) for a response to free a slot, or until its timeout.
+- The linger thread (`kafka-mesh-linger`) seals each open batch once it is `linger_ms` old (or full and a slot has
   freed); it sleeps on the `_tick` condition, which a new open batch, a freed slot and close() notify.
 - gRPC's own request thread (grpc starts one to consume a request iterator) runs `_requests`: it takes sealed
   batches off the queue and joins each into one ProduceRequest's bytes, so the join is off the lock and off the
@@ -190,14 +192,14 @@ _MISSING = _Missing.MISSING
 
 
 class _RecordBatch:
-    """Records given to send(): their encoded fields, their futures and topics (references only)."""
+    """Records of one topic given to send(): their encoded fields and their futures."""
 
-    __slots__ = ("records", "futures", "topics", "nbytes", "deadline", "batch_id")
+    __slots__ = ("records", "futures", "topic", "nbytes", "deadline", "batch_id")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, topic: str, deadline: float) -> None:
         self.records: list[bytes] = []
         self.futures: list[Future[RecordResult]] = []
-        self.topics: list[str] = []
+        self.topic = topic
         self.nbytes = 0
         self.deadline = deadline
         self.batch_id = 0
@@ -226,7 +228,7 @@ class _RecordBatch:
             if e is None:
                 f.set_result(result)
             else:
-                f.set_exception(RecordError(e[0], e[1], index=i, topic=self.topics[i]))
+                f.set_exception(RecordError(e[0], e[1], index=i, topic=self.topic))
 
     def fail(self, code: Any, details: str) -> None:
         for f in self.futures:
@@ -292,8 +294,10 @@ class _State(enum.Enum):
 class Producer:
     """Sends records to the sidecar at `target` ("unix:/path/sidecar.sock" or "127.0.0.1:7420") over one Produce
     stream, in batches of up to `batch_records` records or `batch_bytes` bytes, each sent at the latest `linger_ms`
-    after its first record. At most `max_inflight_batches` batches are queued or sent and not yet answered; a send
-    that needs one more waits for a response, up to its `timeout` (then TimeoutError). A record larger than
+    after its first record; a batch holds the records of one topic. At most `max_inflight_batches` batches are queued
+    or sent and not yet answered, and at most `max_inflight_per_topic` (default three quarters of them) of one
+    topic, but a topic with none in flight may always send one: a topic whose cluster is down cannot hold up the
+    others. A send that needs a slot waits for a response, up to its `timeout` (then TimeoutError). A record larger than
     `batch_bytes` goes in a batch of its own; one whose request would exceed `max_request_bytes` (the sidecar's
     limit, 64 MiB by default) is refused with ValueError. The constructor waits up to `connect_timeout` seconds for
     the channel to connect (None: do not wait; a sidecar that is not there then fails the first futures).
@@ -306,12 +310,16 @@ class Producer:
     """
 
     def __init__(self, target: str, *, linger_ms: float = 5, batch_records: int = 1000, batch_bytes: int = 1 << 20,
-                 max_inflight_batches: int = 64, max_request_bytes: int = 64 << 20,
-                 connect_timeout: float | None = 10.0) -> None:
+                 max_inflight_batches: int = 64, max_inflight_per_topic: int | None = None,
+                 max_request_bytes: int = 64 << 20, connect_timeout: float | None = 10.0) -> None:
         if linger_ms < 0:
             raise ValueError(f"linger_ms must be >= 0, got {linger_ms}")
+        if max_inflight_per_topic is None:
+            max_inflight_per_topic = max_inflight_batches - max_inflight_batches // 4
         for name, value in (("batch_records", batch_records), ("batch_bytes", batch_bytes),
-                            ("max_inflight_batches", max_inflight_batches), ("max_request_bytes", max_request_bytes)):
+                            ("max_inflight_batches", max_inflight_batches),
+                            ("max_inflight_per_topic", max_inflight_per_topic),
+                            ("max_request_bytes", max_request_bytes)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if batch_records > MAX_REQUEST_RECORDS:
@@ -322,6 +330,7 @@ class Producer:
         self._batch_records = batch_records
         self._batch_bytes = batch_bytes
         self._max_inflight = max_inflight_batches
+        self._max_per_topic = max_inflight_per_topic
         self._max_request = max_request_bytes
 
         self._lock = threading.Lock()
@@ -329,8 +338,9 @@ class Producer:
         self._tick = threading.Condition(self._lock)     # the linger thread's: a new open batch, a slot, close
         self._state = _State.OPEN
         self._failure: StreamError | None = None
-        self._open: _RecordBatch | None = None
+        self._open: dict[str, _RecordBatch] = {}        # topic -> its open batch (never empty)
         self._inflight: dict[int, _Batch] = {}
+        self._topic_inflight: dict[str, int] = {}
         self._next_id = 1
         self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
 
@@ -402,25 +412,24 @@ class Producer:
         with self._lock:
             self._check_open()
             while True:
-                b = self._open
+                b = self._open.get(topic)
                 if b is None or (len(b.futures) < self._batch_records and b.nbytes + size <= self._batch_bytes):
                     break
                 # The open batch has no room for this record: seal it, which takes an in-flight slot.
-                if self._has_slot():
-                    self._seal_locked()
+                if self._has_slot(topic):
+                    self._seal_locked(topic)
                     break
-                self._wait_room_locked(deadline, timeout, "send")
+                self._wait_room_locked(deadline, timeout, "send", topic)
                 self._check_open()
-            b = self._open
+            b = self._open.get(topic)
             if b is None:
-                b = self._open = _RecordBatch(time.monotonic() + self._linger)
+                b = self._open[topic] = _RecordBatch(topic, time.monotonic() + self._linger)
                 self._tick.notify()
             b.records.append(rec)
             b.futures.append(fut)
-            b.topics.append(topic)
             b.nbytes += size
-            if (len(b.futures) >= self._batch_records or b.nbytes >= self._batch_bytes) and self._has_slot():
-                self._seal_locked()
+            if (len(b.futures) >= self._batch_records or b.nbytes >= self._batch_bytes) and self._has_slot(topic):
+                self._seal_locked(topic)
             # else a full batch waits for a slot: the next send or the linger thread seals it
         return fut
 
@@ -441,11 +450,11 @@ class Producer:
         with self._lock:
             self._check_open()
             # What send() queued goes first, so that records of one key stay in the order they were given.
-            while self._open is not None and self._open.count:
-                if self._has_slot():
-                    self._seal_locked()
+            while topic in self._open:
+                if self._has_slot(topic):
+                    self._seal_locked(topic)
                     break
-                self._wait_room_locked(deadline, timeout, "send_batch")
+                self._wait_room_locked(deadline, timeout, "send_batch", topic)
                 self._check_open()
             batch_id = self._take_id()
         # Encoded outside the lock: other threads go on sending meanwhile. Lists of bytes take the native encoder
@@ -462,10 +471,10 @@ class Producer:
         batch = _WholeBatch(batch_id, payload, topic, len(values))
         with self._lock:
             self._check_open()
-            while not self._has_slot():
-                self._wait_room_locked(deadline, timeout, "send_batch")
+            while not self._has_slot(topic):
+                self._wait_room_locked(deadline, timeout, "send_batch", topic)
                 self._check_open()
-            self._inflight[batch_id] = batch
+            self._add_inflight_locked(batch_id, batch)
             self._queue.put(batch)
         return batch.future
 
@@ -478,11 +487,12 @@ class Producer:
         self._not_from_callback("flush")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._open is not None and self._open.count and self._failure is None:
-                if self._has_slot():
-                    self._seal_locked()
-                    break
-                self._wait_room_locked(deadline, timeout, "flush")
+            while self._open and self._failure is None:
+                ready = [t for t in self._open if self._has_slot(t)]
+                for topic in ready:
+                    self._seal_locked(topic)
+                if self._open:
+                    self._wait_room_locked(deadline, timeout, "flush")
             # Waiting for the batches in flight now; ids only grow, so later sends do not hold this flush up.
             last = self._next_id
             while any(bid < last for bid in self._inflight):
@@ -526,7 +536,8 @@ class Producer:
 
     @property
     def pending_batches(self) -> int:
-        """Batches queued or sent and not yet answered (at most max_inflight_batches, bar sends from callbacks)."""
+        """Batches queued or sent and not yet answered: at most max_inflight_batches, bar sends from callbacks and
+        the one batch each topic with none in flight may always send."""
         with self._lock:
             return len(self._inflight)
 
@@ -539,34 +550,51 @@ class Producer:
             raise StreamError(self._failure.code, f"{self._failure.details} (earlier; this producer cannot send: "
                               "create a new Producer)")
 
-    def _has_slot(self) -> bool:
-        return len(self._inflight) < self._max_inflight or threading.current_thread() is self._responses
+    def _has_slot(self, topic: str) -> bool:
+        """Whether a batch of topic may be sealed now: a topic with none in flight always may (bar the bound);
+        a send from a callback always may (it must not wait for the thread it runs on)."""
+        mine = self._topic_inflight.get(topic, 0)
+        return (mine == 0 or (len(self._inflight) < self._max_inflight and mine < self._max_per_topic)
+                or threading.current_thread() is self._responses)
+
+    def _add_inflight_locked(self, batch_id: int, batch: _Batch) -> None:
+        self._inflight[batch_id] = batch
+        self._topic_inflight[batch.topic] = self._topic_inflight.get(batch.topic, 0) + 1
+
+    def _remove_inflight_locked(self, batch_id: int) -> None:
+        topic = self._inflight.pop(batch_id).topic
+        left = self._topic_inflight[topic] - 1
+        if left:
+            self._topic_inflight[topic] = left
+        else:
+            del self._topic_inflight[topic]
 
     def _take_id(self) -> int:
         bid = self._next_id
         self._next_id += 1
         return bid
 
-    def _seal_locked(self) -> None:
-        b = self._open
-        assert b is not None and b.count
-        self._open = None
+    def _seal_locked(self, topic: str) -> None:
+        b = self._open.pop(topic)
         b.batch_id = self._take_id()
-        self._inflight[b.batch_id] = b
+        self._add_inflight_locked(b.batch_id, b)
         self._queue.put(b)
 
-    def _wait_room_locked(self, deadline: float | None, timeout: float | None, what: str) -> None:
+    def _wait_room_locked(self, deadline: float | None, timeout: float | None, what: str,
+                          topic: str | None = None) -> None:
         if deadline is None:
             self._room.wait()
             return
         left = deadline - time.monotonic()
         if left <= 0 or not self._room.wait(left) and time.monotonic() >= deadline:
             if what == "flush":
-                records = sum(b.count for b in self._inflight.values()) + (self._open.count if self._open else 0)
+                records = sum(b.count for b in self._inflight.values()) + sum(b.count for b in self._open.values())
                 raise TimeoutError(f"flush: {len(self._inflight)} batch(es) still await the sidecar's answer "
                                    f"after {timeout:g} s ({records} record(s) unsent or unanswered)")
-            raise TimeoutError(f"{what}: max_inflight_batches={self._max_inflight} batches await the sidecar's "
-                               f"answer; no room within {timeout:g} s")
+            mine = self._topic_inflight.get(topic, 0) if topic is not None else 0
+            raise TimeoutError(f"{what}: {len(self._inflight)} batches await the sidecar's answer, {mine} of them "
+                               f"of topic {topic!r} (max_inflight_batches={self._max_inflight}, "
+                               f"max_inflight_per_topic={self._max_per_topic}); no room within {timeout:g} s")
 
     def _not_from_callback(self, what: str) -> None:
         if threading.current_thread() is self._responses:
@@ -585,19 +613,24 @@ class Producer:
     def _linger_loop(self) -> None:
         with self._lock:
             while self._state is not _State.CLOSED and self._failure is None:
-                b = self._open
-                if b is None or not b.count:
+                if not self._open:
                     self._tick.wait()
                     continue
-                left = b.deadline - time.monotonic()
-                full = b.count >= self._batch_records or b.nbytes >= self._batch_bytes
-                if left > 0 and not full:
-                    self._tick.wait(left)
-                elif len(self._inflight) >= self._max_inflight:
-                    self._tick.wait()           # a response frees a slot and notifies
+                now = time.monotonic()
+                wait: float | None = None       # None: until notified (nothing due has a slot)
+                sealed = False
+                for topic, b in list(self._open.items()):
+                    left = b.deadline - now
+                    if left > 0 and b.count < self._batch_records and b.nbytes < self._batch_bytes:
+                        wait = left if wait is None else min(wait, left)
+                    elif self._has_slot(topic):
+                        self._seal_locked(topic)
+                        sealed = True
+                    # else due but without a slot: a response frees one and notifies
+                if sealed:
+                    self._room.notify_all()     # a flush may wait for the open batches to go
                 else:
-                    self._seal_locked()
-                    self._room.notify_all()     # a flush may wait for the open batch to go
+                    self._tick.wait(wait)
 
     def _read_responses(self) -> None:
         try:
@@ -612,9 +645,9 @@ class Producer:
                 # are done; outside the lock, because resolving runs the application's callbacks.
                 batch.resolve(resp)
                 with self._lock:
-                    del self._inflight[resp.batch_id]
+                    self._remove_inflight_locked(resp.batch_id)
                     self._room.notify_all()
-                    if self._open is not None:
+                    if self._open:
                         self._tick.notify()
         except grpc.RpcError as e:
             code, details = e.code(), e.details() or ""
@@ -626,7 +659,7 @@ class Producer:
             self._fail(grpc.StatusCode.INTERNAL, f"the client could not read the sidecar's responses: {e!r}")
         else:
             with self._lock:
-                answered = not self._inflight and self._open is None
+                answered = not self._inflight and not self._open
                 closing = self._state is not _State.OPEN
             if not (answered and closing):
                 self._fail(grpc.StatusCode.UNAVAILABLE, "the sidecar ended the Produce stream (shutting down?)")
@@ -638,10 +671,8 @@ class Producer:
         with self._lock:
             if self._failure is None:
                 self._failure = StreamError(code, details)
-            batches: list[_Batch] = list(self._inflight.values())
-            if self._open is not None:
-                batches.append(self._open)
-                self._open = None
+            batches: list[_Batch] = list(self._inflight.values()) + list(self._open.values())
+            self._open = {}
             self._tick.notify_all()
         self._queue.put(None)          # gRPC's request thread may wait on the queue
         if batches:
@@ -651,4 +682,5 @@ class Producer:
             b.fail(code, details)
         with self._lock:
             self._inflight.clear()
+            self._topic_inflight.clear()
             self._room.notify_all()

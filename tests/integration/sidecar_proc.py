@@ -8,8 +8,10 @@ import os
 import pathlib
 import signal
 import subprocess
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -111,3 +113,34 @@ def produce(target: str, requests: list[mesh_pb2.ProduceRequest],
     with grpc.insecure_channel(target) as ch:
         responses = mesh_pb2_grpc.MeshStub(ch).Produce(iter(requests), timeout=timeout)
         return {r.batch_id: r for r in responses}
+
+
+def produce_paced(target: str, requests: list[bytes], pause_s: float = 0.0,
+                  timeout: float = 120) -> list[mesh_pb2.ProduceResponse]:
+    """Send serialized ProduceRequests on one stream, pause_s apart; the responses in the order they came."""
+    def paced() -> Iterator[bytes]:
+        for raw in requests:
+            yield raw
+            time.sleep(pause_s)
+
+    with grpc.insecure_channel(target) as ch:
+        call = ch.stream_stream("/kafkamesh.v1.Mesh/Produce")
+        return [mesh_pb2.ProduceResponse.FromString(r) for r in call(paced(), timeout=timeout)]
+
+
+def two_apps(target: str, good: list[bytes], bad: list[bytes]) -> tuple[list[mesh_pb2.ProduceResponse],
+                                                                         list[mesh_pb2.ProduceResponse]]:
+    """Two apps' Produce streams at once on one sidecar (good's requests 5 ms apart, bad's 20 ms): the answers of
+    each."""
+    results: dict[str, list[mesh_pb2.ProduceResponse]] = {}
+
+    def run(name: str, requests: list[bytes], pause_s: float) -> None:
+        results[name] = produce_paced(target, requests, pause_s)
+
+    threads = [threading.Thread(target=run, args=("good", good, 0.005)),
+               threading.Thread(target=run, args=("bad", bad, 0.02))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    return results.get("good", []), results.get("bad", [])

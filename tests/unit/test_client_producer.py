@@ -104,7 +104,7 @@ def test_out_of_order_answers_resolve_the_right_futures_and_errors_by_index(
 
     sc = fake(reverse_after_three)
     with Producer(sc.target, batch_records=3) as p:
-        fs = [p.send(f"t{i}", f"v{i}".encode()) for i in range(9)]
+        fs = [p.send("t", f"v{i}".encode()) for i in range(9)]
         p.flush(timeout=10)
     by_value = {r.value: req.batch_id for req in sc.requests for r in req.records}
     for i, f in enumerate(fs):
@@ -113,7 +113,7 @@ def test_out_of_order_answers_resolve_the_right_futures_and_errors_by_index(
             assert f.result().mapping_revision == by_value[f"v{i}".encode()] * 10
         else:
             e = f.exception()
-            assert isinstance(e, RecordError) and e.index == i % 3 and e.topic == f"t{i}"
+            assert isinstance(e, RecordError) and e.index == i % 3 and e.topic == "t"
             assert (e.code, e.message) == ((ErrorCode.RECORD_TOO_LARGE, "too big") if i % 3 == 1 else
                                            (ErrorCode.INTERNAL, "from the future"))
 
@@ -198,7 +198,7 @@ def test_send_waits_at_the_bound_and_raises_timeout_naming_it(fake: Callable[...
     sc = fake(slow)
     with Producer(sc.target, batch_records=1, max_inflight_batches=2) as p:
         first = [p.send("t", b"1"), p.send("t", b"2"), p.send("t", b"3")]     # 2 in flight, 1 full and open
-        with pytest.raises(TimeoutError, match=r"send: max_inflight_batches=2 batches .* within 0.2 s"):
+        with pytest.raises(TimeoutError, match=r"send: 2 batches await .*max_inflight_batches=2.* within 0.2 s"):
             p.send("t", b"4", timeout=0.2)
         assert p.pending_batches == 2
         got: list[float] = []
@@ -333,3 +333,57 @@ def test_more_records_than_the_sidecar_takes_in_a_request_are_refused_here(
         with pytest.raises(ValueError, match="at most 500,000 records per batch .* got 500,001; split them"):
             p.send_batch("t", [b""] * 500_001)
         assert p.send_batch("t", [b"ok"]).result(timeout=10).ok_count == 1     # the producer is unharmed
+
+
+def test_a_topic_whose_answers_stall_cannot_hold_up_another_topics_records(fake: Callable[..., FakeSidecar]) -> None:
+    """As with a cluster down behind the sidecar: "down"'s batches get no answer. They take at most
+    max_inflight_per_topic slots, never share a batch with "up"'s records, and "up" is answered at once."""
+    held: list[mesh_pb2.ProduceRequest] = []
+    released = threading.Event()
+
+    def policy(req: mesh_pb2.ProduceRequest) -> list[mesh_pb2.ProduceResponse]:
+        topics = {r.topic for r in req.records}
+        assert len(topics) == 1, f"a batch mixed topics {topics}"
+        if topics == {"down"} and not released.is_set():
+            held.append(req)
+            return []
+        if topics == {"release"}:
+            released.set()
+            return [resp for r in [*held, req] for resp in ok(r)]
+        return ok(req)
+
+    sc = fake(policy)
+    with Producer(sc.target, batch_records=1, max_inflight_batches=8, max_inflight_per_topic=6) as p:
+        down = [p.send("down", b"d") for _ in range(7)]       # 6 one-record batches (down's share), 1 full and open
+        with pytest.raises(TimeoutError, match=r"6 of them of topic 'down' .*max_inflight_per_topic=6"):
+            p.send("down", b"more", timeout=0.2)
+        t0 = time.monotonic()
+        up = [p.send("up", f"u{i}".encode()) for i in range(50)]
+        assert all(f.result(timeout=10).mapping_revision == 7 for f in up)
+        assert time.monotonic() - t0 < 5
+        assert not any(f.done() for f in down)
+        p.send("release", b"r").result(timeout=10)
+        assert all(f.result(timeout=10) for f in down)
+    assert {r.records[0].topic for r in sc.requests} == {"down", "up", "release"}
+
+
+def test_a_topic_with_nothing_in_flight_may_send_past_the_global_bound(fake: Callable[..., FakeSidecar]) -> None:
+    stalled: list[mesh_pb2.ProduceRequest] = []
+
+    def policy(req: mesh_pb2.ProduceRequest) -> list[mesh_pb2.ProduceResponse]:
+        if req.records[0].topic.startswith("stall"):
+            stalled.append(req)
+            return []
+        return [resp for r in [*stalled, req] for resp in ok(r)]
+
+    sc = fake(policy)
+    with Producer(sc.target, batch_records=1, max_inflight_batches=2, max_inflight_per_topic=1) as p:
+        first = [p.send("stall-a", b"1"), p.send("stall-b", b"2")]      # the global bound: 2
+        assert p.pending_batches == 2
+        third = p.send("stall-c", b"3")                                # nothing of stall-c in flight: it goes
+        deadline = time.monotonic() + 5
+        while p.pending_batches < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p.pending_batches == 3
+        assert p.send("go", b"4").result(timeout=10)
+        assert all(f.result(timeout=10) for f in [*first, third])

@@ -176,3 +176,78 @@ def test_a_timestamp_too_far_ahead_fails_alone_before_anything_is_enqueued(produ
     assert [code for _, code, _ in per_record(off)] == [mesh_pb2.ERROR_CODE_CLUSTER_UNAVAILABLE]
     with pytest.raises(ValueError, match="0 or more"):
         meshcore.set_max_timestamp_ahead_ms(-1)
+
+
+#: (requires_key, create_time, before_max_ms, after_max_ms, max_bytes), as meshcore.build_topic_rules takes them.
+COMPACTED = (True, True, None, None, None)
+DAY_OLD_AT_MOST = (False, True, 86_400_000, 60_000, None)
+LOG_APPEND_TIME = (False, False, 86_400_000, 60_000, None)
+SMALL = (False, True, None, None, 200)
+
+
+def test_what_a_topics_brokers_would_refuse_fails_alone_for_that_sink(producers: list[meshcore.Producer]) -> None:
+    """Each record below breaks one rule of its topic on c1: it fails there, alone, before anything is enqueued,
+    while the same record's delivery to c2 (which knows no rule) is enqueued (and times out: c2 is unreachable)."""
+    t = meshcore.build_route_table(1, producers, [(["compacted", "dated", "appended", "small"], [0, 1])])
+    producers[0].topic_rules = meshcore.build_topic_rules(None, {
+        "compacted": COMPACTED, "dated": DAY_OLD_AT_MOST, "appended": LOG_APPEND_TIME, "small": SMALL})
+    now_ms = int(time.time() * 1000)
+    req = mesh_pb2.ProduceRequest(batch_id=9)
+    req.records.add(topic="compacted", value=b"no key")                                  # 0: refused
+    req.records.add(topic="compacted", key=b"", value=None)                              # 1: empty key, tombstone: ok
+    req.records.add(topic="dated", value=b"2 days old", timestamp_ms=now_ms - 2 * 86_400_000)   # 2: refused
+    req.records.add(topic="dated", value=b"2 min ahead", timestamp_ms=now_ms + 120_000)  # 3: refused
+    req.records.add(topic="dated", value=b"1 h old", timestamp_ms=now_ms - 3_600_000)   # 4: ok
+    req.records.add(topic="appended", value=b"2 days old", timestamp_ms=now_ms - 2 * 86_400_000)  # 5: ok
+    req.records.add(topic="small", value=b"x" * 150)                                     # 6: refused: 61+... > 200
+    req.records.add(topic="small", value=b"x" * 100)                                     # 7: ok
+    req.records.add(topic="small", value=b"x" * 50, headers=[mesh_pb2.Header(key="h" * 40, value=b"v" * 40)])  # 8
+    s = meshcore.open_stream()
+    try:
+        s.submit(t, req.SerializeToString())
+        [resp] = responses(s, 1, timeout=5)
+    finally:
+        s.close()
+    # Records refused on c1 report c1's refusal (the first error of a record wins); the others time out on c1.
+    got = {i: (code, message) for i, code, message in per_record(resp)}
+    assert set(got) == set(range(9))
+    refused = {i: got[i] for i in (0, 2, 3, 6, 8)}
+    assert refused[0] == (mesh_pb2.ERROR_CODE_INVALID_RECORD,
+                          "cluster 'c1': the topic is compacted (cleanup.policy=compact) and the record has no key")
+    assert refused[2][0] == refused[3][0] == mesh_pb2.ERROR_CODE_INVALID_RECORD
+    assert "message.timestamp.before.max.ms" in refused[2][1] and "message.timestamp.after.max.ms" in refused[3][1]
+    assert refused[6][0] == refused[8][0] == mesh_pb2.ERROR_CODE_RECORD_TOO_LARGE
+    assert "max.message.bytes" in refused[6][1]
+    for i in (1, 4, 5, 7):
+        assert got[i][0] == mesh_pb2.ERROR_CODE_CLUSTER_UNAVAILABLE, (i, got[i])
+
+
+def test_topics_without_a_rule_are_noted_and_checked_by_the_fallback(producers: list[meshcore.Producer]) -> None:
+    t = meshcore.build_route_table(1, producers, [], [0])
+    rules = meshcore.build_topic_rules(COMPACTED, {"known": (False, True, None, None, None)})
+    producers[0].topic_rules = rules
+    req = mesh_pb2.ProduceRequest(batch_id=1)
+    for i in range(20):     # more topics than the per-batch topic cache holds: each still found and noted once
+        req.records.add(topic=f"new{i % 10}", value=b"no key")
+        req.records.add(topic="known", value=b"no key")
+    s = meshcore.open_stream()
+    try:
+        s.submit(t, req.SerializeToString())
+        [resp] = responses(s, 1, timeout=5)
+    finally:
+        s.close()
+    codes = [code for _, code, _ in per_record(resp)]
+    assert codes[0::2] == [mesh_pb2.ERROR_CODE_INVALID_RECORD] * 20        # the fallback: a compacted default
+    assert codes[1::2] == [mesh_pb2.ERROR_CODE_CLUSTER_UNAVAILABLE] * 20
+    assert sorted(rules.take_misses()) == sorted(f"new{i}" for i in range(10))
+    assert rules.take_misses() == []
+    assert rules.rule_for("known") == (False, True, None, None, None) and rules.rule_for("other") == COMPACTED
+    assert len(rules) == 1
+
+
+def test_topic_rules_refuse_bad_input() -> None:
+    with pytest.raises(meshcore.CoreError, match="0 or more"):
+        meshcore.build_topic_rules(None, {"t": (False, True, -1, None, None)})
+    with pytest.raises(ValueError):
+        meshcore.build_topic_rules(None, {"t": (False, True)})
+    assert meshcore.build_topic_rules(None, {}).rule_for("t") is None
