@@ -137,9 +137,13 @@ cdef class Consumer:
         return n
 
     cdef int _check_fatal(self) except -1:
+        cdef char why[512]
         if self.st.fatal:
+            # The fatal error's own text (librdkafka keeps it), not the last error seen before it.
+            why[0] = 0
+            rd_kafka_fatal_error(self.rk, why, sizeof(why))
             raise KafkaError(<int>RD_KAFKA_RESP_ERR__FATAL, "_FATAL",
-                             f"consumer {self.name!r}: {self.st.reason.decode(errors='replace')}")
+                             f"consumer {self.name!r}: {(why if why[0] else self.st.reason).decode(errors='replace')}")
         return 0
 
     def poll_batch(self, str cluster, int max_records, long long max_bytes, int timeout_ms, bint strict=False):

@@ -130,6 +130,16 @@ class Removed:
 
 
 @dataclass(frozen=True)
+class Lost:
+    """A consumer hit a fatal librdkafka error (its group vanished, its instance was fenced, ...): the thread let go
+    of it, and polls the stream's other clusters on. The loop closes it and reads the cluster with a new one."""
+
+    cluster: str
+    consumer: meshcore.Consumer
+    error: str
+
+
+@dataclass(frozen=True)
 class Failed:
     """The thread stopped: a consumer raised (a fatal librdkafka error)."""
 
@@ -137,7 +147,11 @@ class Failed:
     error: str
 
 
-Item = Records | Rebalanced | StateChanged | Removed | Failed
+Item = Records | Rebalanced | StateChanged | Removed | Lost | Failed
+
+
+def _fatal(e: meshcore.KafkaError) -> bool:
+    return bool(e.name == "_FATAL")
 
 
 class Poller:
@@ -274,6 +288,12 @@ class Poller:
                     # response limit then comes alone); a later cluster's must fit, or waits for the next round.
                     encoded, runs, n = consumer.poll_batch(cluster, limit, min(nbytes, room), 0,
                                                            strict=bool(encoded_all))
+                except meshcore.KafkaError as e:
+                    if not _fatal(e):
+                        e.cluster = cluster
+                        raise
+                    self._lose(cluster, consumer, e)
+                    continue
                 except meshcore.CoreError as e:
                     e.cluster = cluster
                     raise
@@ -304,8 +324,21 @@ class Poller:
         for cluster, consumer in list(self._consumers.items()):
             if not consumer.paused:
                 consumer.set_paused(True)
-            consumer.serve(0)
+            try:
+                consumer.serve(0)
+            except meshcore.KafkaError as e:
+                if not _fatal(e):
+                    raise
+                self._lose(cluster, consumer, e)
+                continue
             self._deliver_events(cluster, consumer, consumer.take_events())
+
+    def _lose(self, cluster: str, consumer: meshcore.Consumer, error: meshcore.KafkaError) -> None:
+        """One cluster's consumer failed for good: the stream goes on with the others (one cluster's trouble stays
+        its own), and the loop builds the cluster a new consumer."""
+        log.warning("subscribe consumer failed cluster=%s error=%s", cluster, error)
+        self._consumers.pop(cluster, None)
+        self._deliver(Lost(cluster, consumer, str(error)))
 
     def _deliver_events(self, cluster: str, consumer: meshcore.Consumer,
                         events: list[tuple[bool, list[tuple[str, int]]]]) -> None:

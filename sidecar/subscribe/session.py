@@ -33,6 +33,7 @@ from sidecar.subscribe.poller import (
     Credit,
     Failed,
     Item,
+    Lost,
     Poller,
     Rebalanced,
     Records,
@@ -167,6 +168,10 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._probing: dict[str, asyncio.Task[None]] = {}
         self._acked = asyncio.Event()
+        self._reset = "latest"
+        self._down: set[str] = set()                              # clusters last reported unavailable to the app
+        self._lost: dict[str, float] = {}                         # clusters whose consumer failed -> next backoff
+        self._rebuilding: set[asyncio.Task[None]] = set()
         self._ended = False
         self.error: str | None = None       # why the stream failed, when it did
 
@@ -176,7 +181,7 @@ class Session:
         """Create and subscribe a consumer per cluster of the subscribed topics, and start polling. Raises PlanError
         or meshcore.ConfigError (nothing is left open then)."""
         plan = clusters_by_topic(mapping, self._topics)
-        reset = "earliest" if self._sub.start == _pb.START_POSITION_EARLIEST else "latest"
+        reset = self._reset = "earliest" if self._sub.start == _pb.START_POSITION_EARLIEST else "latest"
         try:
             for cluster, topics in plan.items():
                 self._add(mapping, cluster, topics, reset)
@@ -219,6 +224,8 @@ class Session:
         self._listeners.discard(self.on_mapping)
         self._ended = True
         self._acked.set()                       # drains waiting for acks finish now
+        for task in self._rebuilding:
+            task.cancel()                       # a failed consumer waiting out its backoff: nothing to rebuild
         held = await asyncio.to_thread(self._poller.stop)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*self._probing.values(), return_exceptions=True)
@@ -251,6 +258,10 @@ class Session:
             self._state_changed(item.cluster, item.available, item.reason)
         elif isinstance(item, Removed):
             self._spawn(self._drain(item.cluster, item.consumer))
+        elif isinstance(item, Lost):
+            task = self._loop.create_task(self._rebuild(item.cluster, item.consumer, item.error))
+            self._rebuilding.add(task)
+            task.add_done_callback(self._rebuilding.discard)
         elif isinstance(item, Failed):
             self.error = f"cluster {item.cluster}: {item.error}"
 
@@ -296,6 +307,10 @@ class Session:
             self._event(_pb.Event(assigned=ps) if item.assigned else _pb.Event(revoked=ps))
 
     def _state_changed(self, cluster: str, available: bool, reason: str) -> None:
+        if available:
+            self._down.discard(cluster)
+        else:
+            self._down.add(cluster)
         if available:
             log.info("cluster available again cluster=%s", cluster)
         else:
@@ -443,6 +458,42 @@ class Session:
             self._rebalanced(Rebalanced(cluster, False, sorted(owned)))
         if self._mapping is not None and not self._ended:
             self.on_mapping(self._mapping)      # the cluster may have come back while it drained
+
+    async def _rebuild(self, cluster: str, consumer: meshcore.Consumer, error: str) -> None:
+        """A consumer failed for good (a fatal librdkafka error): close it, revoke its partitions (acks of what it
+        sent are ignored: the group reads them again from the committed offsets), and after a backoff (1 s,
+        doubling to 30 s while new consumers keep failing) read the cluster with a new consumer."""
+        backoff = self._lost.get(cluster, 1.0)
+        self._lost[cluster] = min(backoff * 2, 30.0)
+        if self.consumers.get(cluster) is consumer:
+            del self.consumers[cluster]         # a probe of it stops at its next step
+        if cluster not in self._down:
+            self._state_changed(cluster, False, f"its consumer failed: {error}")
+        owned = self._assigned.pop(cluster, set())
+        for key in [k for k in self.offsets if k[0] == cluster]:
+            del self.offsets[key]
+        if owned:
+            self._rebalanced(Rebalanced(cluster, False, sorted(owned)))
+        await asyncio.to_thread(consumer.close)
+        await asyncio.sleep(backoff)
+        mapping = self._mapping
+        if self._ended or mapping is None or cluster not in self._plan or cluster in self.consumers:
+            return
+        try:
+            self._add(mapping, cluster, self._plan[cluster], self._reset)
+        except meshcore.CoreError as e:
+            log.error("cannot read cluster %s for the stream: %s", cluster, e)
+            return
+        log.info("cluster read again with a new consumer cluster=%s group=%s", cluster, self._sub.group)
+        fresh = self.consumers[cluster]
+        while self._reads(cluster, fresh):
+            if await asyncio.to_thread(fresh.probe, 1000):
+                if self._reads(cluster, fresh):
+                    self._lost.pop(cluster, None)       # it answers: a later failure backs off from 1 s again
+                    if cluster in self._down:
+                        self._state_changed(cluster, True, "a new consumer reads the cluster")
+                return
+            await asyncio.sleep(PROBE_INTERVAL_S)
 
     def _unacked(self, cluster: str) -> int:
         return sum(p.unacked for (c, _, _), p in self.offsets.items() if c == cluster)

@@ -295,6 +295,13 @@ def test_a_cluster_down_is_reported_and_the_stream_goes_on(
             s.wait(lambda s: s.event_kinds().count("cluster_state") == 2, timeout=90, what="extra back")
             back = [e.cluster_state for e in s.events if e.WhichOneof("kind") == "cluster_state"][1]
             assert (back.cluster, back.available) == ("extra", True)
+            # The cluster came back empty (new storage, a new cluster id): the group the stream's consumer was in is
+            # gone, which is fatal to that consumer. The stream reads the cluster with a new one, c1 all along.
+            create_topic(extra.clusters[0].bootstrap, topic, partitions=1)
+            produce_direct(extra.clusters[0].bootstrap, topic, [f"extra-again-{i}" for i in range(10)])
+            produce_direct(c1.bootstrap, topic, [f"c1-again-{i}" for i in range(10)])
+            s.wait(lambda s: sum(v.startswith(("extra-again-", "c1-again-")) for v in s.values()) == 20,
+                   timeout=60, what="records of both clusters after extra came back")
     finally:
         sandbox_mod.down(extra_settings)
 
