@@ -249,6 +249,7 @@ def _read_kafka(box: Sandbox, ledger: Ledger) -> int:
     return total
 
 
+@pytest.mark.timeout(2 * SOAK_S + 900)      # the run, the catch-up, and reading every record back from Kafka
 def test_soak_two_sidecars_through_broker_etcd_and_sidecar_kills(
         soak_sandbox: Sandbox, tmp_path: pathlib.Path, benchmark: Any) -> None:
     box = soak_sandbox
@@ -313,7 +314,14 @@ def test_soak_two_sidecars_through_broker_etcd_and_sidecar_kills(
         consumer.join(60)
         return {"produced_s": produced_s, "acked": acked}
 
-    out = benchmark.pedantic(run, rounds=1, iterations=1)
+    try:
+        out = benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        stop.set()
+        done.set()
+        for sc in sidecars:
+            if sc.alive():
+                sc.stop(signal.SIGKILL)
     for p in producers:
         assert p.error is None, repr(p.error)
     assert consumer.error is None, repr(consumer.error)
