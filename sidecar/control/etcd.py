@@ -137,6 +137,55 @@ class Etcd:
         last = responses[-1]
         return int(getattr(last, last.WhichOneof("response")).header.revision)
 
+    async def keys_under(self, prefix: str) -> set[str]:
+        """The keys under prefix (no values)."""
+        try:
+            r = await self._client.get_prefix(prefix.encode(), keys_only=True)
+        except Exception as e:
+            raise self._error(f"get keys {prefix}", e) from e
+        return {bytes(kv.key).decode() for kv in r}
+
+    async def put_batched(self, items: Mapping[str, bytes], max_ops: int, max_bytes: int) -> None:
+        """Put items in as many transactions as etcd's request limits need (at most max_ops operations and about
+        max_bytes of keys and values each): the items are not written at one revision."""
+        batch: list[Any] = []
+        size = 0
+        tx = self._client.transactions
+        for key, value in items.items():
+            if batch and (len(batch) >= max_ops or size + len(key) + len(value) > max_bytes):
+                await self._commit(batch)
+                batch, size = [], 0
+            batch.append(tx.put(key.encode(), value))
+            size += len(key) + len(value)
+        if batch:
+            await self._commit(batch)
+
+    async def delete_batched(self, keys: list[str], max_ops: int) -> None:
+        tx = self._client.transactions
+        for start in range(0, len(keys), max_ops):
+            await self._commit([tx.delete(k.encode()) for k in keys[start:start + max_ops]])
+
+    async def _commit(self, ops: list[Any]) -> None:
+        try:
+            await self._client.transaction(compare=[], success=ops, failure=[])
+        except Exception as e:
+            raise self._error("transaction", e) from e
+
+    async def swap(self, key: str, value: bytes, expect_mod_revision: int) -> int | None:
+        """Put key only if its mod_revision is still expect_mod_revision (0: the key does not exist): returns the
+        new revision, or None when someone changed the key first."""
+        tx = self._client.transactions
+        try:
+            ok, responses = await self._client.transaction(
+                compare=[tx.mod(key.encode()) == expect_mod_revision], success=[tx.put(key.encode(), value)],
+                failure=[])
+        except Exception as e:
+            raise self._error(f"swap {key}", e) from e
+        if not ok:
+            return None
+        last = responses[-1]
+        return int(getattr(last, last.WhichOneof("response")).header.revision)
+
     async def watch_prefix(self, prefix: str, start_revision: int | None = None) -> AsyncIterator[Event]:
         """Every change under prefix from start_revision on (default: changes after now), in revision order."""
         try:

@@ -60,3 +60,15 @@ class Keys:
     @property
     def status(self) -> str:
         return self.root + "status/"
+
+    @property
+    def pointer(self) -> str:
+        """The mapping in force: which blobs hold it (sidecar/control/mapstore.py)."""
+        return self.root + "mapping"
+
+    @property
+    def blobs(self) -> str:
+        return self.root + "blobs/"
+
+    def blob(self, blob_id: str) -> str:
+        return self.blobs + blob_id

@@ -1,0 +1,162 @@
+"""The mapping in etcd as immutable, content-addressed blobs under one pointer key: a mapping of any size is
+written within etcd's default request limits (128 operations a transaction, 1.5 MiB a request) and still changes
+atomically, at the one revision that swaps the pointer.
+
+Layout (under /kafka-mesh/<namespace>/):
+
+    mapping            the pointer, JSON: {"format": 1, "parts": {part name: [blob id, ...]}}
+    blobs/<id>         zlib-compressed JSON of one part (or a piece of one); <id> is the SHA-256 of those bytes
+
+A part is the clusters section, or the routes of one of 256 buckets of a section ("producer/3a": the producer routes
+whose route key hashes to 0x3a; "consumer/07" likewise by topic). A change of one route therefore makes one new blob
+of a few kilobytes, whatever the mapping's size; a reader that keeps the parts it has parsed reads and parses only
+the blobs it does not have yet. A part larger than MAX_BLOB bytes compressed is cut into several blobs.
+
+Writing: the new blobs first (in as many transactions as the limits need; nothing reads them yet), then one
+transaction that swaps the pointer if it is still the one the document was checked against, then the blobs that
+neither the new pointer nor the one before it names are deleted (a reader that read the previous pointer just before
+the swap still finds its blobs). Reading: the pointer, then the blobs under blobs/ in one read; every blob is checked
+against its id, and a blob gone meanwhile (two swaps and a clean-up between the two reads) makes the read start over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.control.etcd import Etcd
+from sidecar.control.keys import Keys
+from sidecar.errors import MappingError
+
+FORMAT = 1
+BUCKETS = 256
+#: The largest blob: a part compressed to more is cut into pieces. Under etcd's default request limit (1.5 MiB)
+#: with room for the key and the transaction's framing.
+MAX_BLOB = 1 << 20
+#: What one transaction of blob puts or deletes may hold: etcd refuses more than 128 operations by default.
+MAX_TXN_OPS = 64
+MAX_TXN_BYTES = 1 << 20
+#: How often a read starts over when blobs vanish under it (a writer swapping twice between its two reads).
+READ_ATTEMPTS = 5
+
+
+def bucket(name: str) -> str:
+    """The bucket of a route key or topic: two hex digits, stable across processes and versions."""
+    return hashlib.sha256(name.encode()).hexdigest()[:2]
+
+
+def blob_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pack(value: Any) -> bytes:
+    return zlib.compress(json.dumps(value, sort_keys=True, separators=(",", ":")).encode(), 6)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A mapping document as the store holds it: the pointer's parts, and the blobs they name."""
+
+    parts: dict[str, list[str]]
+    blobs: dict[str, bytes]
+
+    def pointer(self) -> bytes:
+        return json.dumps({"format": FORMAT, "parts": self.parts}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def split(doc: dict[str, Any]) -> Stored:
+    """The parts and blobs of a mapping document ({"clusters": {...}, "producer": {...}, "consumer": {...}})."""
+    parts: dict[str, Any] = {}
+    if doc.get("clusters"):
+        parts["clusters"] = doc["clusters"]
+    for section in ("producer", "consumer"):
+        for key, value in (doc.get(section) or {}).items():
+            parts.setdefault(f"{section}/{bucket(key)}", {})[key] = value
+    names: dict[str, list[str]] = {}
+    blobs: dict[str, bytes] = {}
+    for name, value in sorted(parts.items()):
+        packed = _pack(value)
+        pieces = [packed[i:i + MAX_BLOB] for i in range(0, len(packed), MAX_BLOB)]
+        names[name] = [blob_id(p) for p in pieces]
+        blobs.update(zip(names[name], pieces, strict=True))
+    return Stored(names, blobs)
+
+
+def parse_pointer(raw: bytes, where: str) -> dict[str, list[str]]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MappingError(f"{where}: not valid JSON: {e}") from None
+    if not isinstance(value, dict) or value.get("format") != FORMAT or not isinstance(value.get("parts"), dict):
+        raise MappingError(f"{where}: not a kafka-mesh mapping pointer of format {FORMAT}")
+    parts: dict[str, list[str]] = {}
+    for name, ids in value["parts"].items():
+        if not (isinstance(ids, list) and ids and all(isinstance(i, str) and len(i) == 64 for i in ids)):
+            raise MappingError(f"{where}: part {name!r} must list blob ids")
+        parts[str(name)] = [str(i) for i in ids]
+    return parts
+
+
+def join(parts: dict[str, list[str]], blobs: dict[str, bytes], where: str) -> dict[str, Any]:
+    """The mapping document of parts, from blobs (every id named must be there and match its bytes)."""
+    doc: dict[str, Any] = {"clusters": {}, "producer": {}, "consumer": {}}
+    for name, ids in sorted(parts.items()):
+        section, _, _ = name.partition("/")
+        if section not in doc:
+            raise MappingError(f"{where}: unknown part {name!r}")
+        data = b"".join(blobs[i] for i in ids)
+        if any(blob_id(blobs[i]) != i for i in ids):
+            raise MappingError(f"{where}: a blob of part {name!r} does not match its id")
+        try:
+            value = json.loads(zlib.decompress(data))
+        except (zlib.error, ValueError) as e:
+            raise MappingError(f"{where}: part {name!r} does not decode: {e}") from None
+        if not isinstance(value, dict):
+            raise MappingError(f"{where}: part {name!r} is not an object")
+        doc[section].update(value)
+    return doc
+
+
+class Conflict(MappingError):
+    """The pointer changed after the document was checked against it."""
+
+
+async def write(etcd: Etcd, keys: Keys, doc: dict[str, Any], expect_mod_revision: int) -> int:
+    """Store doc and make it the mapping in force if the pointer's mod_revision is still expect_mod_revision (0: no
+    mapping yet); returns the revision of the swap. Raises Conflict when another writer was first."""
+    stored = split(doc)
+    have = {k[len(keys.blobs):] for k in await etcd.keys_under(keys.blobs)}
+    new = {keys.blob(i): b for i, b in stored.blobs.items() if i not in have}
+    await etcd.put_batched(new, MAX_TXN_OPS, MAX_TXN_BYTES)
+    before = await etcd.get(keys.pointer)
+    revision = await etcd.swap(keys.pointer, stored.pointer(), expect_mod_revision)
+    if revision is None:
+        raise Conflict(f"the mapping changed meanwhile (expected it at revision {expect_mod_revision}); "
+                       "read it again and retry")
+    keep = {i for ids in stored.parts.values() for i in ids}
+    if before is not None:
+        try:
+            keep |= {i for ids in parse_pointer(before[0], keys.pointer).values() for i in ids}
+        except MappingError:
+            pass            # an unreadable previous pointer protects nothing
+    stale = sorted(keys.blob(i) for i in have - keep)
+    await etcd.delete_batched(stale, MAX_TXN_OPS)
+    return revision
+
+
+async def read(etcd: Etcd, keys: Keys) -> tuple[dict[str, Any] | None, int]:
+    """The mapping document in force and the pointer's mod_revision ((None, 0) when no mapping was ever written)."""
+    for _ in range(READ_ATTEMPTS):
+        got = await etcd.get(keys.pointer)
+        if got is None:
+            return None, 0
+        raw, revision = got
+        parts = parse_pointer(raw, keys.pointer)
+        items, _ = await etcd.get_prefix(keys.blobs)
+        blobs = {k[len(keys.blobs):]: v for k, v in items.items()}
+        if all(i in blobs for ids in parts.values() for i in ids):
+            return join(parts, blobs, f"{keys.pointer} at revision {revision}"), revision
+    raise MappingError(f"{keys.pointer}: its blobs kept vanishing under {READ_ATTEMPTS} reads (writers racing?)")
