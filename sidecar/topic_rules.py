@@ -135,7 +135,7 @@ class _ClusterRules:
     cluster: Cluster
     admin: Any
     batch_bytes: int
-    producers: list[meshcore.Producer] = field(default_factory=list)
+    producer: meshcore.Producer | None = None      # the cluster's producer in force
     fallback: Rule | None = None
     known: dict[str, Rule] = field(default_factory=dict)
     wanted: set[str] = field(default_factory=set)
@@ -147,8 +147,8 @@ class _ClusterRules:
 
     def publish(self) -> None:
         self.snapshot = meshcore.build_topic_rules(self.fallback, dict(self.known))
-        for producer in self.producers:
-            producer.topic_rules = self.snapshot
+        if self.producer is not None:
+            self.producer.topic_rules = self.snapshot
 
 
 def _admin_for(cluster: Cluster) -> Any:
@@ -178,17 +178,13 @@ class TopicRulesKeeper:
                             int(cluster.config.get("message.max.bytes", PRODUCER_BATCH_BYTES)))
                 state = _ClusterRules(cluster, self._admin_for(cluster), batch)
                 self._clusters[name] = state
-            state.producers = [producer]
+            state.producer = producer
             producer.topic_rules = state.snapshot
             for topic in (routed or {}).get(name, ()):
                 if len(state.wanted) >= PREFETCH_MAX:
                     break
                 if topic not in state.known:
                     state.wanted.add(topic)
-
-    def rules(self, cluster: str) -> meshcore.TopicRules | None:
-        state = self._clusters.get(cluster)
-        return None if state is None else state.snapshot
 
     async def run(self) -> None:
         while True:

@@ -56,6 +56,7 @@ enum {
 /* A reason as the batch keeps it in rec_kerr: below zero and above librdkafka's own local codes (-200..-100), and
  * not -1, so never mistaken for an error librdkafka or a broker reported. */
 #define KM_INVALID_KERR(reason) (-50 - (reason))
+#define KM_INVALID_REASON(kerr) (-50 - (kerr))
 
 /* librdkafka 2.4+ (KIP-467): the broker refused the record's batch for another record of it. The code is fixed in
  * librdkafka's ABI; written as a number so that the core still builds against older headers. */

@@ -49,6 +49,7 @@ cdef extern from "km_batch.h" nogil:
         KM_CLUSTER_UNAVAILABLE
         KM_INTERNAL
     int32_t KM_INVALID_KERR(int reason)
+    int KM_INVALID_REASON(int32_t kerr)
     ctypedef struct km_batch
     ctypedef struct km_msgref:
         km_batch *batch
@@ -509,6 +510,17 @@ cdef int put_bytes(Buf *b, const char *p, size_t n) except -1:
     return 0
 
 
+cdef const char *_topic_rule_text(int reason) noexcept nogil:
+    """Why a topic's config on a cluster refuses a record (a KM_INVALID_* reason of km_rules.h)."""
+    if reason == KM_INVALID_NO_KEY:
+        return "the topic is compacted (cleanup.policy=compact) and the record has no key"
+    if reason == KM_INVALID_TOPIC_TIMESTAMP_BEHIND:
+        return "timestamp_ms is further behind the clock than the topic's message.timestamp.before.max.ms allows"
+    if reason == KM_INVALID_TOPIC_TIMESTAMP_AHEAD:
+        return "timestamp_ms is further ahead of the clock than the topic's message.timestamp.after.max.ms allows"
+    return "the record, in a Kafka batch of its own, is larger than the topic's max.message.bytes"
+
+
 cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil:
     """The human-readable text of record i's failure, in msg; returns its length."""
     cdef int n
@@ -528,18 +540,9 @@ cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil
         n = snprintf(msg, cap, "timestamp_ms is more than %lld ms ahead of the sidecar's clock, which Kafka refuses "
                      "by default (message.timestamp.after.max.ms): microseconds or nanoseconds instead of "
                      "milliseconds?", <long long>_max_ahead_ms)
-    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_NO_KEY):
-        n = snprintf(msg, cap, "cluster '%s': the topic is compacted (cleanup.policy=compact) and the record has no "
-                     "key", b.names + b.name_off[b.rec_sink[i]])
-    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TOPIC_TIMESTAMP_BEHIND):
-        n = snprintf(msg, cap, "cluster '%s': timestamp_ms is further behind the clock than the topic's "
-                     "message.timestamp.before.max.ms allows", b.names + b.name_off[b.rec_sink[i]])
-    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TOPIC_TIMESTAMP_AHEAD):
-        n = snprintf(msg, cap, "cluster '%s': timestamp_ms is further ahead of the clock than the topic's "
-                     "message.timestamp.after.max.ms allows", b.names + b.name_off[b.rec_sink[i]])
-    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TOPIC_MAX_BYTES):
-        n = snprintf(msg, cap, "cluster '%s': the record, in a Kafka batch of its own, is larger than the topic's "
-                     "max.message.bytes", b.names + b.name_off[b.rec_sink[i]])
+    elif KM_INVALID_KERR(KM_INVALID_TOPIC_MAX_BYTES) <= b.rec_kerr[i] <= KM_INVALID_KERR(KM_INVALID_NO_KEY):
+        n = snprintf(msg, cap, "cluster '%s': %s", b.names + b.name_off[b.rec_sink[i]],
+                     _topic_rule_text(KM_INVALID_REASON(b.rec_kerr[i])))
     elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_PARTITION):
         n = snprintf(msg, cap, "partition is negative; leave it out to let the partitioner choose")
     elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__PURGE_QUEUE:

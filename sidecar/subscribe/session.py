@@ -447,15 +447,12 @@ class Session:
         if probe is not None:
             await asyncio.gather(probe, return_exceptions=True)
         await asyncio.to_thread(consumer.close)
-        owned = self._assigned.pop(cluster, set())
-        for key in [k for k in self.offsets if k[0] == cluster]:
-            del self.offsets[key]
+        owned = self._forget(cluster)
         self._earliest.pop(cluster, None)
         if self._built.get(cluster) is not None and cluster not in self.consumers:
             del self._built[cluster]
         log.info("cluster closed for the stream cluster=%s group=%s unacked=%d", cluster, self._sub.group, unacked)
-        if owned:
-            self._rebalanced(Rebalanced(cluster, False, sorted(owned)))
+        self._revoke(cluster, owned)
         if self._mapping is not None and not self._ended:
             self.on_mapping(self._mapping)      # the cluster may have come back while it drained
 
@@ -469,11 +466,7 @@ class Session:
             del self.consumers[cluster]         # a probe of it stops at its next step
         if cluster not in self._down:
             self._state_changed(cluster, False, f"its consumer failed: {error}")
-        owned = self._assigned.pop(cluster, set())
-        for key in [k for k in self.offsets if k[0] == cluster]:
-            del self.offsets[key]
-        if owned:
-            self._rebalanced(Rebalanced(cluster, False, sorted(owned)))
+        self._revoke(cluster, self._forget(cluster))
         await asyncio.to_thread(consumer.close)
         await asyncio.sleep(backoff)
         mapping = self._mapping
@@ -494,6 +487,17 @@ class Session:
                         self._state_changed(cluster, True, "a new consumer reads the cluster")
                 return
             await asyncio.sleep(PROBE_INTERVAL_S)
+
+    def _forget(self, cluster: str) -> set[tuple[str, int]]:
+        """Drop what the stream tracks of a cluster whose consumer is gone (acks of what it sent are ignored from
+        now on); returns the partitions it owned."""
+        for key in [k for k in self.offsets if k[0] == cluster]:
+            del self.offsets[key]
+        return self._assigned.pop(cluster, set())
+
+    def _revoke(self, cluster: str, owned: set[tuple[str, int]]) -> None:
+        if owned:
+            self._rebalanced(Rebalanced(cluster, False, sorted(owned)))
 
     def _unacked(self, cluster: str) -> int:
         return sum(p.unacked for (c, _, _), p in self.offsets.items() if c == cluster)

@@ -178,6 +178,17 @@ def test_a_timestamp_too_far_ahead_fails_alone_before_anything_is_enqueued(produ
         meshcore.set_max_timestamp_ahead_ms(-1)
 
 
+def _answer(t: meshcore.RouteTable, req: mesh_pb2.ProduceRequest) -> mesh_pb2.ProduceResponse:
+    """Submit one request on a stream of its own and return its answer (unreachable sinks time out in 200 ms)."""
+    s = meshcore.open_stream()
+    try:
+        s.submit(t, req.SerializeToString())
+        [resp] = responses(s, 1, timeout=5)
+        return resp
+    finally:
+        s.close()
+
+
 #: (requires_key, create_time, before_max_ms, after_max_ms, max_bytes), as meshcore.build_topic_rules takes them.
 COMPACTED = (True, True, None, None, None)
 DAY_OLD_AT_MOST = (False, True, 86_400_000, 60_000, None)
@@ -202,12 +213,7 @@ def test_what_a_topics_brokers_would_refuse_fails_alone_for_that_sink(producers:
     req.records.add(topic="small", value=b"x" * 150)                                     # 6: refused: 61+... > 200
     req.records.add(topic="small", value=b"x" * 100)                                     # 7: ok
     req.records.add(topic="small", value=b"x" * 50, headers=[mesh_pb2.Header(key="h" * 40, value=b"v" * 40)])  # 8
-    s = meshcore.open_stream()
-    try:
-        s.submit(t, req.SerializeToString())
-        [resp] = responses(s, 1, timeout=5)
-    finally:
-        s.close()
+    resp = _answer(t, req)
     # Records refused on c1 report c1's refusal (the first error of a record wins); the others time out on c1.
     got = {i: (code, message) for i, code, message in per_record(resp)}
     assert set(got) == set(range(9))
@@ -230,12 +236,7 @@ def test_topics_without_a_rule_are_noted_and_checked_by_the_fallback(producers: 
     for i in range(20):     # more topics than the per-batch topic cache holds: each still found and noted once
         req.records.add(topic=f"new{i % 10}", value=b"no key")
         req.records.add(topic="known", value=b"no key")
-    s = meshcore.open_stream()
-    try:
-        s.submit(t, req.SerializeToString())
-        [resp] = responses(s, 1, timeout=5)
-    finally:
-        s.close()
+    resp = _answer(t, req)
     codes = [code for _, code, _ in per_record(resp)]
     assert codes[0::2] == [mesh_pb2.ERROR_CODE_INVALID_RECORD] * 20        # the fallback: a compacted default
     assert codes[1::2] == [mesh_pb2.ERROR_CODE_CLUSTER_UNAVAILABLE] * 20
