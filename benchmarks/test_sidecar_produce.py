@@ -12,7 +12,6 @@ Figures are printed in the terminal summary; nothing here asserts a time.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import threading
@@ -33,7 +32,7 @@ from sidecar.api.kafkamesh.v1 import mesh_pb2
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
 from sidecar.dev.sandbox import Sandbox
-from sidecar.mapping.model import ProducerRoute
+from sidecar.manage import mapping as mapping_store
 from tests.integration.kafka_helpers import create_topic
 from tests.integration.sidecar_proc import SidecarProc, apply, clusters_doc, new_namespace
 
@@ -102,7 +101,8 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def test_mapping_propagation(benchmark: Any, sandbox: Sandbox, setup: tuple[SidecarProc, str, str, str]) -> None:
-    """etcd write -> first batch routed by the new revision, with a client sending a batch every millisecond."""
+    """mapping apply started -> first batch routed by the new revision, with a client sending a batch every
+    millisecond."""
     proc, topic, _, ns = setup
     channel = grpc.insecure_channel(proc.target)
     call = channel.stream_stream("/kafkamesh.v1.Mesh/Produce")
@@ -137,10 +137,10 @@ def test_mapping_propagation(benchmark: Any, sandbox: Sandbox, setup: tuple[Side
 
     def switch() -> None:
         sink = sinks[len(samples) % 2]
-        route = ProducerRoute.parse(topic, {"where": [{"sink": sink}]})
-        items = {keys.producer_route(route.key): json.dumps(route.to_json()).encode()}
         started = time.perf_counter()
-        rev = loop.run_until_complete(etcd.put_all(items))
+        # The whole apply, as `kafka-mesh mapping apply` does it: read the mapping, check, write, swap the pointer.
+        doc = {"producer": {topic: {"where": [{"sink": sink}]}}}
+        rev = loop.run_until_complete(mapping_store.apply(etcd, keys, doc))
         with cond:
             while True:
                 hits = [b for b, r in seen.items() if r == rev]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sidecar.config import ControlSettings, DevSettings
-from sidecar.errors import MappingError, MeshError, UsageError
+from sidecar.errors import ConflictError, MappingError, MeshError, UsageError
 
 EPILOG_DEV = """examples:
   kafka-mesh dev up --clusters 3            # three one-broker clusters and etcd, in the background
@@ -24,7 +24,7 @@ KAFKA_HOME (use an unpacked Kafka instead of Maven), ETCD_BIN, JAVA, MVN, KAFKA_
 """
 
 EPILOG_MAPPING = """examples:
-  kafka-mesh mapping apply mapping.json --etcd http://127.0.0.1:2379     # one etcd transaction
+  kafka-mesh mapping apply mapping.json --etcd http://127.0.0.1:2379     # atomic, at one etcd revision
   kafka-mesh mapping show --etcd http://127.0.0.1:2379                   # what is in force, secrets redacted
   kafka-mesh mapping show --show-secrets --etcd ... > mapping.json       # the same, apply-able as it is
   KAFKA_MESH_ETCD=http://127.0.0.1:2379 kafka-mesh mapping show --json --namespace prod
@@ -91,16 +91,22 @@ def _add_mapping_parser(sub: Any) -> None:
                                          "etcd under /kafka-mesh/NAMESPACE/ and changed one transaction at a time.",
                              epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
     msub = mapping.add_subparsers(dest="mapping_command", metavar="ACTION", required=True)
-    m_apply = msub.add_parser("apply", help="validate a mapping file and write it to etcd as one transaction",
-                              description="Validate FILE against what etcd holds and write the sections it has as "
-                                          "one etcd transaction (one revision); routes that FILE no longer has are "
-                                          "deleted. Sections FILE leaves out stay as they are.",
+    m_apply = msub.add_parser("apply", help="validate a mapping file and make it the mapping in force, atomically",
+                              description="Validate FILE against what etcd holds and make the sections it has the "
+                                          "mapping in force, at one etcd revision: sidecars see all of the change "
+                                          "or none of it. Routes that FILE no longer has are removed; sections FILE "
+                                          "leaves out stay as they are. Any size fits etcd's default request limits. "
+                                          "Exit status 3 when the mapping changed under the apply (another "
+                                          "operator, or --expect-revision).",
                               epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
     m_apply.add_argument("file", metavar="FILE", help="a JSON mapping document")
+    m_apply.add_argument("--expect-revision", metavar="N", type=int, default=None,
+                         help="apply only if the mapping in force is still that of revision N (what `show` or the "
+                              "last `apply` printed); else exit 3 naming the revision found")
     m_show = msub.add_parser("show", help="print the mapping in force and its etcd revisions",
-                             description="Print the mapping in force as a JSON document (one consistent read). The "
-                                         "revision it was read at and the revision its keys were last written at "
-                                         "(what `apply` printed) go to stderr. Secret cluster settings (sasl."
+                             description="Print the mapping in force as a JSON document (one consistent read). Its "
+                                         "revision (what `apply` printed, and what --expect-revision takes) goes to "
+                                         "stderr. Secret cluster settings (sasl."
                                          "password, ssl.key.pem, any *.password or *.secret) print as <redacted>, "
                                          "which `apply` refuses; with --show-secrets the output can be applied "
                                          "again as it is.",
@@ -187,7 +193,7 @@ def _print_sandbox(doc: dict[str, Any]) -> None:
     for c in doc["clusters"]:
         print(f"{c['name']:<9} {c['bootstrap']:<28} {state(c.get('running', True))}  "
               f"({len(c['brokers'])} broker(s); logs under {doc['state_dir']}/{c['name']})")
-    print(f"namespace {doc['namespace']}; clusters registered under /kafka-mesh/{doc['namespace']}/clusters/")
+    print(f"namespace {doc['namespace']}; clusters registered in its mapping (kafka-mesh mapping show)")
 
 
 def _dev(args: argparse.Namespace, settings: DevSettings) -> int:
@@ -235,15 +241,16 @@ def _mapping(args: argparse.Namespace, settings: ControlSettings) -> int:
     from sidecar.control.etcd import Etcd
     from sidecar.control.keys import Keys
     from sidecar.manage import mapping as mapping_mod
+    from sidecar.mapping.document import read_document
     from sidecar.mapping.model import Mapping
 
     keys = Keys(settings.namespace)
     if args.mapping_command == "apply":
-        doc = mapping_mod.read_document(args.file)      # a bad file is refused before etcd is contacted
+        doc = read_document(args.file)      # a bad file is refused before etcd is contacted
 
         async def apply() -> Mapping:
             async with Etcd(settings.etcd_endpoint) as etcd:
-                return await mapping_mod.apply_mapping(etcd, keys, doc)
+                return await mapping_mod.apply_mapping(etcd, keys, doc, args.expect_revision)
 
         applied = asyncio.run(apply())
         counts = applied.counts()
@@ -254,18 +261,19 @@ def _mapping(args: argparse.Namespace, settings: ControlSettings) -> int:
                   f"producer routes: {counts['producer_routes']}, consumer routes: {counts['consumer_routes']})")
         return 0
     if args.mapping_command == "show":
-        async def load() -> tuple[Mapping, int]:
+        async def load() -> Mapping:
             async with Etcd(settings.etcd_endpoint) as etcd:
                 return await mapping_mod.load(etcd, keys)
 
-        current, written = asyncio.run(load())
+        current = asyncio.run(load())
         doc = current.to_document(redact=not args.show_secrets)
         if args.json:
-            print(json.dumps({"revision": current.revision, "written_revision": written, "mapping": doc}))
+            print(json.dumps({"revision": current.revision, "mapping": doc}))
         else:
             print(json.dumps(doc, indent=2))
-            _progress(f"mapping of namespace {settings.namespace} read at etcd revision {current.revision}, last "
-                      f"written at revision {written} (under {keys.root})")
+            _progress(f"mapping of namespace {settings.namespace} at revision {current.revision} (under "
+                      f"{keys.root})" if current.revision else
+                      f"no mapping applied yet in namespace {settings.namespace} (under {keys.root})")
         return 0
     raise AssertionError(args.mapping_command)
 
@@ -279,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _mapping(args, ControlSettings.build(etcd=args.etcd, namespace=args.namespace))
         if args.command == "sidecar":
             return _sidecar(args)
+    except ConflictError as e:
+        print(f"kafka-mesh: error: {e}", file=sys.stderr)
+        return 3
     except (UsageError, MappingError) as e:
         print(f"kafka-mesh: error: {e}", file=sys.stderr)
         return 2

@@ -21,3 +21,7 @@ class EtcdError(MeshError):
 
 class MappingError(MeshError):
     """A mapping document (or a value read from etcd) is invalid; the message names the key and the reason."""
+
+
+class ConflictError(MappingError):
+    """The mapping changed after a change to it was checked against it (another writer, or --expect-revision)."""

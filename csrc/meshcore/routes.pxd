@@ -26,6 +26,11 @@ cdef class RouteTable:
     cdef int n_routes
     cdef int default_route   # index into routes, or -1
     cdef km_strmap topics    # topic -> index into routes
+    # An overlay table (built over a base): the routes of the topics changed since the base, a route of no sinks
+    # meaning "no route of its own any more"; every other topic is looked up in the base, whose sinks are the same.
+    cdef object _base        # keeps the base alive
+    cdef const km_strmap *base_topics
+    cdef const Route *base_routes
     cdef object __weakref__
 
     cdef const Route *lookup(self, const unsigned char *topic, size_t n) noexcept nogil

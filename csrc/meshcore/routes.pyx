@@ -2,7 +2,8 @@
 
 Topic -> route is a km_strmap (open addressing), so a lookup costs the same with 10 topics or 100,000, and reads
 only C memory. A table is never changed after it is built: a mapping
-change builds a new one and the control plane swaps its reference; a Produce batch looks its table up once and
+change builds a new one and the control plane swaps its reference (a change of a few topics builds an overlay: a small
+table of just those topics over the last whole one, so its cost follows the change, not the mapping's size); a Produce batch looks its table up once and
 routes every record by it, so one batch is always routed by one revision. The table holds references to the
 Producer objects of its sinks, so their handle structs outlive it; a user of the table acquires the sinks'
 rd_kafka_t handles for the time of one call (acquire_all), which a producer's close() waits for, and finds a sink
@@ -34,7 +35,12 @@ cdef class RouteTable:
         """The route of topic: its own, else __default__'s, else NULL."""
         cdef int32_t r = km_strmap_get(&self.topics, topic, n)
         if r >= 0:
-            return &self.routes[r]
+            if self.routes[r].n > 0:
+                return &self.routes[r]
+        elif self.base_topics != NULL:
+            r = km_strmap_get(self.base_topics, topic, n)
+            if r >= 0:
+                return &self.base_routes[r]
         if self.default_route >= 0:
             return &self.routes[self.default_route]
         return NULL
@@ -80,7 +86,12 @@ cdef class RouteTable:
 
     @property
     def topic_count(self):
+        """The topics with a route of their own in this table (an overlay: the topics changed since its base)."""
         return self.topics.count
+
+    @property
+    def is_overlay(self):
+        return self.base_topics != NULL
 
     def __dealloc__(self):
         global _tables_freed
@@ -94,12 +105,14 @@ cdef class RouteTable:
         km_strmap_free(&self.topics)
 
 
-def build_route_table(uint64_t revision, list producers, list routes, default_sinks=None):
+def build_route_table(uint64_t revision, list producers, list routes, default_sinks=None, RouteTable base=None):
     """Compile a routing table.
 
     producers: the Producer of each sink, in sink-index order (its name is the cluster's name).
     routes: [(topics, sink_indices), ...]; a topic may appear in only one route.
     default_sinks: the sink indices of __default__, or None.
+    base: build an overlay over this whole table (not itself an overlay, and with the same producers): routes are
+    then the topics whose routes differ from base's, and a route of no sinks says its topics have none of their own.
     """
     global _tables_created
     cdef RouteTable t = RouteTable.__new__(RouteTable)
@@ -109,6 +122,14 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
     cdef bytes raw
     t.revision = revision
     t.default_route = -1
+    if base is not None:
+        if base.base_topics != NULL:
+            raise CoreError("an overlay route table cannot be the base of another")
+        if len(base._producers) != len(producers) or any(a is not b for a, b in zip(base._producers, producers)):
+            raise CoreError("an overlay route table needs its base's producers")
+        t._base = base
+        t.base_topics = &base.topics
+        t.base_routes = base.routes
     t._producers = list(producers)
     t.n_sinks = len(producers)
     names = []
@@ -118,6 +139,8 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
     t.name_off = <uint32_t *>calloc(max(1, t.n_sinks), sizeof(uint32_t))
     t.names_len = sum(len(n) + 1 for n in names)
     t.names = <char *>calloc(t.names_len + 1, 1)
+    if default_sinks is not None and not 1 <= len(default_sinks) <= MAX_SINKS:
+        raise CoreError(f"the default route needs 1 to {MAX_SINKS} sinks, got {len(default_sinks)}")
     all_routes = list(routes) + ([([], list(default_sinks))] if default_sinks is not None else [])
     t.n_routes = len(all_routes)
     t.routes = <Route *>calloc(max(1, t.n_routes), sizeof(Route))
@@ -137,7 +160,7 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
     encoded = []
     for r, (topics, sinks) in enumerate(all_routes):
         sinks = list(sinks)
-        if not 1 <= len(sinks) <= MAX_SINKS:
+        if not (0 if base is not None else 1) <= len(sinks) <= MAX_SINKS:
             raise CoreError(f"a route needs 1 to {MAX_SINKS} sinks, got {len(sinks)}")
         t.routes[r].n = len(sinks)
         for j, s in enumerate(sinks):

@@ -115,28 +115,6 @@ class Etcd:
         items = {bytes(kv.key).decode(): (bytes(kv.value), int(kv.mod_revision)) for kv in r}
         return items, int(r.header.revision)
 
-    async def put_all(self, items: Mapping[str, bytes], delete_prefixes: tuple[str, ...] = ()) -> int:
-        """Put items and delete every other key under delete_prefixes, in one transaction (one revision); returns
-        the revision. etcd refuses a transaction whose delete range holds a key it also puts, so the keys to
-        delete are read first and deleted one by one."""
-        tx = self._client.transactions
-        stale: set[str] = set()
-        for prefix in delete_prefixes:
-            existing, _ = await self.get_prefix(prefix)
-            stale.update(k for k in existing if k not in items)
-        ops: list[Any] = [tx.delete(k.encode()) for k in sorted(stale)]
-        ops += [tx.put(k.encode(), v) for k, v in items.items()]
-        if not ops:
-            _, revision = await self.get_prefix(delete_prefixes[0] if delete_prefixes else "/")
-            return revision
-        try:
-            _, responses = await self._client.transaction(compare=[], success=ops, failure=[])
-        except Exception as e:
-            raise self._error("transaction", e) from e
-        # Every operation of a transaction reports the transaction's own revision in its header.
-        last = responses[-1]
-        return int(getattr(last, last.WhichOneof("response")).header.revision)
-
     async def keys_under(self, prefix: str) -> set[str]:
         """The keys under prefix (no values)."""
         try:

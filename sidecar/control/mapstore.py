@@ -21,15 +21,18 @@ against its id, and a blob gone meanwhile (two swaps and a clean-up between the 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
-from sidecar.errors import MappingError
+from sidecar.errors import ConflictError, MappingError
+from sidecar.mapping.model import SECTIONS
 
 FORMAT = 1
 BUCKETS = 256
@@ -41,6 +44,8 @@ MAX_TXN_OPS = 64
 MAX_TXN_BYTES = 1 << 20
 #: How often a read starts over when blobs vanish under it (a writer swapping twice between its two reads).
 READ_ATTEMPTS = 5
+#: Up to this many new blobs are read one by one (a change of a few routes); more, in one range read of blobs/.
+FEW_BLOBS = 16
 
 
 def bucket(name: str) -> str:
@@ -100,33 +105,62 @@ def parse_pointer(raw: bytes, where: str) -> dict[str, list[str]]:
     return parts
 
 
-def join(parts: dict[str, list[str]], blobs: dict[str, bytes], where: str) -> dict[str, Any]:
+def decode_part(name: str, ids: list[str], blobs: Mapping[str, bytes], where: str) -> dict[str, Any]:
+    """The entries of one part (route key or cluster name -> value in the seed's format), from its blobs."""
+    data = b"".join(blobs[i] for i in ids)
+    try:
+        value = json.loads(zlib.decompress(data))
+    except (zlib.error, ValueError) as e:
+        raise MappingError(f"{where}: part {name!r} does not decode: {e}") from None
+    if not isinstance(value, dict):
+        raise MappingError(f"{where}: part {name!r} is not an object")
+    return value
+
+
+def section_of(name: str, where: str) -> str:
+    section = name.partition("/")[0]
+    if section not in SECTIONS:
+        raise MappingError(f"{where}: unknown part {name!r}")
+    return section
+
+
+def join(parts: dict[str, list[str]], blobs: Mapping[str, bytes], where: str) -> dict[str, Any]:
     """The mapping document of parts, from blobs (every id named must be there and match its bytes)."""
-    doc: dict[str, Any] = {"clusters": {}, "producer": {}, "consumer": {}}
+    doc: dict[str, Any] = {section: {} for section in SECTIONS}
     for name, ids in sorted(parts.items()):
-        section, _, _ = name.partition("/")
-        if section not in doc:
-            raise MappingError(f"{where}: unknown part {name!r}")
-        data = b"".join(blobs[i] for i in ids)
         if any(blob_id(blobs[i]) != i for i in ids):
             raise MappingError(f"{where}: a blob of part {name!r} does not match its id")
-        try:
-            value = json.loads(zlib.decompress(data))
-        except (zlib.error, ValueError) as e:
-            raise MappingError(f"{where}: part {name!r} does not decode: {e}") from None
-        if not isinstance(value, dict):
-            raise MappingError(f"{where}: part {name!r} is not an object")
-        doc[section].update(value)
+        doc[section_of(name, where)].update(decode_part(name, ids, blobs, where))
     return doc
 
 
-class Conflict(MappingError):
-    """The pointer changed after the document was checked against it."""
+async def blobs_for(etcd: Etcd, keys: Keys, parts: dict[str, list[str]],
+                    have: Mapping[str, bytes]) -> dict[str, bytes] | None:
+    """Every blob parts names, reading from etcd only those not in have (one by one when few, else in one range
+    read); None when one is gone (the pointer moved on twice and its blobs were cleaned up). A blob read is checked
+    against its id."""
+    wanted = {i for ids in parts.values() for i in ids}
+    out = {i: have[i] for i in wanted if i in have}
+    missing = sorted(wanted - out.keys())
+    if len(missing) > FEW_BLOBS:
+        items, _ = await etcd.get_prefix(keys.blobs)
+        found = {k[len(keys.blobs):]: v for k, v in items.items()}
+    else:
+        got = await asyncio.gather(*(etcd.get(keys.blob(i)) for i in missing))
+        found = {i: g[0] for i, g in zip(missing, got, strict=True) if g is not None}
+    for i in missing:
+        data = found.get(i)
+        if data is None:
+            return None
+        if blob_id(data) != i:
+            raise MappingError(f"{keys.blob(i)}: its bytes do not match its id")
+        out[i] = data
+    return out
 
 
 async def write(etcd: Etcd, keys: Keys, doc: dict[str, Any], expect_mod_revision: int) -> int:
     """Store doc and make it the mapping in force if the pointer's mod_revision is still expect_mod_revision (0: no
-    mapping yet); returns the revision of the swap. Raises Conflict when another writer was first."""
+    mapping yet); returns the revision of the swap. Raises ConflictError when another writer was first."""
     stored = split(doc)
     have = {k[len(keys.blobs):] for k in await etcd.keys_under(keys.blobs)}
     new = {keys.blob(i): b for i, b in stored.blobs.items() if i not in have}
@@ -134,8 +168,9 @@ async def write(etcd: Etcd, keys: Keys, doc: dict[str, Any], expect_mod_revision
     before = await etcd.get(keys.pointer)
     revision = await etcd.swap(keys.pointer, stored.pointer(), expect_mod_revision)
     if revision is None:
-        raise Conflict(f"the mapping changed meanwhile (expected it at revision {expect_mod_revision}); "
-                       "read it again and retry")
+        now = await etcd.get(keys.pointer)
+        raise ConflictError(f"the mapping changed meanwhile: it is at revision {now[1] if now else 0}, not "
+                            f"{expect_mod_revision}; read it again and retry")
     keep = {i for ids in stored.parts.values() for i in ids}
     if before is not None:
         try:
@@ -155,8 +190,7 @@ async def read(etcd: Etcd, keys: Keys) -> tuple[dict[str, Any] | None, int]:
             return None, 0
         raw, revision = got
         parts = parse_pointer(raw, keys.pointer)
-        items, _ = await etcd.get_prefix(keys.blobs)
-        blobs = {k[len(keys.blobs):]: v for k, v in items.items()}
-        if all(i in blobs for ids in parts.values() for i in ids):
+        blobs = await blobs_for(etcd, keys, parts, {})
+        if blobs is not None:
             return join(parts, blobs, f"{keys.pointer} at revision {revision}"), revision
     raise MappingError(f"{keys.pointer}: its blobs kept vanishing under {READ_ATTEMPTS} reads (writers racing?)")

@@ -1,11 +1,15 @@
 """Where the sidecar's mapping comes from, and how changes reach it.
 
-With etcd: the whole namespace is read in one consistent read and applied; then a watch on the namespace follows
-every change, and each change re-reads the namespace (one read = one revision), so a revision is always applied
-whole. An invalid mapping in etcd is refused with a log line and the last good one stays. When etcd is lost the
-mapping in force stays and the watch reconnects by itself (with backoff), resuming after the last revision it
-applied. Every applied mapping is cached on disk, so a sidecar that starts while etcd is unreachable serves the last
-mapping it saw (and says so).
+With etcd: the pointer key names the blobs that hold the mapping in force (sidecar/control/mapstore.py). The source
+reads the pointer and its blobs, then watches the pointer alone. Each new pointer is a whole mapping revision: the
+source reads only the blobs it does not hold yet (a one-route change: one blob of a few kilobytes) and, when only
+route parts changed, applies just the routes of those parts (Mapping.updated), which the routing table then takes
+topic by topic. A change of the clusters, or of many parts at once, is parsed whole, in a worker thread, so that the
+loop keeps serving meanwhile. Either way a revision is applied whole or not at all. An invalid mapping in etcd is
+refused with a log line and the last good one stays. When etcd is lost the mapping in force stays and the watch
+reconnects by itself (with backoff), resuming after the last revision it read. Every applied mapping is cached on
+disk (its pointer and blobs, written in a worker thread), so a sidecar that starts while etcd is unreachable serves
+the last mapping it saw (and says so).
 
 With --mapping FILE: that file is the mapping, read once at start; no etcd is needed.
 
@@ -15,6 +19,8 @@ Runs on the event loop.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
 import json
@@ -22,16 +28,78 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable
+from collections.abc import Mapping as ReadOnly
+from dataclasses import dataclass
 from typing import Any
 
 from sidecar.config import SidecarSettings
+from sidecar.control import mapstore
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
 from sidecar.errors import EtcdError, MappingError, MeshError
-from sidecar.manage import mapping as mapping_store
-from sidecar.mapping.model import Mapping
+from sidecar.mapping.document import load_file
+from sidecar.mapping.model import SECTIONS, Mapping
 
 log = logging.getLogger("kafka_mesh.mapping")
+
+#: A new pointer that changes more parts than this (of 513: clusters and 256 buckets a route section) is parsed
+#: whole: past this point the routing table is rebuilt anyway.
+FULL_PARTS = 32
+
+
+@dataclass(frozen=True)
+class InForce:
+    """The mapping applied, and what it was read from: the pointer's parts, their blobs, and each part's entry
+    keys (to tell, when a part changes, which of its routes it no longer has)."""
+
+    parts: dict[str, list[str]]
+    blobs: dict[str, bytes]
+    entries: dict[str, tuple[str, ...]]
+    mapping: Mapping
+
+
+def parse_whole(parts: dict[str, list[str]], blobs: ReadOnly[str, bytes], revision: int, where: str) -> InForce:
+    """The mapping parts hold, checked whole (pure: runs in a worker thread)."""
+    doc: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    entries: dict[str, tuple[str, ...]] = {}
+    for name, ids in parts.items():
+        part = mapstore.decode_part(name, ids, blobs, where)
+        doc[mapstore.section_of(name, where)].update(part)
+        entries[name] = tuple(part)
+    try:
+        mapping = Mapping.from_document(doc)
+    except MappingError as e:
+        raise MappingError(f"{where}: {e}") from None
+    named = {i: blobs[i] for ids in parts.values() for i in ids}
+    return InForce(parts, named, entries, dataclasses.replace(mapping, revision=revision))
+
+
+def parse_changes(old: InForce, parts: dict[str, list[str]], blobs: ReadOnly[str, bytes], revision: int,
+                  where: str) -> InForce | None:
+    """old with the parts that changed applied route by route; None when the change is one to parse whole (the
+    clusters changed, or more than FULL_PARTS parts)."""
+    changed = [n for n in parts.keys() | old.parts.keys() if parts.get(n) != old.parts.get(n)]
+    if "clusters" in changed or len(changed) > FULL_PARTS:
+        return None
+    edits: dict[str, dict[str, Any]] = {"producer": {}, "consumer": {}}
+    entries = dict(old.entries)
+    for name in changed:
+        section = mapstore.section_of(name, where)
+        if section not in edits:
+            return None
+        part = mapstore.decode_part(name, parts[name], blobs, where) if name in parts else {}
+        edits[section].update((key, None) for key in old.entries.get(name, ()) if key not in part)
+        edits[section].update(part)
+        if part:
+            entries[name] = tuple(part)
+        else:
+            entries.pop(name, None)
+    try:
+        mapping = old.mapping.updated(edits["producer"], edits["consumer"], revision)
+    except MappingError as e:
+        raise MappingError(f"{where}: {e}") from None
+    named = {i: blobs[i] for ids in parts.values() for i in ids}
+    return InForce(parts, named, entries, mapping)
 
 
 class MappingSource:
@@ -41,35 +109,20 @@ class MappingSource:
         self._keys = Keys(settings.namespace)
         self._task: asyncio.Task[None] | None = None
         self.applied_revision = -1
-        self._last_event = 0
         self._read_revision = 0
-        self._applied_doc: dict[str, object] | None = None
+        self._state: InForce | None = None
+        self._cache_next: InForce | None = None
+        self._cache_task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
     @property
     def cache_path(self) -> pathlib.Path:
         return self._settings.cache_dir / f"mapping-{self._settings.namespace}.json"
 
-    def _is_mapping_key(self, key: str) -> bool:
-        # status/ is the sidecars' own liveness, not mapping: writing it must neither reload nor relabel.
-        return not key.startswith(self._keys.status)
-
-    async def _load(self, etcd: Etcd) -> Mapping:
-        """The namespace in one read. Its revision is that of the newest change to a mapping key: the newest
-        mod_revision among them, or a newer deletion the watch has reported. So a mapping written by one
-        `mapping apply` carries exactly that apply's revision, whatever else etcd stores meanwhile."""
-        items, read_revision = await etcd.get_prefix_revisions(self._keys.root)
-        # The watch resumes after the read, not after the newest mapping key: the store's revision moves on with
-        # other writes (status/), and etcd compacts old revisions away.
-        self._read_revision = max(self._read_revision, read_revision)
-        mapping_items = {k: v for k, (v, _) in items.items() if self._is_mapping_key(k)}
-        newest = max((rev for k, (_, rev) in items.items() if self._is_mapping_key(k)), default=0)
-        return Mapping.from_etcd(mapping_items, self._keys, max(newest, self._last_event))
-
     async def start(self) -> None:
         """Apply the first mapping (from the file, etcd, or the on-disk cache) and start following changes."""
         if self._settings.mapping_file is not None:
-            mapping = mapping_store.load_file(self._settings.mapping_file)
+            mapping = load_file(self._settings.mapping_file)
             self._apply(mapping)
             self.applied_revision = mapping.revision
             log.info("serving mapping from file path=%s", self._settings.mapping_file)
@@ -78,43 +131,43 @@ class MappingSource:
             raise MappingError("no mapping source: give --etcd URL or --mapping FILE")
         try:
             async with Etcd(self._settings.etcd, timeout=self._settings.etcd_timeout_s) as etcd:
-                mapping = await self._load(etcd)
-            self._use(mapping)
+                await self._catch_up(etcd)
             self.connected.set()
         except EtcdError as e:
             cached = self._read_cache()
             if cached is None:
                 raise EtcdError(f"{e}; and no cached mapping at {self.cache_path} to serve meanwhile") from e
-            self._apply(cached)
-            self.applied_revision = cached.revision
+            self._apply(cached.mapping)
+            self._state = cached
+            self.applied_revision = cached.mapping.revision
             log.warning("etcd unreachable, serving the cached mapping revision=%d path=%s error=%s",
-                        cached.revision, self.cache_path, e)
+                        cached.mapping.revision, self.cache_path, e)
         self._task = asyncio.get_running_loop().create_task(self._follow())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def _use(self, mapping: Mapping) -> None:
-        self._apply(mapping)
-        self.applied_revision = mapping.revision
-        self._applied_doc = mapping.to_document()
-        self._write_cache(mapping)
+        for task in (self._task, self._cache_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _follow(self) -> None:
         backoff = 0.2
         while True:
             try:
                 async with Etcd(self._settings.etcd or "", timeout=self._settings.etcd_timeout_s) as etcd:
-                    await self._reload(etcd)          # what changed while we were away
+                    await self._catch_up(etcd)          # what changed while we were away
                     self.connected.set()
                     backoff = 0.2
-                    async for event in etcd.watch_prefix(self._keys.root, start_revision=self._read_revision + 1):
-                        if event.revision > self.applied_revision and self._is_mapping_key(event.key):
-                            self._last_event = max(self._last_event, event.revision)
-                            await self._reload(etcd)
+                    async for event in etcd.watch_prefix(self._keys.pointer, start_revision=self._read_revision + 1):
+                        if event.key != self._keys.pointer:
+                            continue
+                        self._read_revision = max(self._read_revision, event.revision)
+                        if event.kind == "DELETE":
+                            log.error("the mapping pointer %s was deleted; keeping revision=%d", self._keys.pointer,
+                                      self.applied_revision)
+                        elif await self._advance(etcd, event.value, event.revision) is None:
+                            await self._catch_up(etcd)
             except asyncio.CancelledError:
                 raise
             except EtcdError as e:
@@ -128,22 +181,72 @@ class MappingSource:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    async def _reload(self, etcd: Etcd) -> None:
+    async def _catch_up(self, etcd: Etcd) -> None:
+        """Read the pointer and apply the mapping it names, if newer than the one applied."""
+        for _ in range(mapstore.READ_ATTEMPTS):
+            items, read_revision = await etcd.get_prefix_revisions(self._keys.pointer)
+            # The watch resumes after this read, not after the pointer's own revision: etcd's revision moves on with
+            # other writes (status/, blobs), and etcd compacts old revisions away.
+            self._read_revision = max(self._read_revision, read_revision)
+            got = items.get(self._keys.pointer)
+            if got is None:
+                if self.applied_revision < 0:
+                    self._use(InForce({}, {}, {}, Mapping()))     # nothing applied yet: an empty mapping
+                elif self._state is not None and self._state.parts:
+                    log.error("the mapping pointer %s is gone; keeping revision=%d", self._keys.pointer,
+                              self.applied_revision)
+                return
+            if await self._advance(etcd, *got) is not None:
+                return
+        log.error("the blobs of mapping pointer %s kept vanishing under %d reads; keeping revision=%d",
+                  self._keys.pointer, mapstore.READ_ATTEMPTS, self.applied_revision)
+
+    async def _advance(self, etcd: Etcd, raw: bytes, revision: int) -> bool | None:
+        """Apply the mapping of pointer value raw (written at revision): True when applied, False when refused (the
+        one in force stays), None when its blobs are gone (a newer pointer replaced it: read that one)."""
+        if revision <= self.applied_revision:
+            return False
+        where = f"{self._keys.pointer} at revision {revision}"
+        old = self._state
         try:
-            mapping = await self._load(etcd)
+            parts = mapstore.parse_pointer(raw, where)
+            blobs = await mapstore.blobs_for(etcd, self._keys, parts, old.blobs if old else {})
+            if blobs is None:
+                return None
+            state = parse_changes(old, parts, blobs, revision, where) if old is not None else None
+            if state is None:
+                state = await asyncio.to_thread(parse_whole, parts, blobs, revision, where)
         except MappingError as e:
             log.error("invalid mapping in etcd; keeping revision=%d error=%s", self.applied_revision, e)
-            return
-        if mapping.revision <= self.applied_revision and mapping.to_document() == self._applied_doc:
-            return
+            return False
+        if self._state is not old or revision <= self.applied_revision:
+            return False        # applied meanwhile (by a catch-up during the parse)
         try:
-            self._use(mapping)
+            self._use(state)
         except MeshError as e:
-            log.error("mapping revision=%d cannot be applied; keeping revision=%d error=%s", mapping.revision,
+            log.error("mapping revision=%d cannot be applied; keeping revision=%d error=%s", revision,
                       self.applied_revision, e)
+            return False
+        return True
 
-    def _write_cache(self, mapping: Mapping) -> None:
+    def _use(self, state: InForce) -> None:
+        self._apply(state.mapping)
+        self._state = state
+        self.applied_revision = state.mapping.revision
+        self._cache_next = state
+        if self._cache_task is None or self._cache_task.done():
+            self._cache_task = asyncio.get_running_loop().create_task(self._write_caches())
+
+    async def _write_caches(self) -> None:
+        # One write at a time, of the newest mapping: a burst of changes costs one write or two.
+        while self._cache_next is not None:
+            state, self._cache_next = self._cache_next, None
+            await asyncio.to_thread(self._write_cache, state)
+
+    def _write_cache(self, state: InForce) -> None:
         path = self.cache_path
+        doc = {"revision": state.mapping.revision, "parts": state.parts,
+               "blobs": {i: base64.b64encode(b).decode() for i, b in state.blobs.items()}}
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -151,17 +254,23 @@ class MappingSource:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 os.fchmod(fd, 0o600)        # a .tmp left by an older version may have had a wider mode
-                f.write(json.dumps({"revision": mapping.revision, "mapping": mapping.to_document()}))
+                f.write(json.dumps(doc))
             os.replace(tmp, path)
         except OSError as e:
             log.warning("cannot write the mapping cache path=%s error=%s", path, e)
 
-    def _read_cache(self) -> Mapping | None:
+    def _read_cache(self) -> InForce | None:
         try:
             data: Any = json.loads(self.cache_path.read_text())
-            return dataclasses.replace(Mapping.from_document(data["mapping"]), revision=int(data["revision"]))
+            revision = int(data["revision"])
+            parts = mapstore.parse_pointer(json.dumps({"format": mapstore.FORMAT, "parts": data["parts"]}).encode(),
+                                           str(self.cache_path))
+            blobs = {str(i): base64.b64decode(b, validate=True) for i, b in data["blobs"].items()}
+            if any(mapstore.blob_id(b) != i for i, b in blobs.items()):
+                raise MappingError("a blob does not match its id")
+            return parse_whole(parts, blobs, revision, str(self.cache_path))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError, MappingError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error, MappingError) as e:
             log.warning("ignoring an unreadable mapping cache path=%s error=%s", self.cache_path, e)
             return None

@@ -186,8 +186,9 @@ def _start(settings: DevSettings, n_clusters: int, n_brokers: int, port_base: in
             sandbox.clusters.append(cluster)
         _save(settings, sandbox)
         _wait_ready(sandbox, progress, timeout)
-        asyncio.run(_register(sandbox))
-        progress(f"registered {n_clusters} cluster(s) in etcd under {Keys(sandbox.namespace).clusters}")
+        revision = asyncio.run(_register(sandbox))
+        progress(f"registered {n_clusters} cluster(s) in etcd (namespace {sandbox.namespace}, mapping revision "
+                 f"{revision})")
         return sandbox
     except BaseException:
         procs.stop_all(started, timeout=10)
@@ -259,9 +260,9 @@ def _wait_ready(sandbox: Sandbox, progress: Progress, timeout: float) -> None:
         time.sleep(0.5)
 
 
-async def _register(sandbox: Sandbox) -> None:
+async def _register(sandbox: Sandbox) -> int:
     async with Etcd(sandbox.etcd_endpoint) as etcd:
-        await registry.register(etcd, Keys(sandbox.namespace),
+        return await registry.register(etcd, Keys(sandbox.namespace),
                                 [Cluster(c.name, c.bootstrap, "fronting") for c in sandbox.clusters])
 
 

@@ -1,5 +1,5 @@
 """The mapping's data model (README, "The mapping"): clusters, producer routes and consumer routes, parsed from the
-one-file JSON document or from the etcd keys of a namespace, with checks that name the key and the reason of every
+one-file JSON document (which is also what etcd stores), with checks that name the key and the reason of every
 refusal.
 
 Every section keeps the seed's own format verbatim:
@@ -9,19 +9,19 @@ Every section keeps the seed's own format verbatim:
     consumer:  "foo": [{"vip": "CLUSTER"}, ...]
 
 This module is pure: it reads no file, talks to no server and holds no state beyond immutable values, so it can be
-used from any thread. Reading files and etcd is sidecar/manage/mapping.py's job.
+used from any thread. Reading files and etcd is sidecar/manage/mapping.py's job; how etcd stores it,
+sidecar/control/mapstore.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.control.keys import Keys, check_name
 from sidecar.errors import MappingError, UsageError
 
 ROLES = ("fronting", "consumer")
@@ -33,6 +33,15 @@ _BOOTSTRAP = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 # Kafka's own rule for topic names (kafka.common.internals.Topic): legal characters, at most 249 of them.
 _TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 _TOPIC_RULE = "use 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """name, or UsageError when it cannot name a cluster or namespace."""
+    if not _NAME.match(name):
+        raise UsageError(f"invalid {kind} name {name!r}: use 1-128 characters of [A-Za-z0-9._-], "
+                         "starting with a letter or digit")
+    return name
 
 
 # librdkafka properties whose values are secrets (its own sensitive ones, and any *.password / *.secret), never to be
@@ -139,6 +148,10 @@ class ProducerRoute:
     def topics_of(key: str) -> tuple[str, ...]:
         """The topics a route key names: one topic or a comma-separated list (spaces around names ignored);
         () for __default__."""
+        if key == DEFAULT_ROUTE:
+            return ()
+        if "," not in key and key not in (".", "..") and _TOPIC.match(key):
+            return (key,)         # the common case, without a new string
         where = f"producer.{key}"
         names = [part.strip() for part in key.split(",")]
         if DEFAULT_ROUTE in names:
@@ -235,16 +248,31 @@ def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def _route_order(route: ProducerRoute) -> tuple[bool, str]:
-    return route.is_default, route.key        # sorted by key, __default__ last: the order show prints
+#: Equal sink lists share one tuple, across routes and revisions: a mapping of 100,000 routes names a few dozen
+#: distinct lists, so its memory is the route keys and their dict slots. Bounded, in case of a pathological mapping.
+_SHARED: dict[tuple[str, ...], tuple[str, ...]] = {}
+_SHARED_MAX = 65536
 
 
-# Cross-entry checks. Each looks at one entry, so that a caller can say where that entry came from (an etcd key).
+def _share(names: tuple[str, ...]) -> tuple[str, ...]:
+    got = _SHARED.get(names)
+    if got is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        got = _SHARED[names] = tuple(sys.intern(n) for n in names)
+    return got
 
-def _check_sinks(route: ProducerRoute, clusters: dict[str, Cluster]) -> None:
-    for i, sink in enumerate(route.sinks):
+
+def _route_order(key: str) -> tuple[bool, str]:
+    return key == DEFAULT_ROUTE, key        # sorted by key, __default__ last: the order show prints
+
+
+# Cross-entry checks. Each looks at one entry, so that a caller can say where that entry came from.
+
+def _check_sinks(key: str, sinks: tuple[str, ...], clusters: dict[str, Cluster]) -> None:
+    for i, sink in enumerate(sinks):
         if sink not in clusters:
-            raise MappingError(f"producer.{route.key}.where[{i}].sink: unknown cluster {sink!r}")
+            raise MappingError(f"producer.{key}.where[{i}].sink: unknown cluster {sink!r}")
 
 
 def _check_vips(topic: str, vips: tuple[str, ...], clusters: dict[str, Cluster]) -> None:
@@ -253,47 +281,95 @@ def _check_vips(topic: str, vips: tuple[str, ...], clusters: dict[str, Cluster])
             raise MappingError(f"consumer.{topic}[{i}].vip: unknown cluster {vip!r}")
 
 
-def _check_overlap(route: ProducerRoute, owner: dict[str, str]) -> None:
-    """Refuse a topic that an earlier route already names; records the topics route names in owner. (There is
-    never a second __default__: its key is exactly "__default__", and keys are unique in JSON and in etcd.)"""
-    for topic in route.topics:
-        other = owner.get(topic)
-        if other is not None:
-            raise MappingError(f"producer.{route.key}: topic {topic!r} is also in route {other!r}; a topic may be "
-                               "in one producer route only")
-        owner[topic] = route.key
+def _edit_routes(routes: dict[str, tuple[str, ...]], listed: dict[str, str], changes: Iterable[tuple[str, Any]],
+                 clusters: dict[str, Cluster] | None) -> dict[str, tuple[str, ...] | None]:
+    """Apply producer route changes (key, value in the seed's format or None to remove) to routes and listed, in
+    place; returns the topics whose sinks changed (None: the topic has no route of its own any more). Removals go
+    first, so that one change may move a topic from a route it removes to one it adds. A topic may be in one route
+    only: the error names the route that already has it. With clusters, every sink must be one of them."""
+    changes = list(changes)
+    changed: dict[str, tuple[str, ...] | None] = {}
+    for key, value in changes:
+        if value is None and key in routes:
+            del routes[key]
+            for topic in ProducerRoute.topics_of(key):
+                if listed.get(topic) == key:
+                    del listed[topic]
+                changed[topic] = None
+    for key, value in changes:
+        if value is None:
+            continue
+        route = ProducerRoute.parse(key, value)
+        if clusters is not None:
+            _check_sinks(key, route.sinks, clusters)
+        old = routes.get(key)
+        if old is None:
+            for topic in route.topics:
+                other = listed.get(topic) or (topic if topic in routes else None)
+                if other is not None:
+                    raise MappingError(f"producer.{key}: topic {topic!r} is also in route {other!r}; a topic may be "
+                                       "in one producer route only")
+            if route.topics != (key,):
+                listed.update((topic, key) for topic in route.topics)
+        if old != route.sinks:
+            sinks = routes[key] = _share(route.sinks)
+            changed.update((topic, sinks) for topic in route.topics)
+    return changed
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a mapping made by Mapping.updated changes in the one it was made from: what lets the sidecar update its
+    routing table by the topics that changed instead of compiling it whole."""
+
+    base: int                                     # the revision of the mapping it was made from
+    topics: dict[str, tuple[str, ...] | None]     # producer topics whose sinks changed (None: now no own route)
+    default: bool                                 # whether __default__ changed
 
 
 @dataclass(frozen=True)
 class Mapping:
-    """The whole mapping of a namespace at one etcd revision (0 when it comes from a file).
+    """The whole mapping of a namespace at one revision (0 when it comes from a file).
 
-    The constructor checks nothing; build a Mapping with from_document or from_etcd, which refuse an invalid one."""
+    Producer routes are held as route key -> sinks (ProducerRoute objects are made only for printing), with equal
+    sink lists shared: a mapping costs about its keys' size. The constructor checks nothing; build a Mapping with
+    from_document (or updated, from one), which refuse an invalid one."""
 
     clusters: dict[str, Cluster] = field(default_factory=dict)
-    producer: tuple[ProducerRoute, ...] = ()
-    consumer: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    routes: dict[str, tuple[str, ...]] = field(default_factory=dict)     # producer route key (as written) -> sinks
+    consumer: dict[str, tuple[str, ...]] = field(default_factory=dict)   # topic -> clusters read
     revision: int = 0
+    #: topic -> its route key, for every topic whose route key is not exactly the topic ("t1, t2", " t1")
+    listed: dict[str, str] = field(default_factory=dict, compare=False)
+    change: Change | None = field(default=None, compare=False)
 
     # -- routing -------------------------------------------------------------------------------------------------
 
+    @property
+    def producer(self) -> tuple[ProducerRoute, ...]:
+        """Every producer route, sorted by key with __default__ last (made anew on each call: for printing)."""
+        return tuple(ProducerRoute(k, ProducerRoute.topics_of(k), self.routes[k])
+                     for k in sorted(self.routes, key=_route_order))
+
     def producer_table(self) -> dict[str, tuple[str, ...]]:
         """topic -> sinks, one entry for every topic a route names (the default route is default_sinks)."""
-        return {topic: route.sinks for route in self.producer for topic in route.topics}
+        return {topic: sinks for key, sinks in self.routes.items() for topic in ProducerRoute.topics_of(key)}
 
     @property
     def default_sinks(self) -> tuple[str, ...] | None:
-        for route in self.producer:
-            if route.is_default:
-                return route.sinks
-        return None
+        return self.routes.get(DEFAULT_ROUTE)
+
+    def route_of(self, topic: str) -> str | None:
+        """The key of the route that names topic, or None."""
+        key = self.listed.get(topic)
+        if key is not None:
+            return key
+        return topic if topic != DEFAULT_ROUTE and topic in self.routes else None
 
     def sinks_for(self, topic: str) -> tuple[str, ...] | None:
         """The clusters a record of topic is written to: its own route's, else the default route's, else None."""
-        for route in self.producer:
-            if topic in route.topics:
-                return route.sinks
-        return self.default_sinks
+        key = self.route_of(topic)
+        return self.routes[key] if key is not None else self.default_sinks
 
     def clusters_for_consumer(self, topic: str) -> tuple[str, ...] | None:
         """The clusters a subscriber to topic reads: its consumer route's, else where its producers write."""
@@ -317,107 +393,59 @@ class Mapping:
         clusters = base.clusters
         if "clusters" in doc:
             clusters = {name: _parse_cluster(name, v) for name, v in sorted(_section(doc, "clusters").items())}
-        producer = base.producer
+        routes, listed = base.routes, base.listed
         if "producer" in doc:
-            routes = [ProducerRoute.parse(k, v) for k, v in _section(doc, "producer").items()]
-            owner: dict[str, str] = {}
-            for route in routes:         # document order, so that the error names the first key as the other one
-                _check_overlap(route, owner)
-            producer = tuple(sorted(routes, key=_route_order))
+            routes, listed = {}, {}
+            # document order, so that an overlap names the first key as the other one
+            _edit_routes(routes, listed, _section(doc, "producer").items(), None)
         consumer = base.consumer
         if "consumer" in doc:
-            consumer = {t: _parse_consumer_route(t, v) for t, v in sorted(_section(doc, "consumer").items())}
-        mapping = cls(clusters=dict(clusters), producer=producer, consumer=dict(consumer), revision=0)
+            consumer = {t: _share(_parse_consumer_route(t, v)) for t, v in _section(doc, "consumer").items()}
+        mapping = cls(clusters=dict(clusters), routes=routes, consumer=consumer, revision=0, listed=listed)
         if check_references:
             mapping.check_clusters_exist()
         return mapping
 
+    def updated(self, producer: dict[str, Any], consumer: dict[str, Any], revision: int) -> Mapping:
+        """This mapping with some routes changed, at revision: producer and consumer map a route key (topic) to its
+        new value in the seed's format, or to None to remove it. Costs what the changed routes cost, plus a copy of
+        the sections they are in; the result's `change` says which topics' sinks changed."""
+        routes, listed, topics = self.routes, self.listed, {}
+        if producer:
+            routes, listed = dict(self.routes), dict(self.listed)
+            topics = _edit_routes(routes, listed, producer.items(), self.clusters)
+        cons = self.consumer
+        if consumer:
+            cons = dict(self.consumer)
+            for topic, value in consumer.items():
+                if value is None:
+                    cons.pop(topic, None)
+                    continue
+                vips = _parse_consumer_route(topic, value)
+                _check_vips(topic, vips, self.clusters)
+                cons[topic] = _share(vips)
+        default = routes.get(DEFAULT_ROUTE) != self.routes.get(DEFAULT_ROUTE)
+        return Mapping(self.clusters, routes, cons, revision, listed, Change(self.revision, topics, default))
+
     def check_clusters_exist(self, sections: Iterable[str] = ("producer", "consumer")) -> None:
         """Refuse a sink or vip, in the routes of sections, that is not one of the mapping's clusters."""
         if "producer" in sections:
-            for route in self.producer:
-                _check_sinks(route, self.clusters)
+            for key in sorted(self.routes, key=_route_order):
+                _check_sinks(key, self.routes[key], self.clusters)
         if "consumer" in sections:
-            for topic, vips in self.consumer.items():
-                _check_vips(topic, vips, self.clusters)
+            for topic in sorted(self.consumer):
+                _check_vips(topic, self.consumer[topic], self.clusters)
 
     def to_document(self, redact: bool = False) -> dict[str, Any]:
         """The one-file format; from_document(to_document()) gives this mapping back (revision aside). With redact,
         secret config values read REDACTED (for printing; such a document is refused by from_document)."""
         return {
             "clusters": {name: c.to_json(redact) for name, c in self.clusters.items()},
-            "producer": {route.key: route.to_json() for route in self.producer},
-            "consumer": {topic: [{"vip": v} for v in vips] for topic, vips in self.consumer.items()},
+            "producer": {key: {"where": [{"sink": s} for s in self.routes[key]]}
+                         for key in sorted(self.routes, key=_route_order)},
+            "consumer": {topic: [{"vip": v} for v in self.consumer[topic]] for topic in sorted(self.consumer)},
         }
 
-    # -- the etcd layout (sidecar/control/keys.py) -------------------------------------------------------------------
-
-    @classmethod
-    def from_etcd(cls, items: dict[str, bytes], keys: Keys, revision: int, *,
-                  check_references: bool = True) -> Mapping:
-        """The mapping held by the etcd keys under keys.root (as read at revision). Keys outside the three sections
-        (status/, ...) are ignored; an invalid value is refused with a MappingError that names its etcd key."""
-        clusters: dict[str, Cluster] = {}
-        routes: list[ProducerRoute] = []
-        consumer: dict[str, tuple[str, ...]] = {}
-        where: dict[tuple[str, str], str] = {}          # (section, entry) -> etcd key, to name it in errors
-
-        for key in sorted(items):
-            section, _, name = key[len(keys.root):].partition("/") if key.startswith(keys.root) else ("", "", "")
-            if section not in SECTIONS:
-                continue
-            with _naming(key):
-                try:
-                    data = json.loads(items[key])
-                except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                    raise MappingError(f"{section}.{name}: not valid JSON ({e})") from e
-                if section == "clusters":
-                    clusters[name] = _parse_cluster(name, data)
-                elif section == "producer":
-                    routes.append(ProducerRoute.parse(name, data))
-                else:
-                    consumer[name] = _parse_consumer_route(name, data)
-            where[section, name] = key
-
-        owner: dict[str, str] = {}
-        for route in routes:
-            with _naming(where["producer", route.key]):
-                _check_overlap(route, owner)
-                if check_references:
-                    _check_sinks(route, clusters)
-        if check_references:
-            for topic, vips in consumer.items():
-                with _naming(where["consumer", topic]):
-                    _check_vips(topic, vips, clusters)
-        return cls(clusters=clusters, producer=tuple(sorted(routes, key=_route_order)), consumer=consumer,
-                   revision=revision)
-
-    def etcd_items(self, keys: Keys, sections: Iterable[str] = SECTIONS) -> dict[str, bytes]:
-        """The etcd keys and values of the given sections: each value is that entry in the seed's format."""
-        sections = set(sections)
-        items: dict[str, bytes] = {}
-        if "clusters" in sections:
-            items.update({keys.cluster(name): c.encode() for name, c in self.clusters.items()})
-        if "producer" in sections:
-            items.update({keys.producer_route(r.key): _encode(r.to_json()) for r in self.producer})
-        if "consumer" in sections:
-            items.update({keys.consumer_route(t): _encode([{"vip": v} for v in vips])
-                          for t, vips in self.consumer.items()})
-        return items
-
     def counts(self) -> dict[str, int]:
-        return {"clusters": len(self.clusters), "producer_routes": len(self.producer),
+        return {"clusters": len(self.clusters), "producer_routes": len(self.routes),
                 "consumer_routes": len(self.consumer)}
-
-
-def _encode(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True).encode()
-
-
-@contextlib.contextmanager
-def _naming(etcd_key: str) -> Iterator[None]:
-    """Prefix the message of a MappingError raised in the block with the etcd key whose value it is about."""
-    try:
-        yield
-    except MappingError as e:
-        raise MappingError(f"etcd key {etcd_key}: {e}") from e

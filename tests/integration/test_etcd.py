@@ -1,4 +1,4 @@
-"""kafka-mesh's etcd client against the sandbox's real etcd: put, get, prefix reads, one-revision transactions,
+"""kafka-mesh's etcd client against the sandbox's real etcd: put, get, prefix reads, batched transactions, swaps,
 watches, and the cluster registry that `dev up` fills."""
 
 from __future__ import annotations
@@ -33,16 +33,20 @@ def test_put_get_and_prefix_read(sandbox: Sandbox) -> None:
     _run(go())
 
 
-def test_put_all_is_one_revision_and_replaces_a_prefix(sandbox: Sandbox) -> None:
+def test_batched_puts_and_deletes_and_a_compare_and_swap(sandbox: Sandbox) -> None:
     prefix = f"/test/{uuid.uuid4().hex}/"
 
     async def go() -> None:
         async with Etcd(sandbox.etcd_endpoint) as etcd:
-            await etcd.put(prefix + "old", b"x")
-            rev = await etcd.put_all({prefix + "n1": b"1", prefix + "n2": b"2"}, delete_prefixes=(prefix,))
-            items, _ = await etcd.get_prefix(prefix)
-            assert items == {prefix + "n1": b"1", prefix + "n2": b"2"}
-            assert (await etcd.get(prefix + "n1"))[1] == rev == (await etcd.get(prefix + "n2"))[1]  # type: ignore[index]
+            # 300 keys: more than one transaction may hold under etcd's default limit of 128 operations.
+            await etcd.put_batched({f"{prefix}k{i:03}": b"v" * 10 for i in range(300)}, max_ops=64, max_bytes=1 << 20)
+            assert len(await etcd.keys_under(prefix)) == 300
+            await etcd.delete_batched([f"{prefix}k{i:03}" for i in range(250)], max_ops=64)
+            assert sorted(await etcd.keys_under(prefix)) == [f"{prefix}k{i:03}" for i in range(250, 300)]
+            rev = await etcd.swap(prefix + "ptr", b"a", 0)
+            assert rev is not None and await etcd.swap(prefix + "ptr", b"b", 0) is None
+            assert await etcd.swap(prefix + "ptr", b"c", rev) is not None
+            assert (await etcd.get(prefix + "ptr"))[0] == b"c"  # type: ignore[index]
 
     _run(go())
 
@@ -55,7 +59,7 @@ def test_watch_sees_every_change_in_order_from_a_revision(sandbox: Sandbox) -> N
             first = await etcd.put(prefix + "k", b"v0")
             for i in range(1, 4):
                 await etcd.put(prefix + "k", f"v{i}".encode())
-            await etcd.put_all({}, delete_prefixes=(prefix,))
+            await etcd.delete_batched([prefix + "k"], max_ops=64)
             events = []
             # Resuming from a past revision replays what happened since, as a sidecar does after losing etcd.
             async for ev in etcd.watch_prefix(prefix, start_revision=first):

@@ -4,17 +4,20 @@ that a second sidecar never takes a live one's socket, that cached cluster confi
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
 import socket
 import stat
 import subprocess
+import time
 import uuid
 from typing import Any
 
 import pytest
 
+from sidecar.control import mapstore
 from sidecar.dev.sandbox import Sandbox
 from tests.integration.sidecar_proc import SidecarProc, apply, batch, clusters_doc, new_namespace, produce
 
@@ -123,7 +126,12 @@ def test_the_mapping_cache_is_the_users_alone(sidecar_factory: Any, sandbox: San
     finally:
         os.umask(old)
     cache = proc.workdir / "cache" / f"mapping-{ns}.json"
-    assert json.loads(cache.read_text())["mapping"]["clusters"]["c1"]["config"]["sasl.password"] == "hunter2-cache"
+    deadline = time.monotonic() + 10
+    while not cache.exists() and time.monotonic() < deadline:      # written in the background once applied
+        time.sleep(0.05)
+    stored = json.loads(cache.read_text())
+    doc = mapstore.join(stored["parts"], {i: base64.b64decode(b) for i, b in stored["blobs"].items()}, "cache")
+    assert doc["clusters"]["c1"]["config"]["sasl.password"] == "hunter2-cache"
     assert _mode(cache) == 0o600 and _mode(cache.parent) == 0o700
     assert "hunter2-cache" not in proc.log.read_text()
 

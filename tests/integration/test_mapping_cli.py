@@ -7,13 +7,13 @@ import asyncio
 import json
 import os
 import pathlib
-import re
 import subprocess
 import uuid
 from typing import Any
 
 import pytest
 
+from sidecar.control import mapstore
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
 from sidecar.dev import ports
@@ -26,7 +26,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def _read(endpoint: str, prefix: str) -> dict[str, tuple[bytes, int]]:
-    """Every key under prefix with its value and mod_revision."""
+    """Every key under prefix (or the key itself) with its value and mod_revision."""
     async def go() -> dict[str, tuple[bytes, int]]:
         async with Etcd(endpoint) as etcd:
             items, _ = await etcd.get_prefix(prefix)
@@ -78,34 +78,53 @@ def test_apply_then_show_returns_the_mapping_at_that_revision(sandbox: Sandbox, 
     revision = int(r.stdout.split("revision ")[1].split()[0])
     assert r.stdout == (f"applied mapping at revision {revision} (clusters: 2, producer routes: 3, "
                         "consumer routes: 1)\n")
-    # show reads the namespace at etcd's current revision: the apply's, or later when something else (another
-    # test's sidecar, the sandbox) wrote to etcd since; the mapping's own keys were last written by the apply.
+    # The revision is the apply's own, whatever else etcd stored since (another test's sidecar, the sandbox).
     shown = _show(sandbox, ns)
-    assert shown["mapping"] == doc and shown["revision"] >= revision and shown["written_revision"] == revision
+    assert shown == {"revision": revision, "mapping": doc}
 
     human = _cli("mapping", "show", "--namespace", ns, env={"KAFKA_MESH_ETCD": sandbox.etcd_endpoint})
     assert human.returncode == 0, human.stderr
     assert json.loads(human.stdout) == doc              # stdout alone is a document that apply takes back
-    line = re.fullmatch(rf"kafka-mesh: mapping of namespace {ns} read at etcd revision (\d+), last written at revision "
-                        rf"{revision} \(under /kafka-mesh/{ns}/\)\n", human.stderr)
-    assert line is not None, human.stderr
-    assert int(line.group(1)) >= revision
+    assert human.stderr == f"kafka-mesh: mapping of namespace {ns} at revision {revision} (under /kafka-mesh/{ns}/)\n"
 
 
-def test_every_key_of_one_apply_shares_one_mod_revision(sandbox: Sandbox, ns: str, tmp_path: pathlib.Path) -> None:
+def test_one_apply_is_one_pointer_swap_over_content_addressed_blobs(sandbox: Sandbox, ns: str,
+                                                                   tmp_path: pathlib.Path) -> None:
     r = _apply(sandbox, ns, tmp_path / "m.json", _mapping(sandbox), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out == {"revision": out["revision"], "namespace": ns, "clusters": 2, "producer_routes": 3,
                    "consumer_routes": 1}
-    stored = _read(sandbox.etcd_endpoint, Keys(ns).root)
-    assert sorted(stored) == [f"/kafka-mesh/{ns}/{k}" for k in (
-        "clusters/c1", "clusters/c2", "consumer/foo", "producer/__default__", "producer/t1, t2", "producer/t3")]
-    assert {rev for _, rev in stored.values()} == {out["revision"]}
-    assert json.loads(stored[f"/kafka-mesh/{ns}/producer/t1, t2"][0]) == {"where": [{"sink": "c1"}]}
+    keys = Keys(ns)
+    stored = _read(sandbox.etcd_endpoint, keys.root)
+    pointer = json.loads(stored.pop(keys.pointer)[0])
+    # The pointer is the last write, at the apply's revision; the blobs came before it.
+    assert (stored and max(rev for _, rev in stored.values())) < out["revision"] == _read(
+        sandbox.etcd_endpoint, keys.pointer)[keys.pointer][1]
+    assert pointer["format"] == 1 and sorted(pointer["parts"]) == sorted(
+        ["clusters", *(f"producer/{mapstore.bucket(k)}" for k in ("t1, t2", "t3", "__default__")),
+         f"consumer/{mapstore.bucket('foo')}"])
+    assert sorted(stored) == sorted(keys.blob(i) for ids in pointer["parts"].values() for i in ids)
+    assert all(mapstore.blob_id(v) == k.rsplit("/", 1)[1] for k, (v, _) in stored.items())
 
 
-def test_second_apply_that_drops_a_route_deletes_its_key(sandbox: Sandbox, ns: str, tmp_path: pathlib.Path) -> None:
+def test_expect_revision_refuses_a_mapping_changed_since(sandbox: Sandbox, ns: str, tmp_path: pathlib.Path) -> None:
+    doc = _mapping(sandbox)
+    first = _apply(sandbox, ns, tmp_path / "m.json", doc, "--json", "--expect-revision", "0")
+    assert first.returncode == 0, first.stderr
+    revision = json.loads(first.stdout)["revision"]
+    doc["producer"]["t3"] = {"where": [{"sink": "c1"}]}
+    stale = _apply(sandbox, ns, tmp_path / "m.json", doc, "--expect-revision", str(revision - 1))
+    assert (stale.returncode, stale.stdout) == (3, "")
+    assert stale.stderr == (f"kafka-mesh: error: the mapping is at revision {revision}, not {revision - 1} as "
+                            "expected: it changed since; look at it again (`kafka-mesh mapping show`) and retry\n")
+    assert _show(sandbox, ns)["revision"] == revision
+    ok = _apply(sandbox, ns, tmp_path / "m.json", doc, "--json", "--expect-revision", str(revision))
+    assert ok.returncode == 0, ok.stderr
+    assert _show(sandbox, ns) == {"revision": json.loads(ok.stdout)["revision"], "mapping": doc}
+
+
+def test_second_apply_that_drops_a_route_removes_it(sandbox: Sandbox, ns: str, tmp_path: pathlib.Path) -> None:
     doc = _mapping(sandbox)
     assert _apply(sandbox, ns, tmp_path / "m.json", doc).returncode == 0
     del doc["producer"]["t3"]
@@ -114,11 +133,10 @@ def test_second_apply_that_drops_a_route_deletes_its_key(sandbox: Sandbox, ns: s
     r = _apply(sandbox, ns, tmp_path / "m.json", doc, "--json")
     assert r.returncode == 0, r.stderr
     revision = json.loads(r.stdout)["revision"]
-    stored = _read(sandbox.etcd_endpoint, Keys(ns).root)
-    assert sorted(stored) == [f"/kafka-mesh/{ns}/{k}" for k in (
-        "clusters/c1", "clusters/c2", "producer/__default__", "producer/t1,t2,t3")]
-    shown = _show(sandbox, ns)
-    assert shown["mapping"] == doc and shown["written_revision"] == revision and shown["revision"] >= revision
+    assert _show(sandbox, ns) == {"revision": revision, "mapping": doc}
+    pointer = json.loads(_read(sandbox.etcd_endpoint, Keys(ns).pointer)[Keys(ns).pointer][0])
+    assert sorted(pointer["parts"]) == sorted(["clusters", f"producer/{mapstore.bucket('__default__')}",
+                                               f"producer/{mapstore.bucket('t1,t2,t3')}"])
 
 
 def test_producer_only_file_is_checked_against_the_clusters_in_etcd(sandbox: Sandbox, ns: str,

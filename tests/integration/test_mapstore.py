@@ -15,6 +15,7 @@ from sidecar.control import mapstore
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
 from sidecar.dev.sandbox import Sandbox
+from sidecar.errors import ConflictError
 from tests.integration.sidecar_proc import new_namespace
 
 
@@ -48,9 +49,9 @@ def test_a_writer_that_checked_an_older_mapping_changes_nothing(sandbox: Sandbox
         async with Etcd(sandbox.etcd_endpoint) as etcd:
             first = await mapstore.write(etcd, keys, _doc(10, "c1"), 0)
             second = await mapstore.write(etcd, keys, _doc(10, "c2"), first)
-            with pytest.raises(mapstore.Conflict, match=f"expected it at revision {first}"):
+            with pytest.raises(ConflictError, match=f"not {first}"):
                 await mapstore.write(etcd, keys, _doc(10, "c1"), first)
-            with pytest.raises(mapstore.Conflict):
+            with pytest.raises(ConflictError):
                 await mapstore.write(etcd, keys, _doc(10, "c1"), 0)        # "no mapping yet": there is one
             assert await mapstore.read(etcd, keys) == (_doc(10, "c2"), second)
 

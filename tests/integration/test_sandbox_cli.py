@@ -51,9 +51,9 @@ def test_dev_up_three_clusters_json_status_and_down(state: pathlib.Path) -> None
         assert _brokers(c["bootstrap"]) == 1          # every broker answers a metadata request
     assert "starting Kafka" in up.stderr and "cluster c3 ready" in up.stderr   # progress on stderr
 
-    etcdctl = subprocess.run(["etcdctl", "--endpoints", doc["etcd"]["endpoint"], "get", "--prefix",
-                              "/kafka-mesh/default/clusters/", "--print-value-only"], capture_output=True, text=True)
-    assert sorted(json.loads(v)["bootstrap"] for v in etcdctl.stdout.splitlines() if v) == sorted(
+    shown = _cli(state, "mapping", "show", "--json", "--etcd", doc["etcd"]["endpoint"])
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(c["bootstrap"] for c in json.loads(shown.stdout)["mapping"]["clusters"].values()) == sorted(
         c["bootstrap"] for c in doc["clusters"])
 
     again = _cli(state, "dev", "up", "--clusters", "3", "--json")

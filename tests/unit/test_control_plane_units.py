@@ -13,7 +13,7 @@ from sidecar.control.etcd import parse_endpoint
 from sidecar.control.keys import Keys
 from sidecar.dev import ports
 from sidecar.errors import MappingError, UsageError
-from sidecar.mapping.model import Cluster
+from sidecar.mapping.model import Cluster, check_name
 
 
 def test_settings_come_from_the_environment_with_xdg_defaults() -> None:
@@ -35,13 +35,12 @@ def test_bad_heap_setting_is_refused(heap: str) -> None:
 
 def test_key_layout() -> None:
     k = Keys("default")
-    assert k.cluster("c1") == "/kafka-mesh/default/clusters/c1"
-    assert (k.producer, k.consumer, k.status) == (
-        "/kafka-mesh/default/producer/", "/kafka-mesh/default/consumer/", "/kafka-mesh/default/status/")
+    assert (k.pointer, k.blob("ab" * 32), k.status) == (
+        "/kafka-mesh/default/mapping", "/kafka-mesh/default/blobs/" + "ab" * 32, "/kafka-mesh/default/status/")
     with pytest.raises(UsageError, match="invalid namespace name 'a/b'"):
         Keys("a/b")
     with pytest.raises(UsageError, match="invalid cluster name ''"):
-        k.cluster("")
+        check_name("cluster", "")
 
 
 @pytest.mark.parametrize("url, expected", [

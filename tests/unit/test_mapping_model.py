@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from sidecar.config import ControlSettings
-from sidecar.control.keys import Keys
 from sidecar.errors import MappingError, UsageError
-from sidecar.manage.mapping import load_file, read_document
+from sidecar.mapping.document import load_file, read_document
 from sidecar.mapping.model import Cluster, Mapping, ProducerRoute
 
 # A full document in the seed's own format (fronting and consumer clusters, a list key, __default__), verbatim.
@@ -178,60 +177,10 @@ def test_invalid_document_is_refused_naming_key_and_reason(doc: Any, message: st
     assert _refused(doc).startswith(message)
 
 
-def test_a_topic_in_two_etcd_routes_is_refused_naming_both_keys() -> None:
-    keys = Keys("ns")
-    items = Mapping.from_document(_doc()).etcd_items(keys)
-    items[keys.producer_route("t1")] = b'{"where": [{"sink": "consumer-kafka-1"}]}'
-    with pytest.raises(MappingError) as e:
-        Mapping.from_etcd(items, keys, 1)
-    assert str(e.value) == ("etcd key /kafka-mesh/ns/producer/t1, t2: producer.t1, t2: topic 't1' is also in route "
-                            "'t1'; a topic may be in one producer route only")
-
-
 def test_a_removed_cluster_still_used_by_a_route_of_the_base_is_refused() -> None:
     base = Mapping.from_document(_doc())
     assert _refused({"clusters": {F: {"bootstrap": "h:1"}}}, base) == (
         f"producer.__default__.where[1].sink: unknown cluster '{C}'")
-
-
-def test_etcd_items_follow_the_key_layout_and_round_trip() -> None:
-    keys = Keys("ns")
-    m = Mapping.from_document(_doc())
-    items = m.etcd_items(keys)
-    assert {k: json.loads(v) for k, v in items.items()} == {
-        "/kafka-mesh/ns/clusters/fronting-kafka-1": {"bootstrap": "127.0.0.1:19092", "role": "fronting",
-                                                     "config": {"linger.ms": "5"}},
-        "/kafka-mesh/ns/clusters/consumer-kafka-1": {"bootstrap": "127.0.0.1:29092", "role": "consumer",
-                                                     "config": {}},
-        "/kafka-mesh/ns/producer/t1, t2": {"where": [{"sink": F}]},
-        "/kafka-mesh/ns/producer/__default__": {"where": [{"sink": F}, {"sink": C}]},
-        "/kafka-mesh/ns/consumer/foo": [{"vip": F}, {"vip": C}],
-    }
-    status = {"/kafka-mesh/ns/status/host-1": b'{"revision": 3}'}       # not part of the mapping: ignored
-    back = Mapping.from_etcd({**items, **status}, keys, 42)
-    assert back.revision == 42
-    assert back == Mapping(m.clusters, m.producer, m.consumer, revision=42)
-    assert set(m.etcd_items(keys, ["producer"])) == {"/kafka-mesh/ns/producer/t1, t2",
-                                                       "/kafka-mesh/ns/producer/__default__"}
-
-
-@pytest.mark.parametrize("key, value, message", [
-    ("producer/t1, t2", b"{nope", "etcd key /kafka-mesh/ns/producer/t1, t2: producer.t1, t2: not valid JSON"),
-    ("producer/t3", b'{"where": [{"sink": "c9"}]}',
-     "etcd key /kafka-mesh/ns/producer/t3: producer.t3.where[0].sink: unknown cluster 'c9'"),
-    ("producer/t3", b'{"where": [], "spread": true}', "etcd key /kafka-mesh/ns/producer/t3: producer.t3.spread: "
-                                                       "not supported yet"),
-    ("consumer/foo", b'[{"vip": "c9"}]', "etcd key /kafka-mesh/ns/consumer/foo: consumer.foo[0].vip: unknown "
-                                         "cluster 'c9'"),
-    ("clusters/c3", b'{"bootstrap": 1}', "etcd key /kafka-mesh/ns/clusters/c3: clusters.c3.bootstrap: required"),
-])
-def test_invalid_etcd_value_is_refused_naming_its_etcd_key(key: str, value: bytes, message: str) -> None:
-    keys = Keys("ns")
-    items = Mapping.from_document(_doc()).etcd_items(keys)
-    items[keys.root + key] = value
-    with pytest.raises(MappingError) as e:
-        Mapping.from_etcd(items, keys, 1)
-    assert str(e.value).startswith(message)
 
 
 def test_mapping_file_errors_name_the_file_and_line(tmp_path: pathlib.Path) -> None:

@@ -44,6 +44,37 @@ def test_a_hundred_thousand_topics_all_resolve(producers: list[meshcore.Producer
     assert t.sinks_for("topic-100000") is None
 
 
+def test_an_overlay_routes_its_changed_topics_and_leaves_the_rest_to_its_base(
+        producers: list[meshcore.Producer]) -> None:
+    base = meshcore.build_route_table(1, producers, [(["t1", "t2"], [0]), (["t3"], [1])], [2])
+    # t1 moves to c2, t2 loses its own route (default now), t9 is new; t3 is untouched.
+    over = meshcore.build_route_table(2, producers, [(["t1"], [1]), (["t2"], []), (["t9"], [0, 1])], [1],
+                                      base=base)
+    assert (over.revision, over.is_overlay, over.topic_count, base.is_overlay) == (2, True, 3, False)
+    assert over.sinks_for("t1") == ("c2",) and over.sinks_for("t9") == ("c1", "c2")
+    assert over.sinks_for("t2") == ("c2",)            # no route of its own: the overlay's default
+    assert over.sinks_for("t3") == ("c2",) and over.sinks_for("other") == ("c2",)
+    assert base.sinks_for("t1") == ("c1",) and base.sinks_for("t2") == ("c1",)     # the base is unchanged
+    del base                                           # the overlay keeps its base alive
+    assert over.sinks_for("t3") == ("c2",)
+    assert meshcore.build_route_table(3, producers, [(["t2"], [])], None,
+                                      base=meshcore.build_route_table(1, producers, [(["t2"], [0])])
+                                      ).sinks_for("t2") is None
+
+
+def test_bad_overlays_are_refused(producers: list[meshcore.Producer]) -> None:
+    base = meshcore.build_route_table(1, producers, [(["t1"], [0])])
+    over = meshcore.build_route_table(2, producers, [(["t1"], [1])], base=base)
+    with pytest.raises(meshcore.CoreError, match="cannot be the base of another"):
+        meshcore.build_route_table(3, producers, [], base=over)
+    with pytest.raises(meshcore.CoreError, match="needs its base's producers"):
+        meshcore.build_route_table(3, producers[:2], [], base=base)
+    with pytest.raises(meshcore.CoreError, match="needs its base's producers"):
+        meshcore.build_route_table(3, [producers[1], producers[0], producers[2]], [], base=base)
+    with pytest.raises(meshcore.CoreError, match="default route needs 1 to 16 sinks"):
+        meshcore.build_route_table(3, producers, [], [], base=base)
+
+
 def test_bad_tables_are_refused(producers: list[meshcore.Producer]) -> None:
     with pytest.raises(meshcore.CoreError, match="'t1' appears in more than one route"):
         meshcore.build_route_table(1, producers, [(["t1"], [0]), (["t1"], [1])])
