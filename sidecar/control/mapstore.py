@@ -162,9 +162,21 @@ async def write(etcd: Etcd, keys: Keys, doc: dict[str, Any], expect_mod_revision
     """Store doc and make it the mapping in force if the pointer's mod_revision is still expect_mod_revision (0: no
     mapping yet); returns the revision of the swap. Raises ConflictError when another writer was first."""
     stored = split(doc)
+    return await commit(etcd, keys, stored, expect_mod_revision, await prepare(etcd, keys, stored))
+
+
+async def prepare(etcd: Etcd, keys: Keys, stored: Stored) -> set[str]:
+    """Write the blobs of stored that etcd does not hold yet (nothing reads them until a pointer names them);
+    returns the ids of the blobs etcd held before."""
     have = {k[len(keys.blobs):] for k in await etcd.keys_under(keys.blobs)}
-    new = {keys.blob(i): b for i, b in stored.blobs.items() if i not in have}
-    await etcd.put_batched(new, MAX_TXN_OPS, MAX_TXN_BYTES)
+    await etcd.put_batched({keys.blob(i): b for i, b in stored.blobs.items() if i not in have}, MAX_TXN_OPS,
+                           MAX_TXN_BYTES)
+    return have
+
+
+async def commit(etcd: Etcd, keys: Keys, stored: Stored, expect_mod_revision: int, have: set[str]) -> int:
+    """Swap the pointer to stored (prepared), then delete the blobs of have that neither it nor the pointer before
+    it names; returns the revision of the swap."""
     before = await etcd.get(keys.pointer)
     revision = await etcd.swap(keys.pointer, stored.pointer(), expect_mod_revision)
     if revision is None:
@@ -177,8 +189,7 @@ async def write(etcd: Etcd, keys: Keys, doc: dict[str, Any], expect_mod_revision
             keep |= {i for ids in parse_pointer(before[0], keys.pointer).values() for i in ids}
         except MappingError:
             pass            # an unreadable previous pointer protects nothing
-    stale = sorted(keys.blob(i) for i in have - keep)
-    await etcd.delete_batched(stale, MAX_TXN_OPS)
+    await etcd.delete_batched(sorted(keys.blob(i) for i in have - keep), MAX_TXN_OPS)
     return revision
 
 

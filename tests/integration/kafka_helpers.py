@@ -26,11 +26,12 @@ def request(batch_id: int, topic: str, ids: range, **extra: Any) -> bytes:
     return req.SerializeToString()
 
 
-def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
-    """Every record of topic, read from the beginning by a fresh group, until `expected` arrived or timeout."""
+def read_all(bootstrap: str, topic: str | list[str], expected: int, timeout: float = 60.0) -> list[Any]:
+    """Every record of topic (or topics), read from the beginning by a fresh group, until `expected` arrived or
+    timeout."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
+    c.subscribe([topic] if isinstance(topic, str) else topic)
     out: list[Any] = []
     deadline = time.monotonic() + timeout
     try:
@@ -43,6 +44,13 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -
     finally:
         c.close()
     return out
+
+
+def read_records(bootstrap: str, topics: list[str], expected: int, timeout: float = 60.0) -> set[tuple[str, str]]:
+    """The (topic, value) of every record of topics in one cluster, read from the beginning by one fresh group until
+    `expected` arrived or timeout (a short extra wait catches strays)."""
+    got = read_all(bootstrap, topics, expected, timeout)
+    return {(m.topic(), m.value().decode()) for m in got}
 
 
 def group_type(bootstrap: str, group: str) -> str:

@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -144,3 +144,47 @@ def two_apps(target: str, good: list[bytes], bad: list[bytes]) -> tuple[list[mes
     for t in threads:
         t.join(180)
     return results.get("good", []), results.get("bad", [])
+
+
+def produce_across_change(target: str, topics: list[str], change: Callable[[], object], per_topic: int = 1,
+                          after: int = 100, pause_s: float = 0.002) -> dict[int, set[tuple[str, str]]]:
+    """Send batches of per_topic records of every topic on one stream, pause_s apart, call change() once a second
+    has gone by, and go on until `after` more batches went out after it returned. Every batch must be acked whole;
+    returns mapping revision -> the (topic, id) records of the batches routed under it."""
+    switched = threading.Event()
+    sent: dict[int, list[tuple[str, str]]] = {}
+
+    def requests() -> Iterator[mesh_pb2.ProduceRequest]:
+        b = after_change = 0
+        while after_change < after and b < 20_000:
+            sent[b] = [(t, f"{b}-{i}") for t in topics for i in range(per_topic)]
+            yield batch(b, sent[b])
+            b += 1
+            after_change += switched.is_set()
+            time.sleep(pause_s)
+
+    out: list[mesh_pb2.ProduceResponse] = []
+    errors: list[Exception] = []
+
+    def stream() -> None:
+        try:
+            with grpc.insecure_channel(target) as ch:
+                out.extend(mesh_pb2_grpc.MeshStub(ch).Produce(requests(), timeout=300))
+        except Exception as e:   # reported below
+            errors.append(e)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(1.0)
+    try:
+        change()
+    finally:
+        switched.set()
+        t.join(300)
+    assert not errors, errors
+    assert sorted(r.batch_id for r in out) == sorted(sent)
+    assert all(r.ok_count == len(sent[r.batch_id]) for r in out), [r for r in out if r.ok_count < len(sent[r.batch_id])]
+    by_rev: dict[int, set[tuple[str, str]]] = {}
+    for r in out:
+        by_rev.setdefault(r.mapping_revision, set()).update(sent[r.batch_id])
+    return by_rev

@@ -20,8 +20,8 @@ from sidecar.dev import etcd_node, ports, procs
 from sidecar.dev import sandbox as sandbox_mod
 from sidecar.dev.sandbox import Sandbox
 from tests.integration.conftest import sandbox_settings
-from tests.integration.kafka_helpers import read_all
-from tests.integration.sidecar_proc import apply, batch, clusters_doc, new_namespace, produce
+from tests.integration.kafka_helpers import read_all, read_records
+from tests.integration.sidecar_proc import apply, batch, clusters_doc, new_namespace, produce, produce_across_change
 
 
 def _route(topic: str, sink: str) -> dict[str, Any]:
@@ -42,39 +42,14 @@ def test_mapping_change_during_continuous_produce_routes_each_batch_by_its_revis
     ns = new_namespace()
     rev1 = apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": _route(topic, "c1")})
     sc = sidecar_factory(ns)
-    switched = threading.Event()
-    sent: dict[int, list[str]] = {}
-
-    def requests() -> Any:
-        b = 0
-        after = 0
-        while after < 100 and b < 5000:
-            ids = [f"{b}-{i}" for i in range(20)]
-            sent[b] = ids
-            yield batch(b, [(topic, x) for x in ids])
-            b += 1
-            after += switched.is_set()
-            time.sleep(0.002)
-
-    out: list[mesh_pb2.ProduceResponse] = []
-    errors: list[Exception] = []
-    t = threading.Thread(target=_stream, args=(sc.target, requests(), out, errors))
-    t.start()
-    time.sleep(1.0)
-    rev2 = apply(sandbox, ns, {"producer": _route(topic, "c2")})
-    switched.set()
-    t.join(120)
-    assert not errors
-    assert sorted(r.batch_id for r in out) == sorted(sent)
-    assert all(r.ok_count == 20 for r in out)
-    by_rev = {rev1: set(), rev2: set()}
-    for r in out:
-        by_rev[r.mapping_revision].update(sent[r.batch_id])
-    assert by_rev[rev1] and by_rev[rev2], {k: len(v) for k, v in by_rev.items()}
-    in_c1 = {m.value().decode() for m in read_all(sandbox.clusters[0].bootstrap, topic, len(by_rev[rev1]))}
-    in_c2 = {m.value().decode() for m in read_all(sandbox.clusters[1].bootstrap, topic, len(by_rev[rev2]))}
-    assert in_c1 == by_rev[rev1]        # every record routed under revision 1 is in c1, and only those
-    assert in_c2 == by_rev[rev2]
+    revs: list[int] = []
+    by_rev = produce_across_change(sc.target, [topic], lambda: revs.append(
+        apply(sandbox, ns, {"producer": _route(topic, "c2")})), per_topic=20)
+    assert set(by_rev) == {rev1, *revs}, (sorted(by_rev), rev1, revs)
+    c1, c2 = sandbox.clusters[0].bootstrap, sandbox.clusters[1].bootstrap
+    # every record routed under revision 1 is in c1, and only those; likewise for revision 2 and c2
+    assert read_records(c1, [topic], len(by_rev[rev1])) == by_rev[rev1]
+    assert read_records(c2, [topic], len(by_rev[revs[0]])) == by_rev[revs[0]]
 
 
 def test_a_stopped_cluster_does_not_hold_up_produce_to_the_others(
