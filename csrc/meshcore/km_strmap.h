@@ -10,10 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* 16 bytes a slot (a map of 100,000 keys: 4 MiB of slots): the key as an offset into the map's key block. */
 typedef struct {
-    const char *key;     /* NULL: an empty slot */
-    size_t len;
-    uint64_t hash;
+    uint32_t off;        /* where the key starts in keys */
+    uint32_t len;        /* 0: an empty slot (a key is never empty) */
+    uint32_t hash;       /* the low half of the key's hash, compared before the bytes */
     int32_t value;
 } km_strmap_slot;
 
@@ -35,11 +36,14 @@ static inline uint64_t km_fnv1a(const unsigned char *p, size_t n) {
     return h;
 }
 
-/* Room for n_keys keys of keys_len bytes in all. Returns 0, or -1 when out of memory (the map is then empty). */
+/* Room for n_keys keys of keys_len bytes in all. Returns 0, or -1 when out of memory or past 4 GiB of keys (the
+ * map is then empty). */
 static inline int km_strmap_init(km_strmap *m, size_t n_keys, size_t keys_len) {
     memset(m, 0, sizeof(*m));
     if (n_keys == 0)
         return 0;
+    if (keys_len > UINT32_MAX || n_keys > (SIZE_MAX / 2) / sizeof(km_strmap_slot))
+        return -1;
     size_t cap = 16;
     while (cap < 2 * n_keys)
         cap <<= 1;
@@ -56,22 +60,23 @@ static inline int km_strmap_init(km_strmap *m, size_t n_keys, size_t keys_len) {
     return 0;
 }
 
-/* Add key -> value. Returns 0, 1 when the key is already there (nothing changed), or -1 when the map was not
- * sized for it. */
+/* Add key -> value. Returns 0, 1 when the key is already there (nothing changed), or -1 when the key is empty or
+ * the map was not sized for it. */
 static inline int km_strmap_put(km_strmap *m, const char *key, size_t len, int32_t value) {
-    if (m->slots == NULL || m->count + 1 > (m->mask + 1) / 2 || m->keys_used + len > m->keys_cap)
+    if (m->slots == NULL || len == 0 || m->count + 1 > (m->mask + 1) / 2 || len > m->keys_cap - m->keys_used)
         return -1;
     uint64_t h = km_fnv1a((const unsigned char *)key, len);
     size_t i = h & m->mask;
-    while (m->slots[i].key != NULL) {
-        if (m->slots[i].hash == h && m->slots[i].len == len && memcmp(m->slots[i].key, key, len) == 0)
+    while (m->slots[i].len != 0) {
+        if (m->slots[i].hash == (uint32_t)h && m->slots[i].len == len &&
+                memcmp(m->keys + m->slots[i].off, key, len) == 0)
             return 1;
         i = (i + 1) & m->mask;
     }
     memcpy(m->keys + m->keys_used, key, len);
-    m->slots[i].key = m->keys + m->keys_used;
-    m->slots[i].len = len;
-    m->slots[i].hash = h;
+    m->slots[i].off = (uint32_t)m->keys_used;
+    m->slots[i].len = (uint32_t)len;
+    m->slots[i].hash = (uint32_t)h;
     m->slots[i].value = value;
     m->keys_used += len;
     m->count++;
@@ -80,13 +85,13 @@ static inline int km_strmap_put(km_strmap *m, const char *key, size_t len, int32
 
 /* The value of key, or -1. */
 static inline int32_t km_strmap_get(const km_strmap *m, const unsigned char *key, size_t len) {
-    if (m->slots == NULL)
+    if (m->slots == NULL || len == 0 || len > UINT32_MAX)
         return -1;
     uint64_t h = km_fnv1a(key, len);
     size_t i = h & m->mask;
-    while (m->slots[i].key != NULL) {
+    while (m->slots[i].len != 0) {
         const km_strmap_slot *s = &m->slots[i];
-        if (s->hash == h && s->len == len && memcmp(s->key, key, len) == 0)
+        if (s->hash == (uint32_t)h && s->len == len && memcmp(m->keys + s->off, key, len) == 0)
             return s->value;
         i = (i + 1) & m->mask;
     }

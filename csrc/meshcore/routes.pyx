@@ -141,7 +141,9 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
     t.names = <char *>calloc(t.names_len + 1, 1)
     if default_sinks is not None and not 1 <= len(default_sinks) <= MAX_SINKS:
         raise CoreError(f"the default route needs 1 to {MAX_SINKS} sinks, got {len(default_sinks)}")
-    all_routes = list(routes) + ([([], list(default_sinks))] if default_sinks is not None else [])
+    all_routes = [(list(topics), list(sinks)) for topics, sinks in routes]      # read twice below
+    if default_sinks is not None:
+        all_routes.append(([], list(default_sinks)))
     t.n_routes = len(all_routes)
     t.routes = <Route *>calloc(max(1, t.n_routes), sizeof(Route))
     if t.handles == NULL or t.name_off == NULL or t.names == NULL or t.routes == NULL:
@@ -157,9 +159,9 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
         t.name_off[i] = off
         memcpy(t.names + off, <char *>names[i], len(names[i]))
         off += len(names[i]) + 1
-    encoded = []
+    cdef size_t n_topics = 0
+    cdef int rc
     for r, (topics, sinks) in enumerate(all_routes):
-        sinks = list(sinks)
         if not (0 if base is not None else 1) <= len(sinks) <= MAX_SINKS:
             raise CoreError(f"a route needs 1 to {MAX_SINKS} sinks, got {len(sinks)}")
         t.routes[r].n = len(sinks)
@@ -168,16 +170,21 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
                 raise CoreError(f"sink index {s} is out of range (0..{t.n_sinks - 1})")
             t.routes[r].sinks[j] = s
         for topic in topics:
-            raw = topic.encode()
-            encoded.append((raw, r))
-            topics_len += len(raw)
+            n_topics += 1
+            topics_len += len((<str?>topic).encode())
     if t.n_routes and default_sinks is not None:
         t.default_route = t.n_routes - 1
-    if km_strmap_init(&t.topics, len(encoded), topics_len) != 0:
+    if km_strmap_init(&t.topics, n_topics, topics_len) != 0:
         raise MemoryError()
-    for raw, r in encoded:
-        if km_strmap_put(&t.topics, <char *>raw, len(raw), r) != 0:
-            raise CoreError(f"topic {raw.decode()!r} appears in more than one route")
+    # Each topic encoded, stored and let go in turn: no list of 100,000 encoded names alive at once.
+    for r, (topics, _) in enumerate(all_routes):
+        for topic in topics:
+            raw = topic.encode()
+            rc = km_strmap_put(&t.topics, <char *>raw, len(raw), r)
+            if rc == 1:
+                raise CoreError(f"topic {topic!r} appears in more than one route")
+            if rc != 0:
+                raise CoreError(f"topic {topic!r} cannot be routed: a topic name is 1 to 249 bytes")
     return t
 
 

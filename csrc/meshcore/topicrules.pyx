@@ -80,6 +80,7 @@ def build_topic_rules(fallback, dict topics):
         _rules_created += 1
     cdef size_t n = len(topics)
     cdef int32_t i = 0
+    cdef int rc
     cdef bytes raw
     encoded = [(name.encode(), rule) for name, rule in topics.items()]
     if fallback is not None:
@@ -92,8 +93,10 @@ def build_topic_rules(fallback, dict topics):
         raise MemoryError()
     for raw, rule in encoded:
         _set_rule(&t.r.rules[i], rule)
-        if km_strmap_put(&t.r.topics, <char *>raw, len(raw), i) != 0:
-            raise CoreError(f"topic {raw.decode()!r} is given twice")
+        rc = km_strmap_put(&t.r.topics, <char *>raw, len(raw), i)
+        if rc != 0:
+            raise CoreError(f"topic {raw.decode()!r} is given twice" if rc == 1 else
+                            f"topic {raw.decode()!r} has no rule: a topic name is 1 to 249 bytes")
         i += 1
     return t
 

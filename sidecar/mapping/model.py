@@ -406,6 +406,32 @@ class Mapping:
             mapping.check_clusters_exist()
         return mapping
 
+    @classmethod
+    def from_parts(cls, clusters: Any, pieces: Iterable[tuple[str, dict[str, Any]]]) -> Mapping:
+        """The mapping of a clusters section and of route sections given in pieces: (section name, some of its
+        entries), each piece checked against the clusters as it comes, then let go. So the JSON values of a whole
+        mapping (hundreds of bytes a route) are never all alive at once, which would leave the process's memory
+        that much larger for good (freed small objects stay in the allocator's arenas, among the routes kept)."""
+        base = cls.from_document({"clusters": clusters})
+        routes: dict[str, tuple[str, ...]] = {}
+        listed: dict[str, str] = {}
+        consumer: dict[str, tuple[str, ...]] = {}
+        names: dict[str, str] | None = None
+        for section, entries in pieces:
+            if section == "producer":
+                _edit_routes(routes, listed, entries.items(), base.clusters)
+            elif section == "consumer":
+                if names is None:
+                    # A topic with both routes keeps one copy of its name (given the producer pieces first).
+                    names = {key: key for key in routes}
+                for topic, value in entries.items():
+                    vips = _parse_consumer_route(topic, value)
+                    _check_vips(topic, vips, base.clusters)
+                    consumer[names.get(topic, topic)] = _share(vips)
+            else:
+                raise MappingError(f"{section}: not a route section")
+        return cls(clusters=base.clusters, routes=routes, consumer=consumer, listed=listed)
+
     def updated(self, producer: dict[str, Any], consumer: dict[str, Any], revision: int) -> Mapping:
         """This mapping with some routes changed, at revision: producer and consumer map a route key (topic) to its
         new value in the seed's format, or to None to remove it. Costs what the changed routes cost, plus a copy of

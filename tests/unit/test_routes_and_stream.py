@@ -78,6 +78,8 @@ def test_bad_overlays_are_refused(producers: list[meshcore.Producer]) -> None:
 def test_bad_tables_are_refused(producers: list[meshcore.Producer]) -> None:
     with pytest.raises(meshcore.CoreError, match="'t1' appears in more than one route"):
         meshcore.build_route_table(1, producers, [(["t1"], [0]), (["t1"], [1])])
+    with pytest.raises(meshcore.CoreError, match="topic '' cannot be routed: a topic name is 1 to 249 bytes"):
+        meshcore.build_route_table(1, producers, [([""], [0])])
     with pytest.raises(meshcore.CoreError, match="sink index 5 is out of range"):
         meshcore.build_route_table(1, producers, [(["t1"], [5])])
     with pytest.raises(meshcore.CoreError, match="1 to 16 sinks"):
