@@ -4,8 +4,9 @@ clusters) kept in the sandbox's etcd (default request limits), in the same run f
 - `kafka-mesh mapping apply` of the whole mapping (the command's wall time), the sidecar's time to SERVING and its RSS;
 - produce throughput to one of the topics (the same records for each size: the cost per record must not grow with
   the mapping);
-- a one-route change (the benchmark topic switched between c1 and c2): from the pointer swap (the change's revision)
-  to the first batch the sidecar routes by it, with a client sending a batch every millisecond; and at 100,000
+- a one-route change (the benchmark topic's producer and consumer routes switched between c1 and c2): from the
+  pointer swap (the change's revision) to the first batch the sidecar routes by it, with a client sending a batch
+  every millisecond, and to the clusters_changed event on a Subscribe stream of the topic; and at 100,000
   topics, a whole new mapping (every route's sinks changed) the same way; RSS after those changes.
 
 Run: python -m pytest benchmarks/test_mapping_scale.py --benchmark-only
@@ -32,6 +33,7 @@ import pytest
 import meshcore
 from benchmarks.procstat import mib, proc_status
 from sidecar.api.kafkamesh.v1 import mesh_pb2
+from sidecar.api.kafkamesh.v1 import mesh_pb2 as M
 from sidecar.control import mapstore
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
@@ -39,6 +41,7 @@ from sidecar.dev.sandbox import Sandbox
 from sidecar.mapping.model import Mapping
 from tests.integration.kafka_helpers import create_topic
 from tests.integration.sidecar_proc import SidecarProc, clusters_doc, new_namespace
+from tests.integration.subscribe_stream import SubStream
 
 SIZES = (10, 1_000, 100_000)
 BATCH = 1000
@@ -175,15 +178,25 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def _switching(sandbox: Sandbox, setup: Setup, topic: str, docs: list[dict[str, Any]], benchmark: Any,
-               rounds: int) -> None:
+               rounds: int, subscribe: bool) -> None:
     """Alternate the mapping in force between docs (stored as `mapping apply` stores them), each change timed from
-    the pointer swap to the first batch the sidecar routes by it."""
+    the pointer swap to the first batch the sidecar routes by it and, with subscribe, to the clusters_changed event
+    a Subscribe stream of the topic gets (the topic's consumer route changes too)."""
     pacer = _Pacer(setup.proc.target, topic)
+    sub = SubStream(setup.proc.target, f"bench-{uuid.uuid4().hex[:8]}", [topic], start=M.START_POSITION_LATEST)
+    sub.wait(lambda s: "assigned" in s.event_kinds(), 60, "the stream's first assignment")
     loop = asyncio.new_event_loop()
     etcd = loop.run_until_complete(Etcd(sandbox.etcd_endpoint).__aenter__())
     stored = [mapstore.split(d) for d in docs]
     _, revision = loop.run_until_complete(mapstore.read(etcd, setup.keys))
     samples: list[float] = []
+    subscribed: list[float] = []
+
+    def clusters_changed_at(revision: int) -> float | None:
+        for event, at in sub.timed_events():
+            if event.WhichOneof("kind") == "clusters_changed" and event.clusters_changed.mapping_revision == revision:
+                return at
+        return None
 
     def change() -> None:
         nonlocal revision
@@ -192,6 +205,9 @@ def _switching(sandbox: Sandbox, setup: Setup, topic: str, docs: list[dict[str, 
         swapped_at = time.perf_counter()
         revision = loop.run_until_complete(mapstore.commit(etcd, setup.keys, target, revision, have))
         samples.append(pacer.first_sent_by(revision) - swapped_at)
+        if subscribe:
+            sub.wait(lambda _: clusters_changed_at(revision) is not None, 60, f"clusters_changed of {revision}")
+            subscribed.append((clusters_changed_at(revision) or 0.0) - swapped_at)
 
     try:
         benchmark.pedantic(change, rounds=rounds, warmup_rounds=1)
@@ -199,9 +215,12 @@ def _switching(sandbox: Sandbox, setup: Setup, topic: str, docs: list[dict[str, 
         loop.run_until_complete(etcd.__aexit__(None, None, None))
         loop.close()
         pacer.close()
+        sub.close()
     assert setup.proc.proc is not None
     benchmark.extra_info.update({"topics": setup.size, **_percentiles(samples),
                                  "rss_after_mib": mib(proc_status(setup.proc.proc.pid)["VmRSS"])})
+    if subscribe:
+        benchmark.extra_info["subscribe"] = _percentiles(subscribed)
 
 
 def _normal(doc: dict[str, Any]) -> dict[str, Any]:
@@ -214,8 +233,9 @@ def test_one_route_change_reaches_the_routing_table(benchmark: Any, sandbox: San
     a = _normal(setup.doc)
     b = copy.deepcopy(a)
     b["producer"][bench_topic] = {"where": [{"sink": "c2"}]}
+    b["consumer"][bench_topic] = [{"vip": "c2"}]
     benchmark.group = "one-route change: swap -> first batch routed by it"
-    _switching(sandbox, setup, bench_topic, [a, b], benchmark, rounds=40)
+    _switching(sandbox, setup, bench_topic, [a, b], benchmark, rounds=40, subscribe=True)
 
 
 def test_whole_new_mapping_reaches_the_routing_table(benchmark: Any, sandbox: Sandbox, setup: Setup,
@@ -226,4 +246,4 @@ def test_whole_new_mapping_reaches_the_routing_table(benchmark: Any, sandbox: Sa
     b = _normal(_document(sandbox, bench_topic, setup.size, shift=1))
     b["producer"][bench_topic] = {"where": [{"sink": "c2"}]}
     benchmark.group = "whole new mapping: swap -> first batch routed by it"
-    _switching(sandbox, setup, bench_topic, [a, b], benchmark, rounds=6)
+    _switching(sandbox, setup, bench_topic, [a, b], benchmark, rounds=6, subscribe=False)

@@ -120,6 +120,8 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
     cdef int i, j, r
     cdef size_t topics_len = 0
     cdef bytes raw
+    if default_sinks is not None and not 1 <= len(default_sinks) <= MAX_SINKS:
+        raise CoreError(f"the default route needs 1 to {MAX_SINKS} sinks, got {len(default_sinks)}")
     t.revision = revision
     t.default_route = -1
     if base is not None:
@@ -135,15 +137,14 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
     names = []
     for obj in producers:
         names.append((<Producer?>obj).name.encode())
+    all_routes = [(list(topics), list(sinks)) for topics, sinks in routes]      # read twice below
+    if default_sinks is not None:
+        all_routes.append(([], list(default_sinks)))
+    # Nothing may raise between the first allocation and the debug count below (__dealloc__ counts what it frees).
     t.handles = <km_handle **>calloc(max(1, t.n_sinks), sizeof(km_handle *))
     t.name_off = <uint32_t *>calloc(max(1, t.n_sinks), sizeof(uint32_t))
     t.names_len = sum(len(n) + 1 for n in names)
     t.names = <char *>calloc(t.names_len + 1, 1)
-    if default_sinks is not None and not 1 <= len(default_sinks) <= MAX_SINKS:
-        raise CoreError(f"the default route needs 1 to {MAX_SINKS} sinks, got {len(default_sinks)}")
-    all_routes = [(list(topics), list(sinks)) for topics, sinks in routes]      # read twice below
-    if default_sinks is not None:
-        all_routes.append(([], list(default_sinks)))
     t.n_routes = len(all_routes)
     t.routes = <Route *>calloc(max(1, t.n_routes), sizeof(Route))
     if t.handles == NULL or t.name_off == NULL or t.names == NULL or t.routes == NULL:

@@ -25,6 +25,7 @@ class SubStream:
         self.records: list[Rec] = []
         self.consumed: list[M.ConsumedRecord] = []              # the same records whole (headers, timestamps)
         self.events: list[M.Event] = []
+        self.event_at: list[float] = []                          # when each event arrived (perf_counter)
         self.acked: set[tuple[str, str, int, int]] = set()       # what the test acked (sent)
         self.status: grpc.StatusCode | None = None
         self.details = ""
@@ -49,6 +50,7 @@ class SubStream:
                 if resp.WhichOneof("kind") == "event":
                     with self._lock:
                         self.events.append(resp.event)
+                        self.event_at.append(time.perf_counter())
                     continue
                 got: list[Rec] = []
                 whole: list[M.ConsumedRecord] = []
@@ -95,6 +97,11 @@ class SubStream:
     def values(self) -> list[str]:
         with self._lock:
             return [v.decode() for *_, v in self.records]
+
+    def timed_events(self) -> list[tuple[M.Event, float]]:
+        """Every event with when it arrived (time.perf_counter)."""
+        with self._lock:
+            return list(zip(self.events, self.event_at, strict=True))
 
     def event_kinds(self) -> list[str]:
         with self._lock:
