@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import subprocess
+import uuid
 from typing import Any
 
 from sidecar.config import SidecarSettings
@@ -24,10 +25,12 @@ from tests.integration.sidecar_proc import clusters_doc, new_namespace, produce_
 TOPICS = 100_000
 
 
-def _document(sandbox: Sandbox, sinks: list[str], special: dict[str, str] | None = None) -> dict[str, Any]:
-    """TOPICS producer and consumer routes, topic i to sinks[i % len(sinks)]; special: topic -> its one sink."""
-    producer = {f"scale-{i:06d}": {"where": [{"sink": sinks[i % len(sinks)]}]} for i in range(TOPICS)}
-    consumer = {f"scale-{i:06d}": [{"vip": sinks[i % len(sinks)]}] for i in range(TOPICS)}
+def _document(sandbox: Sandbox, sinks: list[str], special: dict[str, str] | None = None,
+              prefix: str = "scale") -> dict[str, Any]:
+    """TOPICS producer and consumer routes, topic prefix-i to sinks[i % len(sinks)]; special: topic -> its one
+    sink."""
+    producer = {f"{prefix}-{i:06d}": {"where": [{"sink": sinks[i % len(sinks)]}]} for i in range(TOPICS)}
+    consumer = {f"{prefix}-{i:06d}": [{"vip": sinks[i % len(sinks)]}] for i in range(TOPICS)}
     for topic, sink in (special or {}).items():
         producer[topic] = {"where": [{"sink": sink}]}
     return {"clusters": clusters_doc(sandbox), "producer": producer, "consumer": consumer}
@@ -73,8 +76,9 @@ def test_a_watching_sidecar_never_routes_by_a_partly_written_mapping(
     wholly by the new, and an in-process watcher (the sidecar's own watch code) applies only those two mappings."""
     ns = new_namespace()
     keys = Keys(ns)
-    sample = [f"scale-{i:06d}" for i in range(0, TOPICS, TOPICS // 40)]
-    old, new = _document(sandbox, ["c1"]), _document(sandbox, ["c2"])
+    prefix = f"atomic-{uuid.uuid4().hex[:8]}"            # topics of this run only: Kafka keeps what runs wrote
+    sample = [f"{prefix}-{i:06d}" for i in range(0, TOPICS, TOPICS // 40)]
+    old, new = _document(sandbox, ["c1"], prefix=prefix), _document(sandbox, ["c2"], prefix=prefix)
 
     async def apply(doc: dict[str, Any]) -> int:
         async with Etcd(sandbox.etcd_endpoint) as etcd:
