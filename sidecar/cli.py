@@ -25,6 +25,7 @@ KAFKA_HOME (use an unpacked Kafka instead of Maven), ETCD_BIN, JAVA, MVN, KAFKA_
 
 EPILOG_MAPPING = """examples:
   kafka-mesh mapping apply mapping.json --etcd http://127.0.0.1:2379     # atomic, at one etcd revision
+  kafka-mesh mapping diff mapping.json --etcd http://127.0.0.1:2379      # what apply would change, and the revision
   kafka-mesh mapping show --etcd http://127.0.0.1:2379                   # what is in force, secrets redacted
   kafka-mesh mapping show --show-secrets --etcd ... > mapping.json       # the same, apply-able as it is
   KAFKA_MESH_ETCD=http://127.0.0.1:2379 kafka-mesh mapping show --json --namespace prod
@@ -103,6 +104,14 @@ def _add_mapping_parser(sub: Any) -> None:
     m_apply.add_argument("--expect-revision", metavar="N", type=int, default=None,
                          help="apply only if the mapping in force is still that of revision N (what `show` or the "
                               "last `apply` printed); else exit 3 naming the revision found")
+    m_diff = msub.add_parser("diff", help="print what `apply FILE` would change, entry by entry",
+                             description="Check FILE as `apply` does and print, entry by entry, what applying it "
+                                         "would add (+), remove (-) or change (~), then (on stderr) the revision "
+                                         "of the mapping it was compared with: pass it to `apply "
+                                         "--expect-revision` so that the apply fails if the mapping changed in "
+                                         "between. Secret cluster settings print as <redacted>. Writes nothing.",
+                             epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m_diff.add_argument("file", metavar="FILE", help="a JSON mapping document")
     m_show = msub.add_parser("show", help="print the mapping in force and its etcd revisions",
                              description="Print the mapping in force as a JSON document (one consistent read). Its "
                                          "revision (what `apply` printed, and what --expect-revision takes) goes to "
@@ -111,7 +120,7 @@ def _add_mapping_parser(sub: Any) -> None:
                                          "which `apply` refuses; with --show-secrets the output can be applied "
                                          "again as it is.",
                              epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for p in (m_apply, m_show):
+    for p in (m_apply, m_diff, m_show):
         p.add_argument("--etcd", metavar="URL", default=None,
                        help="etcd endpoint, http://HOST:PORT (default: $KAFKA_MESH_ETCD)")
         p.add_argument("--namespace", metavar="NS", default=None,
@@ -259,6 +268,27 @@ def _mapping(args: argparse.Namespace, settings: ControlSettings) -> int:
         else:
             print(f"applied mapping at revision {applied.revision} (clusters: {counts['clusters']}, "
                   f"producer routes: {counts['producer_routes']}, consumer routes: {counts['consumer_routes']})")
+        return 0
+    if args.mapping_command == "diff":
+        doc = read_document(args.file)
+
+        async def diff() -> tuple[list[mapping_mod.Difference], mapping_mod.Plan]:
+            async with Etcd(settings.etcd_endpoint) as etcd:
+                return await mapping_mod.differences(etcd, keys, doc)
+
+        changes, plan = asyncio.run(diff())
+        if args.json:
+            print(json.dumps({"revision": plan.read_at, "changes": [
+                {"op": c.op, "section": c.section, "key": c.key, "before": c.before, "after": c.after}
+                for c in changes]}))
+            return 0
+        for c in changes:
+            what = {"+": json.dumps(c.after), "-": json.dumps(c.before),
+                    "~": f"{json.dumps(c.before)} -> {json.dumps(c.after)}"}[c.op]
+            print(f"{c.op} {c.section}.{c.key}  {what}")
+        _progress(f"{len(changes)} change(s) against the mapping at revision {plan.read_at}; apply with: "
+                  f"kafka-mesh mapping apply {args.file} --expect-revision {plan.read_at}" if changes else
+                  f"no changes against the mapping at revision {plan.read_at}")
         return 0
     if args.mapping_command == "show":
         async def load() -> Mapping:

@@ -11,6 +11,7 @@ The functions run on the caller's event loop, through sidecar/control/etcd.py.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from sidecar.control import mapstore
@@ -20,19 +21,39 @@ from sidecar.errors import ConflictError, MappingError
 from sidecar.mapping.model import SECTIONS, Mapping
 
 
-async def apply_mapping(etcd: Etcd, keys: Keys, doc: dict[str, Any],
-                        expect_revision: int | None = None) -> Mapping:
-    """Apply doc and return the mapping now in force, its revision that of the change. Sections doc leaves out stay
-    as they are in etcd, and doc is checked against them (a producer-only file must name clusters that etcd holds).
-    With expect_revision, refuse (ConflictError) unless the mapping in force is still the one of that revision; without
-    it, refuse only when another apply lands between this one's read and its write."""
+@dataclass(frozen=True)
+class Plan:
+    """What applying a document would do: the document it would store (the mapping in force with the document's
+    sections in place of its own, checked whole), and the revision of the mapping in force it was checked against."""
+
+    mapping: Mapping
+    stored: dict[str, Any]
+    read_at: int
+    current: dict[str, Any] | None         # the document in force (None: no mapping yet)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One entry that applying would add (+), remove (-) or change (~); values in the seed's format."""
+
+    op: str
+    section: str
+    key: str
+    before: Any
+    after: Any
+
+
+async def plan(etcd: Etcd, keys: Keys, doc: dict[str, Any], expect_revision: int | None = None) -> Plan:
+    """Check doc against the mapping in force. Sections doc leaves out stay as they are in etcd, and doc is checked
+    against them (a producer-only file must name clusters that etcd holds). With expect_revision, refuse
+    (ConflictError) unless the mapping in force is still the one of that revision."""
     present = tuple(s for s in SECTIONS if s in doc)
     if not present:
         raise MappingError(f"mapping: no {', '.join(SECTIONS)} section; nothing to apply")
     current, read_at = await mapstore.read(etcd, keys)
     if expect_revision is not None and expect_revision != read_at:
         raise ConflictError(f"the mapping is at revision {read_at}, not {expect_revision} as expected: it "
-                                "changed since; look at it again (`kafka-mesh mapping show`) and retry")
+                            "changed since; look at it again (`kafka-mesh mapping show`) and retry")
     # Only the sections kept are read from etcd: a document may replace a section that etcd holds in a bad state.
     kept = {s: (current or {}).get(s, {}) for s in SECTIONS if s not in present}
     base = Mapping.from_document(kept, check_references=False)
@@ -45,8 +66,36 @@ async def apply_mapping(etcd: Etcd, keys: Keys, doc: dict[str, Any],
             except MappingError as e:
                 raise MappingError(f"{e} (in the {section} section that etcd holds at revision {read_at}, which "
                                    "this document leaves as it is)") from None
-    revision = await mapstore.write(etcd, keys, mapping.to_document(), read_at)
-    return dataclasses.replace(mapping, revision=revision)
+    return Plan(dataclasses.replace(mapping, revision=read_at), mapping.to_document(), read_at, current)
+
+
+async def differences(etcd: Etcd, keys: Keys, doc: dict[str, Any]) -> tuple[list[Difference], Plan]:
+    """What applying doc would change, entry by entry (section order, then key order), and the plan it was
+    computed from. Secret cluster settings read REDACTED: a change of one shows as a change of its cluster."""
+    p = await plan(etcd, keys, doc)
+    before = Mapping.from_document(p.current, check_references=False) if p.current else Mapping()
+    old, new = before.to_document(redact=True), p.mapping.to_document(redact=True)
+    raw_old, raw_new = before.to_document(), p.stored
+    out: list[Difference] = []
+    for section in SECTIONS:
+        for key in sorted(old[section].keys() | new[section].keys()):
+            if key not in new[section]:
+                out.append(Difference("-", section, key, old[section][key], None))
+            elif key not in old[section]:
+                out.append(Difference("+", section, key, None, new[section][key]))
+            elif raw_old[section][key] != raw_new[section][key]:
+                out.append(Difference("~", section, key, old[section][key], new[section][key]))
+    return out, p
+
+
+async def apply_mapping(etcd: Etcd, keys: Keys, doc: dict[str, Any],
+                        expect_revision: int | None = None) -> Mapping:
+    """Apply doc (checked as plan checks it) and return the mapping now in force, its revision that of the change.
+    Refused (ConflictError) when another apply lands between this one's read and its write, or, with
+    expect_revision, when the mapping in force is no longer that of expect_revision."""
+    p = await plan(etcd, keys, doc, expect_revision)
+    revision = await mapstore.write(etcd, keys, p.stored, p.read_at)
+    return dataclasses.replace(p.mapping, revision=revision)
 
 
 async def apply(etcd: Etcd, keys: Keys, doc: dict[str, Any]) -> int:

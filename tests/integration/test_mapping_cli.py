@@ -1,5 +1,5 @@
-"""`kafka-mesh mapping apply|show` from a shell against the sandbox's real etcd, each test in a namespace of its own
-(the sandbox's own clusters are registered in namespace "default", which these tests leave alone)."""
+"""`kafka-mesh mapping apply|diff|show` from a shell against the sandbox's real etcd, each test in a namespace of its
+own (the sandbox's own clusters are registered in namespace "default", which these tests leave alone)."""
 
 from __future__ import annotations
 
@@ -122,6 +122,43 @@ def test_expect_revision_refuses_a_mapping_changed_since(sandbox: Sandbox, ns: s
     ok = _apply(sandbox, ns, tmp_path / "m.json", doc, "--json", "--expect-revision", str(revision))
     assert ok.returncode == 0, ok.stderr
     assert _show(sandbox, ns) == {"revision": json.loads(ok.stdout)["revision"], "mapping": doc}
+
+
+def test_diff_prints_what_apply_would_change_and_the_revision_to_expect(sandbox: Sandbox, ns: str,
+                                                                      tmp_path: pathlib.Path) -> None:
+    doc = _mapping(sandbox)
+    doc["clusters"]["c1"]["config"]["sasl.password"] = "old-secret"
+    first = _apply(sandbox, ns, tmp_path / "m.json", doc, "--json")
+    assert first.returncode == 0, first.stderr
+    revision = json.loads(first.stdout)["revision"]
+    doc["clusters"]["c1"]["config"]["sasl.password"] = "new-secret"
+    doc["producer"]["t3"] = {"where": [{"sink": "c1"}]}
+    doc["producer"]["t9"] = {"where": [{"sink": "c2"}]}
+    del doc["consumer"]["foo"]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    args = ["--etcd", sandbox.etcd_endpoint, "--namespace", ns]
+    human = _cli("mapping", "diff", str(path), *args)
+    assert human.returncode == 0, human.stderr
+    c1 = {"bootstrap": doc["clusters"]["c1"]["bootstrap"], "role": "fronting",
+          "config": {"linger.ms": "5", "sasl.password": "<redacted>"}}
+    assert human.stdout.splitlines() == [
+        f"~ clusters.c1  {json.dumps(c1)} -> {json.dumps(c1)}",       # a secret changed: shown, never printed
+        '~ producer.t3  {"where": [{"sink": "c2"}]} -> {"where": [{"sink": "c1"}]}',
+        '+ producer.t9  {"where": [{"sink": "c2"}]}',
+        '- consumer.foo  [{"vip": "c1"}, {"vip": "c2"}]']
+    assert human.stderr == (f"kafka-mesh: 4 change(s) against the mapping at revision {revision}; apply with: "
+                            f"kafka-mesh mapping apply {path} --expect-revision {revision}\n")
+    assert "secret" not in human.stdout + human.stderr
+    as_json = json.loads(_cli("mapping", "diff", str(path), *args, "--json").stdout)
+    assert as_json["revision"] == revision and [(c["op"], c["section"], c["key"]) for c in as_json["changes"]] == [
+        ("~", "clusters", "c1"), ("~", "producer", "t3"), ("+", "producer", "t9"), ("-", "consumer", "foo")]
+    assert _show(sandbox, ns)["revision"] == revision                 # diff wrote nothing
+    applied = _apply(sandbox, ns, path, doc, "--json", "--expect-revision", str(revision))
+    assert applied.returncode == 0, applied.stderr
+    again = _cli("mapping", "diff", str(path), *args)
+    assert (again.stdout, again.stderr) == ("", f"kafka-mesh: no changes against the mapping at revision "
+                                                f"{json.loads(applied.stdout)['revision']}\n")
 
 
 def test_second_apply_that_drops_a_route_removes_it(sandbox: Sandbox, ns: str, tmp_path: pathlib.Path) -> None:
