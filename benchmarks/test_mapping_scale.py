@@ -201,9 +201,9 @@ def _switching(sandbox: Sandbox, setup: Setup, topic: str, docs: list[dict[str, 
     def change() -> None:
         nonlocal revision
         target = stored[(len(samples) + 1) % len(stored)]
-        have = loop.run_until_complete(mapstore.prepare(etcd, setup.keys, target))
+        prepared = loop.run_until_complete(mapstore.prepare(etcd, setup.keys, target, revision))
         swapped_at = time.perf_counter()
-        revision = loop.run_until_complete(mapstore.commit(etcd, setup.keys, target, revision, have))
+        revision = loop.run_until_complete(mapstore.commit(etcd, setup.keys, target, prepared))
         samples.append(pacer.first_sent_by(revision) - swapped_at)
         if subscribe:
             sub.wait(lambda _: clusters_changed_at(revision) is not None, 60, f"clusters_changed of {revision}")

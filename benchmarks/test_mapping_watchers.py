@@ -86,9 +86,9 @@ def test_one_route_change_reaches_200_watchers(benchmark: Any, sandbox: Sandbox,
     async def change() -> None:
         nonlocal revision
         target = stored[(len(last_of_each) + 1) % 2]
-        have = await mapstore.prepare(etcd, keys, target)
+        prepared = await mapstore.prepare(etcd, keys, target, revision)
         swapped_at = time.perf_counter()
-        revision = await mapstore.commit(etcd, keys, target, revision, have)
+        revision = await mapstore.commit(etcd, keys, target, prepared)
         deadline = time.monotonic() + 60
         while not all(revision in a for a in applied):
             if time.monotonic() > deadline:

@@ -10,6 +10,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sidecar.commands import clusters as clusters_command
+from sidecar.commands import status as status_command
+from sidecar.commands import topic as topic_command
+from sidecar.commands.args import whole
 from sidecar.config import ControlSettings, DevSettings
 from sidecar.errors import ConflictError, MappingError, MeshError, UsageError
 
@@ -25,6 +29,7 @@ KAFKA_HOME (use an unpacked Kafka instead of Maven), ETCD_BIN, JAVA, MVN, KAFKA_
 
 EPILOG_MAPPING = """examples:
   kafka-mesh mapping apply mapping.json --etcd http://127.0.0.1:2379     # atomic, at one etcd revision
+  kafka-mesh mapping validate mapping.json                               # no etcd needed
   kafka-mesh mapping diff mapping.json --etcd http://127.0.0.1:2379      # what apply would change, and the revision
   kafka-mesh mapping show --etcd http://127.0.0.1:2379                   # what is in force, secrets redacted
   kafka-mesh mapping show --show-secrets --etcd ... > mapping.json       # the same, apply-able as it is
@@ -46,13 +51,6 @@ def _progress(msg: str) -> None:
     print(f"kafka-mesh: {msg}", file=sys.stderr, flush=True)
 
 
-def _positive(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kafka-mesh",
@@ -69,10 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Start N Kafka clusters and one etcd on free loopback ports, register the "
                                        "clusters in etcd, and return once every broker answers.")
-    d_up.add_argument("--clusters", type=_positive, default=3, metavar="N", help="Kafka clusters to start (default 3)")
-    d_up.add_argument("--brokers-per-cluster", type=_positive, default=1, metavar="B",
+    d_up.add_argument("--clusters", type=whole, default=3, metavar="N", help="Kafka clusters to start (default 3)")
+    d_up.add_argument("--brokers-per-cluster", type=whole, default=1, metavar="B",
                       help="brokers in each cluster (default 1)")
-    d_up.add_argument("--port-base", type=_positive, default=None, metavar="PORT",
+    d_up.add_argument("--port-base", type=whole, default=None, metavar="PORT",
                       help="use PORT, PORT+1, ... instead of free ports chosen by the system")
     d_up.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
                       help="give up when the servers are not ready by then (default 180)")
@@ -82,8 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("down", help="stop the sandbox and remove its data")
     dsub.add_parser("fetch", help="download the Kafka broker jars now (dev up does it on first use)")
     _add_mapping_parser(sub)
+    clusters_command.add_parser(sub, _etcd_options())
+    topic_command.add_parser(sub, _etcd_options())
+    status_command.add_parser(sub, _etcd_options())
     _add_sidecar_parser(sub)
     return parser
+
+
+def _etcd_options() -> argparse.ArgumentParser:
+    """--etcd and --namespace, shared by the commands that talk to etcd."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--etcd", metavar="URL", default=None,
+                        help="etcd endpoint, http://HOST:PORT (default: $KAFKA_MESH_ETCD)")
+    common.add_argument("--namespace", metavar="NS", default=None,
+                        help="mapping namespace (default: $KAFKA_MESH_NAMESPACE, else default)")
+    return common
 
 
 def _add_mapping_parser(sub: Any) -> None:
@@ -104,19 +115,28 @@ def _add_mapping_parser(sub: Any) -> None:
     m_apply.add_argument("--expect-revision", metavar="N", type=int, default=None,
                          help="apply only if the mapping in force is still that of revision N (what `show` or the "
                               "last `apply` printed); else exit 3 naming the revision found")
+    m_validate = msub.add_parser("validate", help="check a mapping file without etcd",
+                                 description="Check FILE on its own: JSON syntax (with the line of an error), each "
+                                             "section's form, topic names, and, when FILE has a clusters section, "
+                                             "that every sink and vip is one of its clusters (without one, they "
+                                             "are checked against etcd by `diff` and `apply`). Exit status 2 and "
+                                             "the first problem, naming its key, when it is not valid.",
+                                 epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m_validate.add_argument("file", metavar="FILE", help="a JSON mapping document")
+    m_validate.add_argument("--json", action="store_true", help="print one JSON object")
     m_diff = msub.add_parser("diff", help="print what `apply FILE` would change, entry by entry",
                              description="Check FILE as `apply` does and print, entry by entry, what applying it "
                                          "would add (+), remove (-) or change (~), then (on stderr) the revision "
                                          "of the mapping it was compared with: pass it to `apply "
                                          "--expect-revision` so that the apply fails if the mapping changed in "
-                                         "between. Secret cluster settings print as <redacted>. Writes nothing.",
+                                         "between. Secret cluster settings print as ***. Writes nothing.",
                              epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
     m_diff.add_argument("file", metavar="FILE", help="a JSON mapping document")
     m_show = msub.add_parser("show", help="print the mapping in force and its etcd revisions",
                              description="Print the mapping in force as a JSON document (one consistent read). Its "
                                          "revision (what `apply` printed, and what --expect-revision takes) goes to "
                                          "stderr. Secret cluster settings (sasl."
-                                         "password, ssl.key.pem, any *.password or *.secret) print as <redacted>, "
+                                         "password, ssl.key.pem, any *.password or *.secret) print as ***, "
                                          "which `apply` refuses; with --show-secrets the output can be applied "
                                          "again as it is.",
                              epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,7 +147,7 @@ def _add_mapping_parser(sub: Any) -> None:
                        help="mapping namespace (default: $KAFKA_MESH_NAMESPACE, else default)")
         p.add_argument("--json", action="store_true", help="print one JSON object")
     m_show.add_argument("--show-secrets", action="store_true",
-                        help="print secret cluster settings in clear (default: <redacted>)")
+                        help="print secret cluster settings in clear (default: ***)")
 
 
 EPILOG_SIDECAR = """examples:
@@ -246,6 +266,27 @@ def _dev(args: argparse.Namespace, settings: DevSettings) -> int:
     raise AssertionError(args.dev_command)
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from sidecar.mapping.document import read_document
+    from sidecar.mapping.model import Mapping
+
+    doc = read_document(args.file)
+    try:
+        checked = Mapping.from_document(doc, check_references="clusters" in doc)
+    except MappingError as e:
+        raise MappingError(f"{args.file}: {e}") from None
+    counts = checked.counts()
+    if args.json:
+        print(json.dumps({"file": args.file, "valid": True, "references_checked": "clusters" in doc, **counts}))
+    else:
+        print(f"{args.file}: valid (clusters: {counts['clusters']}, producer routes: {counts['producer_routes']}, "
+              f"consumer routes: {counts['consumer_routes']})")
+        if "clusters" not in doc:
+            _progress("no clusters section: the clusters the routes name are checked against etcd by `diff` "
+                      "and `apply`")
+    return 0
+
+
 def _mapping(args: argparse.Namespace, settings: ControlSettings) -> int:
     from sidecar.control.etcd import Etcd
     from sidecar.control.keys import Keys
@@ -283,8 +324,8 @@ def _mapping(args: argparse.Namespace, settings: ControlSettings) -> int:
                 for c in changes]}))
             return 0
         for c in changes:
-            what = {"+": json.dumps(c.after), "-": json.dumps(c.before),
-                    "~": f"{json.dumps(c.before)} -> {json.dumps(c.after)}"}[c.op]
+            before, after = json.dumps(c.before, sort_keys=True), json.dumps(c.after, sort_keys=True)
+            what = {"+": after, "-": before, "~": f"{before} -> {after}"}[c.op]
             print(f"{c.op} {c.section}.{c.key}  {what}")
         _progress(f"{len(changes)} change(s) against the mapping at revision {plan.read_at}; apply with: "
                   f"kafka-mesh mapping apply {args.file} --expect-revision {plan.read_at}" if changes else
@@ -313,8 +354,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "dev":
             return _dev(args, DevSettings.from_env())
+        if args.command == "mapping" and args.mapping_command == "validate":
+            return _validate(args)
         if args.command == "mapping":
             return _mapping(args, ControlSettings.build(etcd=args.etcd, namespace=args.namespace))
+        if args.command == "clusters":
+            return clusters_command.run(args, ControlSettings.build(etcd=args.etcd, namespace=args.namespace))
+        if args.command == "topic":
+            return topic_command.run(args, ControlSettings.build(etcd=args.etcd, namespace=args.namespace))
+        if args.command == "status":
+            return status_command.run(args, ControlSettings.build(etcd=args.etcd, namespace=args.namespace))
         if args.command == "sidecar":
             return _sidecar(args)
     except ConflictError as e:

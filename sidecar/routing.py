@@ -173,13 +173,21 @@ class RouteState:
         self.table = table
         self.mapping = mapping
         self.reap()
-        if self._on_change is not None:
-            self._on_change(mapping)
-        for listener in list(self.listeners):
+        for listener in ([self._on_change] if self._on_change is not None else []) + list(self.listeners):
             try:
                 listener(mapping)
             except Exception:       # one stream's trouble must not stop the mapping reaching the others
                 log.exception("a mapping listener failed")
+
+    def outstanding(self) -> dict[str, int]:
+        """Records each cluster's producer holds unacknowledged (queued or in flight), by cluster."""
+        out: dict[str, int] = {}
+        for name, entry in sorted(self._live.items()):
+            try:
+                out[name] = entry.producer.outstanding
+            except meshcore.HandleClosedError:
+                pass            # closed at shutdown meanwhile
+        return out
 
     def _table_freed(self) -> None:
         try:

@@ -71,6 +71,7 @@ async def serve(settings: SidecarSettings) -> int:
     produce = ProduceServicer(routes, settings.max_inflight_bytes, settings.memory_budget_bytes // 2)
     subscribe = SubscribeServicer(routes, StreamSettings(settings.commit_interval_ms, settings.drain_timeout_s))
     status.streams = lambda: produce.streams + subscribe.streams
+    status.in_flight = routes.outstanding
 
     def idle() -> bool:
         table = routes.table

@@ -26,7 +26,7 @@ from meshcore import producer as _producer
 from meshcore import routes as _routes
 from meshcore import topicrules as _topicrules
 from meshcore import wire as _wire
-from meshcore.conf import take_logs
+from meshcore.conf import check_config, take_logs
 from meshcore.consumer import Consumer, create_consumer
 from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaError, WireError
 from meshcore.produce import REQUEST_RECORDS_LIMIT, ProduceStream, open_stream, set_max_timestamp_ahead_ms
@@ -63,5 +63,5 @@ __all__ = [
     "create_consumer",
     "create_producer", "debug_counts", "decode_produce_request", "encode_records", "librdkafka_version",
     "set_max_timestamp_ahead_ms", "REQUEST_RECORDS_LIMIT",
-    "open_stream", "take_logs",
+    "open_stream", "take_logs", "check_config",
 ]

@@ -75,3 +75,9 @@ cdef rd_kafka_conf_t *conf_from_dict(dict config) except NULL:
         rd_kafka_conf_destroy(conf)
         raise
     return conf
+
+
+def check_config(dict config):
+    """Check librdkafka properties (names and values) as a client would take them, without creating one. Raises
+    ConfigError naming the first property refused."""
+    rd_kafka_conf_destroy(conf_from_dict(config))

@@ -17,6 +17,9 @@ import aetcd
 
 from sidecar.errors import EtcdError, UsageError
 
+#: The largest etcd response this client takes.
+MAX_RESPONSE_BYTES = 256 << 20
+
 
 @dataclass(frozen=True)
 class Event:
@@ -46,7 +49,9 @@ class Etcd:
     def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
         self.endpoint = endpoint
         host, port = parse_endpoint(endpoint)
-        self._client = aetcd.Client(host=host, port=port, timeout=timeout, connect_wait_timeout=int(max(1, timeout)))
+        # A mapping of a million routes reads back as tens of megabytes: past gRPC's default 4 MiB per response.
+        self._client = aetcd.Client(host=host, port=port, timeout=timeout, connect_wait_timeout=int(max(1, timeout)),
+                                    options={"grpc.max_receive_message_length": MAX_RESPONSE_BYTES})
 
     async def __aenter__(self) -> Etcd:
         try:
@@ -115,13 +120,13 @@ class Etcd:
         items = {bytes(kv.key).decode(): (bytes(kv.value), int(kv.mod_revision)) for kv in r}
         return items, int(r.header.revision)
 
-    async def keys_under(self, prefix: str) -> set[str]:
-        """The keys under prefix (no values)."""
+    async def keys_under(self, prefix: str) -> dict[str, int]:
+        """The keys under prefix with their mod_revision (no values)."""
         try:
             r = await self._client.get_prefix(prefix.encode(), keys_only=True)
         except Exception as e:
             raise self._error(f"get keys {prefix}", e) from e
-        return {bytes(kv.key).decode() for kv in r}
+        return {bytes(kv.key).decode(): int(kv.mod_revision) for kv in r}
 
     async def put_batched(self, items: Mapping[str, bytes], max_ops: int, max_bytes: int) -> None:
         """Put items in as many transactions as etcd's request limits need (at most max_ops operations and about
@@ -142,6 +147,29 @@ class Etcd:
         tx = self._client.transactions
         for start in range(0, len(keys), max_ops):
             await self._commit([tx.delete(k.encode()) for k in keys[start:start + max_ops]])
+
+    async def delete_unchanged(self, keys: Mapping[str, int], max_ops: int) -> int:
+        """Delete each key whose mod_revision is still the one given (a key written since stays); returns how many
+        were deleted. In transactions of max_ops keys; one whose compares fail is retried key by key."""
+        tx = self._client.transactions
+        items = sorted(keys.items())
+        deleted = 0
+        for start in range(0, len(items), max_ops):
+            batch = items[start:start + max_ops]
+            if await self._guarded_delete(tx, batch):
+                deleted += len(batch)
+                continue
+            for one in batch:
+                deleted += await self._guarded_delete(tx, [one])
+        return deleted
+
+    async def _guarded_delete(self, tx: Any, batch: list[tuple[str, int]]) -> bool:
+        try:
+            ok, _ = await self._client.transaction(compare=[tx.mod(k.encode()) == rev for k, rev in batch],
+                                                   success=[tx.delete(k.encode()) for k, _ in batch], failure=[])
+        except Exception as e:
+            raise self._error("transaction", e) from e
+        return bool(ok)
 
     async def _commit(self, ops: list[Any]) -> None:
         try:

@@ -12,11 +12,13 @@ whose route key hashes to 0x3a; "consumer/07" likewise by topic). A change of on
 of a few kilobytes, whatever the mapping's size; a reader that keeps the parts it has parsed reads and parses only
 the blobs it does not have yet. A part larger than MAX_BLOB bytes compressed is cut into several blobs.
 
-Writing: the new blobs first (in as many transactions as the limits need; nothing reads them yet), then one
-transaction that swaps the pointer if it is still the one the document was checked against, then the blobs that
-neither the new pointer nor the one before it names are deleted (a reader that read the previous pointer just before
-the swap still finds its blobs). Reading: the pointer, then the blobs under blobs/ in one read; every blob is checked
-against its id, and a blob gone meanwhile (two swaps and a clean-up between the two reads) makes the read start over.
+Writing: the blobs the pointer in force does not name first, even those etcd holds already (in as many
+transactions as the limits need; nothing reads them yet), then one transaction that swaps the pointer if it is still
+the one the document was checked against, then the blobs that neither the new pointer nor the one before it names
+are deleted, each only if unchanged since the writer looked (a reader that read the previous pointer just before the
+swap still finds its blobs; a blob another writer has written again since is that writer's). Reading: the pointer,
+then the blobs it names (one range read of blobs/ when many); every blob is checked against its id, and a blob gone
+meanwhile (two swaps and a clean-up between the two reads) makes the read start over.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,8 +34,10 @@ from typing import Any
 
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
-from sidecar.errors import ConflictError, MappingError
+from sidecar.errors import ConflictError, EtcdError, MappingError
 from sidecar.mapping.model import SECTIONS
+
+log = logging.getLogger("kafka_mesh.mapping")
 
 FORMAT = 1
 BUCKETS = 256
@@ -162,35 +167,74 @@ async def write(etcd: Etcd, keys: Keys, doc: dict[str, Any], expect_mod_revision
     """Store doc and make it the mapping in force if the pointer's mod_revision is still expect_mod_revision (0: no
     mapping yet); returns the revision of the swap. Raises ConflictError when another writer was first."""
     stored = split(doc)
-    return await commit(etcd, keys, stored, expect_mod_revision, await prepare(etcd, keys, stored))
+    return await commit(etcd, keys, stored, await prepare(etcd, keys, stored, expect_mod_revision))
 
 
-async def prepare(etcd: Etcd, keys: Keys, stored: Stored) -> set[str]:
-    """Write the blobs of stored that etcd does not hold yet (nothing reads them until a pointer names them);
-    returns the ids of the blobs etcd held before."""
-    have = {k[len(keys.blobs):] for k in await etcd.keys_under(keys.blobs)}
-    await etcd.put_batched({keys.blob(i): b for i, b in stored.blobs.items() if i not in have}, MAX_TXN_OPS,
+@dataclass(frozen=True)
+class Prepared:
+    """What prepare saw and did: the pointer it builds on, and the blobs etcd held then (id -> mod_revision)."""
+
+    base: bytes | None
+    base_revision: int
+    seen: dict[str, int]
+
+
+async def prepare(etcd: Etcd, keys: Keys, stored: Stored, expect_mod_revision: int) -> Prepared:
+    """Write every blob of stored that the pointer in force (at expect_mod_revision) does not name, even one etcd
+    holds already: such a blob may be another writer's stale one, which that writer's clean-up is about to delete
+    (it deletes only blobs unchanged since it looked, and this write changes it). Nothing reads these blobs until a
+    pointer names them. Raises ConflictError early when the pointer is no longer at expect_mod_revision."""
+    got = await etcd.get(keys.pointer)
+    found = got[1] if got else 0
+    if found != expect_mod_revision:
+        raise ConflictError(f"the mapping changed meanwhile: it is at revision {found}, not {expect_mod_revision}; "
+                            "read it again and retry")
+    named: set[str] = set()
+    if got is not None:
+        try:
+            named = {i for ids in parse_pointer(got[0], keys.pointer).values() for i in ids}
+        except MappingError:
+            pass            # an unreadable pointer protects nothing: write everything
+    seen = {k[len(keys.blobs):]: rev for k, rev in (await etcd.keys_under(keys.blobs)).items()}
+    await etcd.put_batched({keys.blob(i): b for i, b in stored.blobs.items() if i not in named}, MAX_TXN_OPS,
                            MAX_TXN_BYTES)
-    return have
+    return Prepared(got[0] if got else None, found, seen)
 
 
-async def commit(etcd: Etcd, keys: Keys, stored: Stored, expect_mod_revision: int, have: set[str]) -> int:
-    """Swap the pointer to stored (prepared), then delete the blobs of have that neither it nor the pointer before
-    it names; returns the revision of the swap."""
-    before = await etcd.get(keys.pointer)
-    revision = await etcd.swap(keys.pointer, stored.pointer(), expect_mod_revision)
+async def commit(etcd: Etcd, keys: Keys, stored: Stored, prepared: Prepared) -> int:
+    """Swap the pointer to stored (prepared) and clean up after it; returns the revision of the swap."""
+    revision = await swap(etcd, keys, stored, prepared)
+    await clean_up(etcd, keys, stored, prepared, revision)
+    return revision
+
+
+async def swap(etcd: Etcd, keys: Keys, stored: Stored, prepared: Prepared) -> int:
+    """Swap the pointer to stored if it is still where prepare found it; returns the revision of the swap: the
+    revision of the change."""
+    revision = await etcd.swap(keys.pointer, stored.pointer(), prepared.base_revision)
     if revision is None:
         now = await etcd.get(keys.pointer)
         raise ConflictError(f"the mapping changed meanwhile: it is at revision {now[1] if now else 0}, not "
-                            f"{expect_mod_revision}; read it again and retry")
+                            f"{prepared.base_revision}; read it again and retry")
+    return revision
+
+
+async def clean_up(etcd: Etcd, keys: Keys, stored: Stored, prepared: Prepared, revision: int) -> None:
+    """Delete the blobs that neither stored nor the pointer before it names, each only if unchanged since prepare
+    looked (a blob written since is another writer's). Best effort: the change is made once the swap is, and blobs
+    left now are deleted by a later change."""
     keep = {i for ids in stored.parts.values() for i in ids}
-    if before is not None:
+    if prepared.base is not None:
         try:
-            keep |= {i for ids in parse_pointer(before[0], keys.pointer).values() for i in ids}
+            keep |= {i for ids in parse_pointer(prepared.base, keys.pointer).values() for i in ids}
         except MappingError:
             pass            # an unreadable previous pointer protects nothing
-    await etcd.delete_batched(sorted(keys.blob(i) for i in have - keep), MAX_TXN_OPS)
-    return revision
+    stale = {keys.blob(i): rev for i, rev in prepared.seen.items() if i not in keep}
+    try:
+        await etcd.delete_unchanged(stale, MAX_TXN_OPS)
+    except EtcdError as e:
+        log.warning("mapping revision %d is in force; deleting its stale blobs failed (a later change retries): %s",
+                    revision, e)
 
 
 async def read(etcd: Etcd, keys: Keys) -> tuple[dict[str, Any] | None, int]:
@@ -204,4 +248,5 @@ async def read(etcd: Etcd, keys: Keys) -> tuple[dict[str, Any] | None, int]:
         blobs = await blobs_for(etcd, keys, parts, {})
         if blobs is not None:
             return join(parts, blobs, f"{keys.pointer} at revision {revision}"), revision
-    raise MappingError(f"{keys.pointer}: its blobs kept vanishing under {READ_ATTEMPTS} reads (writers racing?)")
+    raise MappingError(f"{keys.pointer}: {READ_ATTEMPTS} reads in a row found a blob it names missing (the last at "
+                       f"revision {revision}): writers racing, or a blob deleted by hand")

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import pathlib
+import threading
 from collections.abc import Callable, Iterator
 from collections.abc import Mapping as ReadOnly
 from dataclasses import dataclass
@@ -38,13 +39,15 @@ from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
 from sidecar.errors import EtcdError, MappingError, MeshError
 from sidecar.mapping.document import load_file
-from sidecar.mapping.model import Mapping
+from sidecar.mapping.model import REMOVE, Mapping
 
 log = logging.getLogger("kafka_mesh.mapping")
 
 #: A new pointer that changes more parts than this (of 513: clusters and 256 buckets a route section) is parsed
 #: whole: past this point the routing table is rebuilt anyway.
 FULL_PARTS = 32
+#: Up to this many changed parts are applied on the event loop; more, in a worker thread.
+LOOP_PARTS = 4
 #: How long after applying a mapping the sidecar writes it to its on-disk cache.
 CACHE_DELAY_S = 1.0
 
@@ -90,7 +93,7 @@ def parse_changes(old: InForce, parts: dict[str, list[str]], blobs: ReadOnly[str
             return None
         part = mapstore.decode_part(name, parts[name], blobs, where) if name in parts else {}
         before = mapstore.decode_part(name, old.parts[name], old.blobs, where) if name in old.parts else {}
-        edits[section].update((key, None) for key in before if key not in part)
+        edits[section].update((key, REMOVE) for key in before if key not in part)
         edits[section].update(part)
     try:
         mapping = old.mapping.updated(edits["producer"], edits["consumer"], revision)
@@ -111,6 +114,10 @@ class MappingSource:
         self._state: InForce | None = None
         self._cache_next: InForce | None = None
         self._cache_task: asyncio.Task[None] | None = None
+        self._cache_lock = threading.Lock()
+        self._cached_revision = -1
+        #: Why the last mapping read from etcd was not applied.
+        self._refused = "its blobs kept vanishing under every read"
         self.connected = asyncio.Event()
 
     @property
@@ -127,19 +134,26 @@ class MappingSource:
             return
         if self._settings.etcd is None:
             raise MappingError("no mapping source: give --etcd URL or --mapping FILE")
+        failure: MeshError | None = None
         try:
             async with Etcd(self._settings.etcd, timeout=self._settings.etcd_timeout_s) as etcd:
                 await self._catch_up(etcd)
             self.connected.set()
+            if self.applied_revision < 0:
+                # Read, but refused (invalid, its blobs gone, a cluster's settings this host cannot take): never
+                # serve with no routes while a cached mapping could be served.
+                failure = MappingError(f"the mapping in etcd cannot be served: {self._refused}")
         except EtcdError as e:
+            failure = e
+        if failure is not None:
             cached = self._read_cache()
             if cached is None:
-                raise EtcdError(f"{e}; and no cached mapping at {self.cache_path} to serve meanwhile") from e
+                raise type(failure)(f"{failure}; and no cached mapping at {self.cache_path} to serve meanwhile")
             self._apply(cached.mapping)
             self._state = cached
             self.applied_revision = cached.mapping.revision
-            log.warning("etcd unreachable, serving the cached mapping revision=%d path=%s error=%s",
-                        cached.mapping.revision, self.cache_path, e)
+            log.warning("serving the cached mapping revision=%d path=%s (%s)", cached.mapping.revision,
+                        self.cache_path, failure)
         self._task = asyncio.get_running_loop().create_task(self._follow())
 
     async def stop(self) -> None:
@@ -214,11 +228,17 @@ class MappingSource:
             blobs = await mapstore.blobs_for(etcd, self._keys, parts, old.blobs if old else {})
             if blobs is None:
                 return None
-            state = parse_changes(old, parts, blobs, revision, where) if old is not None else None
+            state = None
+            if old is not None:
+                changed = sum(parts.get(n) != old.parts.get(n) for n in parts.keys() | old.parts.keys())
+                # A few parts are parsed at once, on the loop (a few milliseconds); more, in a worker thread.
+                state = (parse_changes(old, parts, blobs, revision, where) if changed <= LOOP_PARTS else
+                         await asyncio.to_thread(parse_changes, old, parts, blobs, revision, where))
             if state is None:
                 state = await asyncio.to_thread(parse_whole, parts, blobs, revision, where)
         except MappingError as e:
             log.error("invalid mapping in etcd; keeping revision=%d error=%s", self.applied_revision, e)
+            self._refused = str(e)
             return False
         if self._state is not old or revision <= self.applied_revision:
             return False        # applied meanwhile (by a catch-up during the parse)
@@ -227,6 +247,7 @@ class MappingSource:
         except MeshError as e:
             log.error("mapping revision=%d cannot be applied; keeping revision=%d error=%s", revision,
                       self.applied_revision, e)
+            self._refused = f"revision {revision} cannot be applied: {e}"
             return False
         return True
 
@@ -248,6 +269,13 @@ class MappingSource:
             await asyncio.to_thread(self._write_cache, state)
 
     def _write_cache(self, state: InForce) -> None:
+        # One writer at a time (a write cancelled at stop may still run in its thread), never an older over a newer.
+        with self._cache_lock:
+            if state.mapping.revision > self._cached_revision:
+                self._write_cache_file(state)
+                self._cached_revision = state.mapping.revision
+
+    def _write_cache_file(self, state: InForce) -> None:
         path = self.cache_path
         doc = {"revision": state.mapping.revision, "parts": state.parts,
                "blobs": {i: base64.b64encode(b).decode() for i, b in state.blobs.items()}}

@@ -1,6 +1,7 @@
 """This sidecar's entry in etcd: status/<host-id>, under a lease, with the mapping revision it has applied, its
-version and its open streams. The topic move reads these entries to know when every live sidecar has switched; a
-sidecar that dies disappears when its lease expires.
+version, its open streams and the records it holds unacknowledged per cluster (`kafka-mesh status` shows them). The
+topic move reads these entries to know when every live sidecar has switched; a sidecar that dies disappears when its
+lease expires.
 
 Runs on the event loop: one task keeps the lease alive and rewrites the entry when the applied revision changes.
 """
@@ -33,6 +34,8 @@ class StatusReporter:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.streams: Callable[[], int] = lambda: 0
+        #: Records held unacknowledged, by cluster (what `kafka-mesh status` shows); refreshed with the entry.
+        self.in_flight: Callable[[], dict[str, int]] = dict
         self.started = time.time()
 
     @property
@@ -46,7 +49,8 @@ class StatusReporter:
     def document(self) -> bytes:
         return json.dumps({
             "host": self._settings.host_id, "pid": os.getpid(), "version": __version__,
-            "revision": self._revision, "streams": self.streams(), "started": int(self.started),
+            "revision": self._revision, "streams": self.streams(), "in_flight": self.in_flight(),
+            "started": int(self.started),
             "listen": list(self._settings.listen),
         }).encode()
 

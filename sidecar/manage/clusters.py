@@ -1,37 +1,93 @@
-"""The cluster registry in etcd: register and list the Kafka clusters of a namespace (the mapping's clusters
-section, changed like any mapping change: read, edit, compare-and-swap)."""
+"""The cluster registry in etcd: the clusters section of a namespace's mapping, changed like any mapping change (read,
+edit, compare-and-swap; read again and retry when another change landed in between)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
-from sidecar.errors import ConflictError
+from sidecar.errors import ConflictError, UsageError
 from sidecar.manage.mapping import apply_mapping, load
-from sidecar.mapping.model import Cluster
+from sidecar.mapping.model import Cluster, Mapping
 
-#: How often register reads and tries again when other writers keep changing the mapping under it.
+#: How often an edit reads and tries again when other writers keep changing the mapping under it.
 ATTEMPTS = 5
+#: How many of the routes that still name a cluster a refusal to remove it lists.
+NAMED = 5
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A cluster in the registry, and the routes that name it."""
+
+    cluster: Cluster
+    producer_routes: list[str]
+    consumer_routes: list[str]
+
+
+def users(mapping: Mapping, name: str) -> Registered:
+    return Registered(mapping.clusters[name],
+                      sorted(key for key, sinks in mapping.routes.items() if name in sinks),
+                      sorted(topic for topic, vips in mapping.consumer.items() if name in vips))
+
+
+async def _edit(etcd: Etcd, keys: Keys, edit: Callable[[Mapping], dict[str, Any]]) -> Mapping:
+    """Apply the clusters section edit makes of the mapping in force (edit raises to refuse)."""
+    for attempt in range(ATTEMPTS):
+        current = await load(etcd, keys)
+        section = edit(current)
+        try:
+            return await apply_mapping(etcd, keys, {"clusters": section}, expect_revision=current.revision)
+        except ConflictError:
+            if attempt == ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _section(mapping: Mapping) -> dict[str, Any]:
+    return {name: c.to_json() for name, c in mapping.clusters.items()}
 
 
 async def register(etcd: Etcd, keys: Keys, clusters: Iterable[Cluster]) -> int:
     """Add (or redefine) clusters in the registry, at one revision; returns it."""
     clusters = list(clusters)
-    for attempt in range(ATTEMPTS):
-        current = await load(etcd, keys)
-        section = {name: c.to_json() for name, c in current.clusters.items()}
-        section.update({c.name: c.to_json() for c in clusters})
-        try:
-            applied = await apply_mapping(etcd, keys, {"clusters": section}, expect_revision=current.revision)
-        except ConflictError:
-            if attempt == ATTEMPTS - 1:
-                raise
-            continue
-        return applied.revision
-    raise AssertionError("unreachable")
+    return (await _edit(etcd, keys, lambda m: {**_section(m), **{c.name: c.to_json() for c in clusters}})).revision
 
 
-async def list_clusters(etcd: Etcd, keys: Keys) -> tuple[list[Cluster], int]:
+async def add(etcd: Etcd, keys: Keys, cluster: Cluster, replace: bool = False) -> Mapping:
+    """Register cluster; one of that name already there is refused unless replace. Returns the mapping now in
+    force."""
+    def edit(mapping: Mapping) -> dict[str, Any]:
+        old = mapping.clusters.get(cluster.name)
+        if old is not None and not replace:
+            raise UsageError(f"cluster {cluster.name!r} is already registered (bootstrap {old.bootstrap}); "
+                             "`kafka-mesh clusters add --replace` redefines it")
+        return {**_section(mapping), cluster.name: cluster.to_json()}
+
+    return await _edit(etcd, keys, edit)
+
+
+async def remove(etcd: Etcd, keys: Keys, name: str) -> Mapping:
+    """Take a cluster out of the registry: refused while a route names it. Returns the mapping now in force."""
+    def edit(mapping: Mapping) -> dict[str, Any]:
+        if name not in mapping.clusters:
+            known = ", ".join(sorted(mapping.clusters)) or "none"
+            raise UsageError(f"no cluster {name!r} in namespace {keys.namespace} (registered: {known})")
+        used = users(mapping, name)
+        named = [f"producer.{k}" for k in used.producer_routes] + [f"consumer.{t}" for t in used.consumer_routes]
+        if named:
+            more = f" and {len(named) - NAMED} more" if len(named) > NAMED else ""
+            raise UsageError(f"cluster {name!r} is still named by {len(named)} route(s): "
+                             f"{', '.join(named[:NAMED])}{more}; move them (or change the mapping) first")
+        return {k: v for k, v in _section(mapping).items() if k != name}
+
+    return await _edit(etcd, keys, edit)
+
+
+async def list_clusters(etcd: Etcd, keys: Keys) -> tuple[list[Registered], int]:
+    """Every registered cluster with the routes that name it, by name; and the mapping's revision."""
     mapping = await load(etcd, keys)
-    return [mapping.clusters[name] for name in sorted(mapping.clusters)], mapping.revision
+    return [users(mapping, name) for name in sorted(mapping.clusters)], mapping.revision

@@ -18,7 +18,7 @@ from sidecar.control import mapstore
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
 from sidecar.errors import ConflictError, MappingError
-from sidecar.mapping.model import SECTIONS, Mapping
+from sidecar.mapping.model import REDACTED, SECTIONS, Mapping, is_secret
 
 
 @dataclass(frozen=True)
@@ -69,22 +69,30 @@ async def plan(etcd: Etcd, keys: Keys, doc: dict[str, Any], expect_revision: int
     return Plan(dataclasses.replace(mapping, revision=read_at), mapping.to_document(), read_at, current)
 
 
+def _redacted(section: str, value: Any) -> Any:
+    """value as printed: a cluster's secret settings as REDACTED (value as etcd holds it, not necessarily valid)."""
+    if section == "clusters" and isinstance(value, dict) and isinstance(value.get("config"), dict):
+        return {**value, "config": {k: REDACTED if is_secret(str(k)) else v for k, v in value["config"].items()}}
+    return value
+
+
 async def differences(etcd: Etcd, keys: Keys, doc: dict[str, Any]) -> tuple[list[Difference], Plan]:
-    """What applying doc would change, entry by entry (section order, then key order), and the plan it was
-    computed from. Secret cluster settings read REDACTED: a change of one shows as a change of its cluster."""
+    """What applying doc would change, entry by entry, in the sections doc has (section order, then key order), and
+    the plan it was computed from. Compared with what etcd holds as it is, so a section etcd holds in a state that
+    does not parse (which apply replaces whole) is shown entry by entry too. Secret cluster settings read REDACTED:
+    a change of one shows as a change of its cluster."""
     p = await plan(etcd, keys, doc)
-    before = Mapping.from_document(p.current, check_references=False) if p.current else Mapping()
-    old, new = before.to_document(redact=True), p.mapping.to_document(redact=True)
-    raw_old, raw_new = before.to_document(), p.stored
     out: list[Difference] = []
-    for section in SECTIONS:
-        for key in sorted(old[section].keys() | new[section].keys()):
-            if key not in new[section]:
-                out.append(Difference("-", section, key, old[section][key], None))
-            elif key not in old[section]:
-                out.append(Difference("+", section, key, None, new[section][key]))
-            elif raw_old[section][key] != raw_new[section][key]:
-                out.append(Difference("~", section, key, old[section][key], new[section][key]))
+    for section in (s for s in SECTIONS if s in doc):
+        old = (p.current or {}).get(section) or {}
+        new = p.stored[section]
+        for key in sorted(old.keys() | new.keys()):
+            if key not in new:
+                out.append(Difference("-", section, key, _redacted(section, old[key]), None))
+            elif key not in old:
+                out.append(Difference("+", section, key, None, _redacted(section, new[key])))
+            elif old[key] != new[key]:
+                out.append(Difference("~", section, key, _redacted(section, old[key]), _redacted(section, new[key])))
     return out, p
 
 

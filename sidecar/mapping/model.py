@@ -38,7 +38,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def check_name(kind: str, name: str) -> str:
     """name, or UsageError when it cannot name a cluster or namespace."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise UsageError(f"invalid {kind} name {name!r}: use 1-128 characters of [A-Za-z0-9._-], "
                          "starting with a letter or digit")
     return name
@@ -52,7 +52,7 @@ _SECRET_KEYS = frozenset({"ssl.key.pem", "ssl_key", "sasl.oauthbearer.config", "
 
 #: What a secret's value is replaced with where the mapping is printed (`mapping show` without --show-secrets). A
 #: document holding it cannot be applied: the secret itself is needed.
-REDACTED = "<redacted>"
+REDACTED = "***"
 
 
 def is_secret(key: str) -> bool:
@@ -66,7 +66,7 @@ def _type(data: Any) -> str:
 
 def check_topic(where: str, topic: str) -> str:
     """topic, or MappingError naming where it was found when Kafka would refuse it as a topic name."""
-    if not _TOPIC.match(topic) or topic in (".", ".."):
+    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
         raise MappingError(f"{where}: invalid topic name {topic!r}: {_TOPIC_RULE}")
     return topic
 
@@ -103,7 +103,7 @@ class Cluster:
         if not isinstance(bootstrap, str) or not bootstrap:
             raise MappingError(f"{key}.bootstrap: required, a comma-separated list of HOST:PORT")
         for server in bootstrap.split(","):
-            if not _BOOTSTRAP.match(server.strip()):
+            if not _BOOTSTRAP.fullmatch(server.strip()):
                 raise MappingError(f"{key}.bootstrap: {server.strip()!r} is not HOST:PORT")
         role = data.get("role", "fronting")
         if role not in ROLES:
@@ -150,7 +150,7 @@ class ProducerRoute:
         () for __default__."""
         if key == DEFAULT_ROUTE:
             return ()
-        if "," not in key and key not in (".", "..") and _TOPIC.match(key):
+        if "," not in key and key not in (".", "..") and _TOPIC.fullmatch(key):
             return (key,)         # the common case, without a new string
         where = f"producer.{key}"
         names = [part.strip() for part in key.split(",")]
@@ -281,23 +281,33 @@ def _check_vips(topic: str, vips: tuple[str, ...], clusters: dict[str, Cluster])
             raise MappingError(f"consumer.{topic}[{i}].vip: unknown cluster {vip!r}")
 
 
+class _Remove:
+    """The value of a route a change removes. Not None: a route whose value is JSON null is invalid, and refused."""
+
+    def __repr__(self) -> str:
+        return "REMOVE"
+
+
+REMOVE: Any = _Remove()
+
+
 def _edit_routes(routes: dict[str, tuple[str, ...]], listed: dict[str, str], changes: Iterable[tuple[str, Any]],
                  clusters: dict[str, Cluster] | None) -> dict[str, tuple[str, ...] | None]:
-    """Apply producer route changes (key, value in the seed's format or None to remove) to routes and listed, in
+    """Apply producer route changes (key, value in the seed's format or REMOVE) to routes and listed, in
     place; returns the topics whose sinks changed (None: the topic has no route of its own any more). Removals go
     first, so that one change may move a topic from a route it removes to one it adds. A topic may be in one route
     only: the error names the route that already has it. With clusters, every sink must be one of them."""
     changes = list(changes)
     changed: dict[str, tuple[str, ...] | None] = {}
     for key, value in changes:
-        if value is None and key in routes:
+        if value is REMOVE and key in routes:
             del routes[key]
             for topic in ProducerRoute.topics_of(key):
                 if listed.get(topic) == key:
                     del listed[topic]
                 changed[topic] = None
     for key, value in changes:
-        if value is None:
+        if value is REMOVE:
             continue
         route = ProducerRoute.parse(key, value)
         if clusters is not None:
@@ -434,7 +444,7 @@ class Mapping:
 
     def updated(self, producer: dict[str, Any], consumer: dict[str, Any], revision: int) -> Mapping:
         """This mapping with some routes changed, at revision: producer and consumer map a route key (topic) to its
-        new value in the seed's format, or to None to remove it. Costs what the changed routes cost, plus a copy of
+        new value in the seed's format, or to REMOVE. Costs what the changed routes cost, plus a copy of
         the sections they are in; the result's `change` says which topics' sinks changed."""
         routes, listed, topics = self.routes, self.listed, {}
         if producer:
@@ -444,7 +454,7 @@ class Mapping:
         if consumer:
             cons = dict(self.consumer)
             for topic, value in consumer.items():
-                if value is None:
+                if value is REMOVE:
                     cons.pop(topic, None)
                     continue
                 vips = _parse_consumer_route(topic, value)

@@ -96,8 +96,8 @@ def test_live_watch_sees_a_put_made_after_it_started(sandbox: Sandbox) -> None:
 def test_sandbox_registered_its_clusters(sandbox: Sandbox) -> None:
     async def go() -> list[Cluster]:
         async with Etcd(sandbox.etcd_endpoint) as etcd:
-            clusters, _ = await registry.list_clusters(etcd, Keys(sandbox.namespace))
-            return clusters
+            registered, _ = await registry.list_clusters(etcd, Keys(sandbox.namespace))
+            return [r.cluster for r in registered]
 
     got = _run(go())
     assert got == [Cluster(c.name, c.bootstrap, "fronting", {}) for c in sandbox.clusters]

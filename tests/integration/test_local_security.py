@@ -153,12 +153,12 @@ def test_mapping_show_redacts_secrets_unless_asked_and_apply_refuses_the_placeho
     shown = _cli("mapping", "show", *where)
     assert shown.returncode == 0, shown.stderr
     config = json.loads(shown.stdout)["clusters"]["c1"]["config"]
-    assert config == {"sasl.password": "<redacted>", "sasl.username": "app", "ssl.key.password": "<redacted>",
-                      "sasl.oauthbearer.client.secret": "<redacted>", "linger.ms": "5"}
+    assert config == {"sasl.password": "***", "sasl.username": "app", "ssl.key.password": "***",
+                      "sasl.oauthbearer.client.secret": "***", "linger.ms": "5"}
     for secret in ("hunter2", "k3y", "s3cret"):
         assert secret not in shown.stdout + shown.stderr
     as_json = _cli("mapping", "show", "--json", *where)
-    assert "hunter2" not in as_json.stdout and "<redacted>" in as_json.stdout
+    assert "hunter2" not in as_json.stdout and "***" in as_json.stdout
 
     clear = _cli("mapping", "show", "--show-secrets", *where)
     assert json.loads(clear.stdout) == doc                    # apply-able as it is
@@ -168,5 +168,5 @@ def test_mapping_show_redacts_secrets_unless_asked_and_apply_refuses_the_placeho
     again = _cli("mapping", "apply", str(path), *where)
     assert again.returncode != 0
     assert ("clusters.c1.config: sasl.oauthbearer.client.secret, sasl.password, ssl.key.password hold(s) "
-            "'<redacted>', the placeholder of a redacted printout" in again.stderr), again.stderr
+            "'***', the placeholder of a redacted printout" in again.stderr), again.stderr
     assert json.loads(_cli("mapping", "show", "--show-secrets", *where).stdout) == doc   # nothing was written

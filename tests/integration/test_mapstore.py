@@ -102,3 +102,24 @@ def test_a_reader_never_sees_a_partly_written_mapping(sandbox: Sandbox) -> None:
 
     old, new = asyncio.run(go())
     assert old + new >= 8, (old, new)
+
+
+def test_a_writer_reusing_blobs_another_writer_is_cleaning_up_keeps_them(sandbox: Sandbox) -> None:
+    """A -> B; writer C swaps to C, and before C's clean-up runs another writer puts A back (its blobs still in etcd,
+    about to be deleted as stale by C). C's clean-up must leave them: the mapping in force stays readable."""
+    keys = Keys(new_namespace())
+    a, b, c = _doc(300, "c1"), _doc(300, "c2"), _doc(300, "c3")
+
+    async def go() -> None:
+        async with Etcd(sandbox.etcd_endpoint) as etcd:
+            rev = await mapstore.write(etcd, keys, a, 0)
+            rev = await mapstore.write(etcd, keys, b, rev)
+            stored_c = mapstore.split(c)
+            prepared_c = await mapstore.prepare(etcd, keys, stored_c, rev)
+            rev_c = await mapstore.swap(etcd, keys, stored_c, prepared_c)
+            rev_a = await mapstore.write(etcd, keys, a, rev_c)           # the revert, while C's clean-up waits
+            await mapstore.clean_up(etcd, keys, stored_c, prepared_c, rev_c)
+            doc, at = await mapstore.read(etcd, keys)
+            assert (doc, at) == (a, rev_a)
+
+    asyncio.run(go())

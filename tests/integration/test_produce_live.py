@@ -167,6 +167,27 @@ def test_etcd_unreachable_at_start_serves_the_cached_mapping(
     assert "no cached mapping" in third.log.read_text()
 
 
+def test_a_mapping_this_host_cannot_take_is_never_served_as_no_routes(
+        sandbox: Sandbox, sidecar_factory: Any, topic: str, tmp_path: Any) -> None:
+    """A revision whose cluster settings this host's librdkafka refuses (a CA file missing here): a sidecar that
+    starts on it serves the last mapping it cached, or exits saying why; it never reports SERVING with no routes."""
+    ns = new_namespace()
+    good = apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": _route(topic, "c2")})
+    cache = str(tmp_path / "shared-cache")
+    assert sidecar_factory(ns, "--cache-dir", cache).stop() == 0
+    bad = apply(sandbox, ns, {"clusters": clusters_doc(sandbox, c2={"security.protocol": "ssl",
+                                                                   "ssl.ca.location": "/nonexistent/ca.pem"})})
+    cached = sidecar_factory(ns, "--cache-dir", cache)
+    [resp] = produce(cached.target, [batch(1, [(topic, "from-cache")])]).values()
+    assert (resp.ok_count, resp.mapping_revision) == (1, good)
+    log = cached.log.read_text()
+    assert f"serving the cached mapping revision={good}" in log and f"revision {bad} cannot be applied" in log
+    none = sidecar_factory(ns, "--cache-dir", str(tmp_path / "empty"), wait=False)
+    assert none.proc.wait(30) == 2          # the mapping is bad input, as a bad --mapping file would be
+    assert (f"the mapping in etcd cannot be served: revision {bad} cannot be applied: clusters.c2.config:"
+            in none.log.read_text())
+
+
 def test_etcd_lost_keeps_the_mapping_and_the_watch_resumes(
         sandbox: Sandbox, sidecar_factory: Any, topic: str, tmp_path: Any) -> None:
     settings = DevSettings.from_env()

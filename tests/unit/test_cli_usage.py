@@ -69,3 +69,42 @@ def test_mapping_file_with_a_json_error_names_file_and_line(tmp_path: pathlib.Pa
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr == (f"kafka-mesh: error: {path}:2:43: not valid JSON: Expecting property name enclosed in "
                         "double quotes\n")
+
+
+def test_mapping_validate_needs_no_etcd_and_names_the_file_and_key(tmp_path: pathlib.Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text('{"clusters": {"c1": {"bootstrap": "127.0.0.1:9092"}}, "producer": {"t1, t2": {"where": '
+                    '[{"sink": "c1"}]}}, "consumer": {"t1": [{"vip": "c1"}]}}')
+    r = _cli("mapping", "validate", str(good), state=tmp_path / "s")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        0, f"{good}: valid (clusters: 1, producer routes: 1, consumer routes: 1)\n", "")
+    partial = tmp_path / "partial.json"
+    partial.write_text('{"producer": {"t1": {"where": [{"sink": "c9"}]}}}')
+    r = _cli("mapping", "validate", str(partial), "--json", state=tmp_path / "s")
+    assert r.returncode == 0 and '"references_checked": false' in r.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"clusters": {"c1": {"bootstrap": "127.0.0.1:9092"}}, "producer": {"t1": {"where": '
+                   '[{"sink": "c9"}]}}}')
+    r = _cli("mapping", "validate", str(bad), state=tmp_path / "s")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == f"kafka-mesh: error: {bad}: producer.t1.where[0].sink: unknown cluster 'c9'\n"
+
+
+def test_clusters_add_refuses_bad_input_before_contacting_etcd(tmp_path: pathlib.Path) -> None:
+    nowhere = ["--etcd", "http://127.0.0.1:9"]          # nothing listens: a refusal must come first
+    cases = {
+        ("c1", "--bootstrap", "nohost"): "cluster 'c1': clusters.c1.bootstrap: 'nohost' is not HOST:PORT",
+        ("bad/name", "--bootstrap", "h:1"): "invalid cluster name 'bad/name': use 1-128 characters of "
+                                            "[A-Za-z0-9._-], starting with a letter or digit",
+        ("c1", "--bootstrap", "h:1", "--config", "linger.ms"): "--config 'linger.ms': expected KEY=VALUE, a "
+                                                               "librdkafka property and its value",
+        ("c1", "--bootstrap", "h:1", "--config", "no.such.property=1"): "cluster 'c1': librdkafka property "
+                                                                        "'no.such.property': No such configuration "
+                                                                        "property: \"no.such.property\"",
+        ("c1", "--bootstrap", "h:1", "--config", "acks=2", "--config", "acks=1"): "--config: 'acks' is given twice",
+    }
+    for args, message in cases.items():
+        r = _cli("clusters", "add", *args, *nowhere, state=tmp_path / "s")
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", f"kafka-mesh: error: {message}\n"), args
+    r = _cli("clusters", "add", "c1", "--bootstrap", "h:1", "--role", "leader", *nowhere, state=tmp_path / "s")
+    assert r.returncode == 2 and "invalid choice: 'leader'" in r.stderr

@@ -39,5 +39,5 @@ def test_a_redacted_document_hides_every_secret_and_nothing_else() -> None:
 def test_a_redacted_document_is_refused_naming_each_placeholder() -> None:
     redacted = Mapping.from_document(DOC).to_document(redact=True)
     with pytest.raises(MappingError, match=r"clusters\.c1\.config: my\.app_secret, sasl\.password, ssl\.key\.pem "
-                                           r"hold\(s\) '<redacted>'"):
+                                           r"hold\(s\) '\*\*\*'"):
         Mapping.from_document(redacted)

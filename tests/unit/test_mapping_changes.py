@@ -13,7 +13,7 @@ import pytest
 from sidecar.control import mapstore
 from sidecar.control.source import parse_changes, parse_whole
 from sidecar.errors import MappingError
-from sidecar.mapping.model import Mapping
+from sidecar.mapping.model import REMOVE, Mapping
 
 CLUSTERS = {f"c{i}": {"bootstrap": f"127.0.0.1:{9000 + i}"} for i in range(4)}
 
@@ -100,7 +100,7 @@ def test_updated_refuses_a_topic_in_two_routes_and_allows_a_move_in_one_change()
                             "only")
     with pytest.raises(MappingError, match=r"consumer.t1\[0\].vip: unknown cluster 'c7'"):
         m.updated({}, {"t1": [{"vip": "c7"}]}, 2)
-    moved = m.updated({"l1, l2": None, "l1": {"where": [{"sink": "c0"}]}}, {}, 2)
+    moved = m.updated({"l1, l2": REMOVE, "l1": {"where": [{"sink": "c0"}]}}, {}, 2)
     assert moved.sinks_for("l1") == ("c0",) and moved.sinks_for("l2") == ("c3",)       # l2: now the default
     assert moved.change is not None and moved.change.topics == {"l1": ("c0",), "l2": None}
     assert m.sinks_for("l1") == ("c1", "c2")            # the mapping it was made from is unchanged
@@ -113,3 +113,18 @@ def test_updated_refuses_a_topic_in_two_routes_and_allows_a_move_in_one_change()
 def test_equal_sink_lists_are_one_object() -> None:
     m = Mapping.from_document(_doc(100))
     assert m.routes["t0"] is m.routes["t4"] and m.consumer["t0"] is m.consumer["t21"]
+
+
+def test_a_null_route_is_refused_not_taken_for_a_removal() -> None:
+    with pytest.raises(MappingError, match="^producer.t1: must be an object with 'where', got null"):
+        Mapping.from_document({"clusters": CLUSTERS, "producer": {"t1": None}})
+    with pytest.raises(MappingError, match=r"^consumer.t1: must be a list of \{\"vip\": CLUSTER\}, got null"):
+        Mapping.from_document(_doc(3)).updated({}, {"t1": None}, 2)
+
+
+def test_a_route_key_with_a_trailing_newline_names_the_topic_without_it() -> None:
+    m = Mapping.from_document({"clusters": CLUSTERS, "producer": {"t1\n": {"where": [{"sink": "c0"}]}}})
+    assert m.sinks_for("t1") == ("c0",) and m.route_of("t1") == "t1\n"
+    with pytest.raises(MappingError, match="topic 't1' is also in route"):
+        Mapping.from_document({"clusters": CLUSTERS, "producer": {"t1\n": {"where": [{"sink": "c0"}]},
+                                                                   "t1": {"where": [{"sink": "c1"}]}}})

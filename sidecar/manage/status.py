@@ -1,0 +1,64 @@
+"""What runs in a namespace: every live sidecar (its status entry, under a lease), and whether each cluster of the
+mapping answers. Read by `kafka-mesh status`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.clientconf import client_defaults
+from sidecar.control.etcd import Etcd
+from sidecar.control.keys import Keys
+from sidecar.manage.mapping import load
+from sidecar.mapping.model import Cluster, Mapping
+
+#: How long a cluster has to answer a metadata request before it is shown unreachable.
+REACH_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Reach:
+    cluster: str
+    bootstrap: str
+    brokers: int          # that answered; 0 when unreachable
+    error: str = ""
+
+
+async def sidecars(etcd: Etcd, keys: Keys) -> list[dict[str, Any]]:
+    """The status entries of the live sidecars, by host id (an entry that does not parse is shown as such)."""
+    items, _ = await etcd.get_prefix(keys.status)
+    out: list[dict[str, Any]] = []
+    for key, raw in sorted(items.items()):
+        try:
+            entry = json.loads(raw)
+            if not isinstance(entry, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            entry = {"host": key[len(keys.status):], "error": f"unreadable status entry: {e}"}
+        out.append(entry)
+    return out
+
+
+def _reach(cluster: Cluster) -> Reach:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**client_defaults(), **cluster.config, "bootstrap.servers": cluster.bootstrap})
+    try:
+        brokers = len(admin.list_topics(timeout=REACH_TIMEOUT_S).brokers)
+    except Exception as e:
+        return Reach(cluster.name, cluster.bootstrap, 0, str(e))
+    return Reach(cluster.name, cluster.bootstrap, brokers)
+
+
+async def reachability(mapping: Mapping) -> list[Reach]:
+    """Each cluster of the mapping asked for its brokers at once (in worker threads)."""
+    return list(await asyncio.gather(*(asyncio.to_thread(_reach, mapping.clusters[name])
+                                       for name in sorted(mapping.clusters))))
+
+
+async def snapshot(etcd: Etcd, keys: Keys) -> tuple[Mapping, list[dict[str, Any]], list[Reach]]:
+    mapping = await load(etcd, keys)
+    found, reach = await asyncio.gather(sidecars(etcd, keys), reachability(mapping))
+    return mapping, found, reach
