@@ -8,10 +8,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.clientconf import client_defaults
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
 from sidecar.manage.mapping import load
+from sidecar.manage.topics import admin
 from sidecar.mapping.model import Cluster, Mapping
 
 #: How long a cluster has to answer a metadata request before it is shown unreachable.
@@ -42,11 +42,8 @@ async def sidecars(etcd: Etcd, keys: Keys) -> list[dict[str, Any]]:
 
 
 def _reach(cluster: Cluster) -> Reach:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({**client_defaults(), **cluster.config, "bootstrap.servers": cluster.bootstrap})
     try:
-        brokers = len(admin.list_topics(timeout=REACH_TIMEOUT_S).brokers)
+        brokers = len(admin(cluster).list_topics(timeout=REACH_TIMEOUT_S).brokers)
     except Exception as e:
         return Reach(cluster.name, cluster.bootstrap, 0, str(e))
     return Reach(cluster.name, cluster.bootstrap, brokers)
@@ -62,3 +59,8 @@ async def snapshot(etcd: Etcd, keys: Keys) -> tuple[Mapping, list[dict[str, Any]
     mapping = await load(etcd, keys)
     found, reach = await asyncio.gather(sidecars(etcd, keys), reachability(mapping))
     return mapping, found, reach
+
+
+def behind(entries: list[dict[str, Any]], revision: int) -> list[str]:
+    """The live sidecars (by host id) that have not applied revision yet."""
+    return sorted(str(e.get("host", "?")) for e in entries if int(e.get("revision", -1)) < revision)

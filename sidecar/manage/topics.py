@@ -28,7 +28,8 @@ class TopicError(MeshError):
     """Kafka refused or did not answer a topic request; the message names the topic and cluster."""
 
 
-def _admin(cluster: Cluster) -> Any:
+def admin(cluster: Cluster) -> Any:
+    """An AdminClient of cluster, with its registered settings."""
     from confluent_kafka.admin import AdminClient
 
     return AdminClient({**client_defaults(), **cluster.config, "bootstrap.servers": cluster.bootstrap})
@@ -67,20 +68,20 @@ def create(cluster: Cluster, name: str, per_broker: int | None = None, partition
     from confluent_kafka.admin import NewTopic
 
     check_topic("topic", name)
-    admin = _admin(cluster)
-    brokers = _brokers(admin, cluster)
+    client = admin(cluster)
+    brokers = _brokers(client, cluster)
     count = plan_partitions(cluster, len(brokers), per_broker, partitions)
     factor = replication if replication is not None else min(3, len(brokers))
     if not 1 <= factor <= len(brokers):
         raise UsageError(f"--replication {factor} is out of range: cluster {cluster.name} has {len(brokers)} "
                          "broker(s)")
     replicas = assignment(brokers, count, factor)
-    futures = admin.create_topics([NewTopic(name, count, -1, replica_assignment=replicas, config=config or {})],
+    futures = client.create_topics([NewTopic(name, count, -1, replica_assignment=replicas, config=config or {})],
                                   request_timeout=TIMEOUT_S)
     try:
         futures[name].result(timeout=TIMEOUT_S)
     except Exception as e:
-        raise TopicError(f"topic {name} on cluster {cluster.name}: {_kafka_reason(e)}") from None
+        raise TopicError(f"topic {name} on cluster {cluster.name}: {kafka_reason(e)}") from None
     leaders: dict[int, int] = {}
     for r in replicas:
         leaders[r[0]] = leaders.get(r[0], 0) + 1
@@ -88,7 +89,8 @@ def create(cluster: Cluster, name: str, per_broker: int | None = None, partition
             "brokers": len(brokers), "leaders": {str(b): n for b, n in sorted(leaders.items())}}
 
 
-def _kafka_reason(e: Exception) -> str:
+def kafka_reason(e: Exception) -> str:
+    """The reason a Kafka call failed: its KafkaError's own text when it has one."""
     err = e.args[0] if e.args else None
     return str(getattr(err, "str", lambda: e)()) if err is not None else str(e)
 
@@ -118,9 +120,9 @@ def describe(mapping: Mapping, name: str) -> tuple[list[OnCluster], dict[str, An
     check_topic("topic", name)
     found: list[OnCluster] = []
     for cluster in (mapping.clusters[c] for c in sorted(mapping.clusters)):
-        admin = _admin(cluster)
+        client = admin(cluster)
         try:
-            meta = admin.list_topics(topic=name, timeout=TIMEOUT_S).topics.get(name)
+            meta = client.list_topics(topic=name, timeout=TIMEOUT_S).topics.get(name)
         except Exception as e:
             found.append(OnCluster(cluster.name, error=f"did not answer: {e}"))
             continue
@@ -130,12 +132,12 @@ def describe(mapping: Mapping, name: str) -> tuple[list[OnCluster], dict[str, An
         for p in meta.partitions.values():
             here.leaders[p.leader] = here.leaders.get(p.leader, 0) + 1
         try:
-            got = admin.list_offsets({TopicPartition(name, p): OffsetSpec.latest() for p in meta.partitions},
+            got = client.list_offsets({TopicPartition(name, p): OffsetSpec.latest() for p in meta.partitions},
                                      request_timeout=TIMEOUT_S)
             for tp, future in got.items():
                 here.end_offsets[tp.partition] = future.result(timeout=TIMEOUT_S).offset
         except Exception as e:
-            here.error = f"end offsets not read: {_kafka_reason(e)}"
+            here.error = f"end offsets not read: {kafka_reason(e)}"
         found.append(here)
     key = mapping.route_of(name)
     routes = {"producer": key if key is not None else ("__default__" if mapping.default_sinks else None),
