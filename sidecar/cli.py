@@ -15,7 +15,7 @@ from sidecar.commands import status as status_command
 from sidecar.commands import topic as topic_command
 from sidecar.commands.args import whole
 from sidecar.config import ControlSettings, DevSettings
-from sidecar.errors import ConflictError, MappingError, MeshError, UsageError
+from sidecar.errors import ConflictError, MappingError, MeshError, MoveError, UsageError
 
 EPILOG_DEV = """examples:
   kafka-mesh dev up --clusters 3            # three one-broker clusters and etcd, in the background
@@ -369,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConflictError as e:
         print(f"kafka-mesh: error: {e}", file=sys.stderr)
         return 3
+    except MoveError as e:
+        print(f"kafka-mesh: error: {e}", file=sys.stderr)
+        return 4
     except (UsageError, MappingError) as e:
         print(f"kafka-mesh: error: {e}", file=sys.stderr)
         return 2

@@ -25,3 +25,7 @@ class MappingError(MeshError):
 
 class ConflictError(MappingError):
     """The mapping changed after a change to it was checked against it (another writer, or --expect-revision)."""
+
+
+class MoveError(MeshError):
+    """A topic move cannot go on as asked (it stays where it is); the message says why and what to do."""

@@ -154,8 +154,8 @@ class _ClusterRules:
 def _admin_for(cluster: Cluster) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({**client_defaults(), **cluster.config, "bootstrap.servers": cluster.bootstrap},
-                       logger=_QuietLog())
+    return AdminClient({**client_defaults(), **cluster.config, "bootstrap.servers": cluster.bootstrap,
+                        "allow.auto.create.topics": "false"}, logger=_QuietLog())
 
 
 class TopicRulesKeeper:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from typing import Any
 
 from sidecar.commands.args import key_values, positive
@@ -50,6 +51,53 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     t_describe.add_argument("name", metavar="NAME")
     for p in (t_create, t_describe):
         p.add_argument("--json", action="store_true", help="print one JSON object")
+    t_move = tsub.add_parser("move", parents=[common], help="move a topic to another cluster, losing nothing",
+                             description="Move topic NAME from cluster C1 to C2 while apps produce and subscribe: "
+                                         "create it on C2, let subscribers read both, switch producers, wait until "
+                                         "C1 receives nothing more (the fence) and every consumer group has read C1 "
+                                         "up to it, then let subscribers read C2 only. Each phase is recorded in "
+                                         "etcd: run the command again after it stopped and it goes on where it "
+                                         "was. Progress goes to stdout.",
+                             epilog=EPILOG_MOVE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t_move.add_argument("name", metavar="NAME")
+    t_move.add_argument("--to", required=True, metavar="C2", help="the cluster to move the topic to")
+    t_move.add_argument("--from", dest="source", metavar="C1",
+                        help="the cluster to move it from (default: the one its producer route writes to)")
+    t_move.add_argument("--abort", action="store_true",
+                        help="undo a move that has not switched producers yet: both routes as they were")
+    t_move.add_argument("--force", action="store_true",
+                        help="move even when C2 has the topic with another partition count (keys change partition)")
+    t_move.add_argument("--timeout", type=positive, default=3600, metavar="S",
+                        help="give up waiting after S seconds (default 3600); the move stays where it is")
+
+
+EPILOG_MOVE = """examples:
+  kafka-mesh topic move orders --to c2                 # from the cluster its producer route names
+  kafka-mesh topic move orders --to c2 --timeout 600   # run it again to resume where it stopped
+  kafka-mesh topic move orders --to c2 --abort         # before the producer switch only
+
+The copy on the old cluster is left for the operator to delete once the move is done.
+"""
+
+
+def _move(args: argparse.Namespace, settings: ControlSettings) -> int:
+    from sidecar.control.etcd import Etcd
+    from sidecar.control.keys import Keys
+    from sidecar.manage.move import Move
+
+    def say(line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+    async def go() -> None:
+        async with Etcd(settings.etcd_endpoint) as etcd:
+            move = Move(etcd, Keys(settings.namespace), say, args.timeout)
+            if args.abort:
+                await move.abort(args.name)
+            else:
+                await move.run(args.name, args.to, args.source, args.force)
+
+    asyncio.run(go())
+    return 0
 
 
 def run(args: argparse.Namespace, settings: ControlSettings) -> int:
@@ -64,6 +112,8 @@ def run(args: argparse.Namespace, settings: ControlSettings) -> int:
         check_topic("topic", args.name)
     except MappingError as e:
         raise UsageError(str(e)) from None
+    if args.topic_command == "move":
+        return _move(args, settings)
     config = key_values(args.config, "a topic config") if args.topic_command == "create" else {}
 
     async def mapping() -> Mapping:

@@ -49,7 +49,8 @@ class StatusReporter:
     def document(self) -> bytes:
         return json.dumps({
             "host": self._settings.host_id, "pid": os.getpid(), "version": __version__,
-            "revision": self._revision, "streams": self.streams(), "in_flight": self.in_flight(),
+            "revision": self._revision, "streams": self.streams(), "in_flight": self.in_flight(), "at": time.time(),
+            "delivery_timeout_ms": self._settings.delivery_timeout_ms,
             "started": int(self.started),
             "listen": list(self._settings.listen),
         }).encode()

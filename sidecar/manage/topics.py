@@ -32,7 +32,10 @@ def admin(cluster: Cluster) -> Any:
     """An AdminClient of cluster, with its registered settings."""
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({**client_defaults(), **cluster.config, "bootstrap.servers": cluster.bootstrap})
+    # A metadata request for one topic would create it on a broker that auto-creates topics (librdkafka's
+    # allow.auto.create.topics is true for this kind of client): describing a topic must never create it.
+    return AdminClient({**client_defaults(), **cluster.config, "bootstrap.servers": cluster.bootstrap,
+                        "allow.auto.create.topics": "false"})
 
 
 def _brokers(admin: Any, cluster: Cluster) -> list[int]:
@@ -51,7 +54,10 @@ def assignment(brokers: list[int], partitions: int, replication: int) -> list[li
     return [[brokers[(p + r) % n] for r in range(replication)] for p in range(partitions)]
 
 
-def plan_partitions(cluster: Cluster, brokers: int, per_broker: int | None, partitions: int | None) -> int:
+def plan_partitions(cluster: Cluster, brokers: int, per_broker: int | None, partitions: int | None,
+                    exact: bool = False) -> int:
+    if partitions is not None and exact:
+        return partitions
     if partitions is not None:
         if partitions < 1 or partitions % brokers:
             raise UsageError(f"--partitions {partitions} is not a multiple of cluster {cluster.name}'s {brokers} "
@@ -62,15 +68,16 @@ def plan_partitions(cluster: Cluster, brokers: int, per_broker: int | None, part
 
 
 def create(cluster: Cluster, name: str, per_broker: int | None = None, partitions: int | None = None,
-           replication: int | None = None, config: dict[str, str] | None = None) -> dict[str, Any]:
+           replication: int | None = None, config: dict[str, str] | None = None, exact: bool = False) -> dict[str, Any]:
     """Create topic name on cluster, balanced; returns what was created (partitions, replication, leaders per
-    broker)."""
+    broker). exact: partitions as given even when not a multiple of the brokers (a moved topic keeps its count, so
+    that its keys keep their partitions)."""
     from confluent_kafka.admin import NewTopic
 
     check_topic("topic", name)
     client = admin(cluster)
     brokers = _brokers(client, cluster)
-    count = plan_partitions(cluster, len(brokers), per_broker, partitions)
+    count = plan_partitions(cluster, len(brokers), per_broker, partitions, exact)
     factor = replication if replication is not None else min(3, len(brokers))
     if not 1 <= factor <= len(brokers):
         raise UsageError(f"--replication {factor} is out of range: cluster {cluster.name} has {len(brokers)} "

@@ -1,0 +1,133 @@
+"""`kafka-mesh topic move` against real clusters and two real sidecar processes: continuous produce through both and
+one consumer group through each while the topic moves from c1 to c2; then the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from typing import Any
+
+import grpc
+
+from sidecar.api.kafkamesh.v1 import mesh_pb2_grpc
+from sidecar.dev.sandbox import Sandbox
+from tests.integration.kafka_helpers import create_topic, read_records
+from tests.integration.sidecar_proc import apply, batch, clusters_doc, new_namespace
+from tests.integration.subscribe_stream import SubStream
+
+
+def _cli(sandbox: Sandbox, ns: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["kafka-mesh", *args, "--etcd", sandbox.etcd_endpoint, "--namespace", ns],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=timeout)
+
+
+class _Producer(threading.Thread):
+    """One app producing batches of 20 records of topic through one sidecar until stopped; keeps each acked id with
+    the mapping revision its batch was routed by."""
+
+    def __init__(self, target: str, topic: str, name: str) -> None:
+        super().__init__(daemon=True)
+        self.target, self.topic, self.name = target, topic, name
+        self.stop = threading.Event()
+        self.acked: dict[str, int] = {}
+        self.failed: list[Any] = []
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        sent: dict[int, list[str]] = {}
+
+        def requests() -> Any:
+            b = 0
+            while not self.stop.is_set():
+                sent[b] = [f"{self.name}-{b}-{i}" for i in range(20)]
+                yield batch(b, [(self.topic, x) for x in sent[b]])
+                b += 1
+                time.sleep(0.01)
+
+        try:
+            with grpc.insecure_channel(self.target) as ch:
+                for r in mesh_pb2_grpc.MeshStub(ch).Produce(requests(), timeout=600):
+                    if r.ok_count == len(sent[r.batch_id]):
+                        self.acked.update((x, r.mapping_revision) for x in sent[r.batch_id])
+                    else:
+                        self.failed.append(r)
+        except Exception as e:   # reported by the test
+            self.error = e
+
+
+def test_a_move_under_produce_and_two_groups_loses_nothing(sandbox: Sandbox, sidecar_factory: Any) -> None:
+    ns = new_namespace()
+    topic = f"move-{uuid.uuid4().hex[:8]}"
+    create_topic(sandbox.clusters[0].bootstrap, topic, partitions=3)
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    a = sidecar_factory(ns, "--host-id", "move-a")
+    b = sidecar_factory(ns, "--host-id", "move-b")
+    g1, g2 = f"g1-{uuid.uuid4().hex[:6]}", f"g2-{uuid.uuid4().hex[:6]}"
+    subs = [SubStream(a.target, g1, [topic]), SubStream(b.target, g2, [topic])]
+    producers = [_Producer(a.target, topic, "a"), _Producer(b.target, topic, "b")]
+    for p in producers:
+        p.start()
+    time.sleep(2)
+    move = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--timeout", "240")
+    assert move.returncode == 0, move.stdout + move.stderr
+    time.sleep(1)
+    for p in producers:
+        p.stop.set()
+    for p in producers:
+        p.join(60)
+    assert not [p.error for p in producers if p.error] and not [p.failed for p in producers if p.failed]
+    acked = {x: rev for p in producers for x, rev in p.acked.items()}
+    switch = int(re.search(r"producers write to the new cluster: mapping revision (\d+)", move.stdout).group(1))
+    assert {rev < switch for rev in acked.values()} == {True, False}, move.stdout      # both sides of the switch
+    for sub in subs:
+        sub.wait(lambda s: set(acked) <= set(s.values()), 120, "every acked record")
+    # Every acked record is where its revision routed it: before the switch in c1, from it on in c2, nowhere else.
+    before = {x for x, rev in acked.items() if rev < switch}
+    after = set(acked) - before
+    assert {x for _, x in read_records(sandbox.clusters[0].bootstrap, [topic], len(before))} == before
+    assert {x for _, x in read_records(sandbox.clusters[1].bootstrap, [topic], len(after))} == after
+    # At the end nothing reads c1 for the topic: the route reads c2, and each stream was told so.
+    described = json.loads(_cli(sandbox, ns, "topic", "describe", topic, "--json").stdout)
+    assert described["routes"]["read_from"] == ["c2"] and described["routes"]["producer_sinks"] == ["c2"]
+    for sub in subs:
+        sub.wait(lambda s: any(e.WhichOneof("kind") == "clusters_changed" and list(e.clusters_changed.clusters)
+                               == ["c2"] for e in s.events), 30, "clusters_changed to c2")
+        sub.close()
+    phases = [line.split(" ", 1)[1].split(":")[0] for line in move.stdout.splitlines()]
+    assert [p for p in ("created", "reading", "switched", "fenced", "drained", "done") if p in phases] == [
+        "created", "reading", "switched", "fenced", "drained", "done"], move.stdout
+
+
+def test_move_refusals_and_abort(sandbox: Sandbox, sidecar_factory: Any) -> None:
+    ns = new_namespace()
+    topic, listed = f"mv-{uuid.uuid4().hex[:8]}", f"mv-{uuid.uuid4().hex[:8]}"
+    create_topic(sandbox.clusters[0].bootstrap, topic, partitions=2)
+    create_topic(sandbox.clusters[1].bootstrap, topic, partitions=3)
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {
+        topic: {"where": [{"sink": "c1"}]}, f"{listed}, other": {"where": [{"sink": "c1"}]}}})
+    r = _cli(sandbox, ns, "topic", "move", listed, "--to", "c2")
+    assert (r.returncode, r.stderr) == (2, f"kafka-mesh: error: topic {listed} is routed by the list key "
+                                           f"'{listed}, other': give it a route of its own first\n")
+    r = _cli(sandbox, ns, "topic", "move", topic, "--to", "c9")
+    assert r.returncode == 2 and "--to 'c9': no such cluster" in r.stderr
+    r = _cli(sandbox, ns, "topic", "move", topic, "--to", "c1")
+    assert (r.returncode, r.stderr) == (2, f"kafka-mesh: error: topic {topic} is written to c1 already\n")
+    # c2 has the topic with 3 partitions, c1 with 2: keys would change partition.
+    r = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2")
+    assert r.returncode == 4 and "keys would land on other partitions; --force to move anyway" in r.stderr
+    # The move stays recorded before its first phase: another target is refused, --abort puts it away.
+    r = _cli(sandbox, ns, "topic", "move", topic, "--to", "c3")
+    assert r.returncode == 4 and f"topic {topic} is being moved from c1 to c2" in r.stderr
+    sidecar_factory(ns)
+    r = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--abort")
+    assert r.returncode == 0, r.stderr
+    assert "aborted:" in r.stdout
+    shown = json.loads(_cli(sandbox, ns, "mapping", "show", "--json").stdout)["mapping"]
+    assert shown["producer"][topic] == {"where": [{"sink": "c1"}]} and topic not in shown["consumer"]
+    r = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--abort")
+    assert (r.returncode, r.stderr) == (2, f"kafka-mesh: error: no move of topic {topic} is under way\n")
