@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import grpc
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from sidecar.api.kafkamesh.v1 import mesh_pb2_grpc
 from sidecar.dev.sandbox import Sandbox
@@ -131,3 +132,55 @@ def test_move_refusals_and_abort(sandbox: Sandbox, sidecar_factory: Any) -> None
     assert shown["producer"][topic] == {"where": [{"sink": "c1"}]} and topic not in shown["consumer"]
     r = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--abort")
     assert (r.returncode, r.stderr) == (2, f"kafka-mesh: error: no move of topic {topic} is under way\n")
+
+
+def test_a_writer_outside_the_mesh_stalls_the_fence_and_a_group_behind_holds_the_drain(
+        sandbox: Sandbox, sidecar_factory: Any) -> None:
+    """A producer writing to c1 directly keeps the move at the fence (exit 4, the partitions named); once it stops,
+    the same command resumes. A consumer group that has not read c1 up to the fence holds the move at the drain,
+    and the command run again once the group caught up finishes the move."""
+    ns = new_namespace()
+    topic = f"fence-{uuid.uuid4().hex[:8]}"
+    c1 = sandbox.clusters[0].bootstrap
+    create_topic(c1, topic, partitions=2)
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    sidecar_factory(ns)
+    behind = f"behind-{uuid.uuid4().hex[:6]}"
+    outside = Producer({"bootstrap.servers": c1})
+    for i in range(10):
+        outside.produce(topic, value=f"early-{i}".encode(), partition=i % 2)
+    outside.flush(30)
+    group = Consumer({"bootstrap.servers": c1, "group.id": behind, "enable.auto.commit": False})
+    group.commit(offsets=[TopicPartition(topic, 0, 1), TopicPartition(topic, 1, 1)], asynchronous=False)
+
+    stop = threading.Event()
+
+    def write_outside() -> None:
+        while not stop.is_set():
+            outside.produce(topic, value=b"outside", partition=1)
+            outside.poll(0)
+            time.sleep(0.2)
+        outside.flush(30)
+
+    writer = threading.Thread(target=write_outside, daemon=True)
+    writer.start()
+    stalled = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--timeout", "15")
+    stop.set()
+    writer.join(30)
+    assert stalled.returncode == 4, stalled.stdout + stalled.stderr
+    assert f"kafka-mesh: error: fence: c1 still receives records for {topic}" in stalled.stderr
+    assert f"fence: records still arrive on c1 for {topic} (partition 1: " in stalled.stdout
+
+    held = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--timeout", "12")
+    assert held.returncode == 4, held.stdout + held.stderr
+    assert "resuming the move" in held.stdout and "fenced:" in held.stdout
+    assert re.search(rf"drain: group {behind} has \d+ record\(s\) left \(partition 0: 4, partition 1: \d+\)",
+                     held.stdout), held.stdout
+    assert f"drain: group(s) {behind} have not read {topic} on c1 up to the fence" in held.stderr
+    # The group catches up: it commits c1's end offsets. The move, run again, finishes.
+    ends = json.loads(_cli(sandbox, ns, "topic", "describe", topic, "--json").stdout)["clusters"][0]["end_offsets"]
+    group.commit(offsets=[TopicPartition(topic, int(p), o) for p, o in ends.items()], asynchronous=False)
+    group.close()
+    done = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"done: {topic} is on c2" in done.stdout and "created:" not in done.stdout
