@@ -177,6 +177,10 @@ def test_a_writer_outside_the_mesh_stalls_the_fence_and_a_group_behind_holds_the
     assert re.search(rf"drain: group {behind} has \d+ record\(s\) left \(partition 0: 4, partition 1: \d+\)",
                      held.stdout), held.stdout
     assert f"drain: group(s) {behind} have not read {topic} on c1 up to the fence" in held.stderr
+    late = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--abort")
+    assert (late.returncode, late.stderr) == (4, f"kafka-mesh: error: the move of {topic} is past the producer "
+                                                 f"switch (phase fenced): records are on c2 now, so it cannot be "
+                                                 "undone; run the command without --abort to finish it\n")
     # The group catches up: it commits c1's end offsets. The move, run again, finishes.
     ends = json.loads(_cli(sandbox, ns, "topic", "describe", topic, "--json").stdout)["clusters"][0]["end_offsets"]
     group.commit(offsets=[TopicPartition(topic, int(p), o) for p, o in ends.items()], asynchronous=False)
