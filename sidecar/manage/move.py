@@ -172,8 +172,11 @@ class Move:
         target_cluster = mapping.clusters[state.target]
 
         if _before(state, "created"):
-            state.partitions = await asyncio.to_thread(_create_like, source_cluster, target_cluster, topic, force)
-            self._say(f"created: {topic} on {state.target} with {state.partitions} partitions, as on {state.source}")
+            state.partitions, made = await asyncio.to_thread(_create_like, source_cluster, target_cluster, topic,
+                                                             force)
+            self._say(f"created: {topic} on {state.target} with {state.partitions} partitions, as on {state.source}"
+                      if made else f"created: {topic} is on {state.target} already, with {state.partitions} "
+                                   f"partitions as on {state.source}")
             version = await self._advance(state, "created", version)
         if _before(state, "reading"):
             rev = await self._edit("subscribers read both clusters", lambda m: _consumer_doc(
@@ -323,8 +326,9 @@ def _producer_doc(mapping: Mapping, state: State, restore: bool = False) -> dict
     return {"producer": section}
 
 
-def _create_like(source: Any, target: Any, topic: str, force: bool) -> int:
-    """The topic on target with source's partition count (created when absent); returns the count."""
+def _create_like(source: Any, target: Any, topic: str, force: bool) -> tuple[int, bool]:
+    """The topic on target with source's partition count (created when absent); returns the count, and whether it
+    was created."""
     have = drain.offsets(source, topic)
     count = len(have.end)
     try:
@@ -336,4 +340,4 @@ def _create_like(source: Any, target: Any, topic: str, force: bool) -> int:
                         f"{count}: keys would land on other partitions; --force to move anyway")
     if not there:
         topics.create(target, topic, partitions=count, exact=True)
-    return count
+    return count, not there

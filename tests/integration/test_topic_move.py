@@ -188,3 +188,33 @@ def test_a_writer_outside_the_mesh_stalls_the_fence_and_a_group_behind_holds_the
     done = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--timeout", "60")
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"done: {topic} is on c2" in done.stdout and "created:" not in done.stdout
+
+
+def test_a_move_there_and_back_resets_no_offset_and_loses_nothing(sandbox: Sandbox, sidecar_factory: Any) -> None:
+    """c1 -> c2 -> c1 under produce with one group reading: every acked record is read, and the records read and
+    committed before the first move are not read again when the group returns to c1 (its offsets there stay)."""
+    ns = new_namespace()
+    topic = f"flap-{uuid.uuid4().hex[:8]}"
+    create_topic(sandbox.clusters[0].bootstrap, topic, partitions=2)
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    sc = sidecar_factory(ns)
+    sub = SubStream(sc.target, f"flap-{uuid.uuid4().hex[:6]}", [topic])
+    producer = _Producer(sc.target, topic, "p")
+    producer.start()
+    sub.wait(lambda s: len(s.values()) >= 200, 60, "the first records")
+    time.sleep(2)                                     # committed (every second) before the first move
+    early = set(sub.values())
+    there = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--timeout", "120")
+    assert there.returncode == 0, there.stdout + there.stderr
+    back = _cli(sandbox, ns, "topic", "move", topic, "--to", "c1", "--timeout", "120")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert f"created: {topic} is on c1 already, with 2 partitions as on c2" in back.stdout
+    time.sleep(1)
+    producer.stop.set()
+    producer.join(60)
+    assert producer.error is None and not producer.failed
+    sub.wait(lambda s: set(producer.acked) <= set(s.values()), 120, "every acked record")
+    seen = sub.values()
+    assert not [x for x in early if seen.count(x) > 1], "records committed before the moves were read again"
+    assert {cluster for cluster, *_ in sub.records} == {"c1", "c2"}
+    sub.close()
