@@ -218,3 +218,35 @@ def test_a_move_there_and_back_resets_no_offset_and_loses_nothing(sandbox: Sandb
     assert not [x for x in early if seen.count(x) > 1], "records committed before the moves were read again"
     assert {cluster for cluster, *_ in sub.records} == {"c1", "c2"}
     sub.close()
+
+
+def test_the_cli_killed_during_the_drain_resumes_there(sandbox: Sandbox, sidecar_factory: Any) -> None:
+    ns = new_namespace()
+    topic = f"kill-{uuid.uuid4().hex[:8]}"
+    c1 = sandbox.clusters[0].bootstrap
+    create_topic(c1, topic, partitions=1)
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    sidecar_factory(ns)
+    outside = Producer({"bootstrap.servers": c1})
+    for i in range(5):
+        outside.produce(topic, value=f"r{i}".encode())
+    outside.flush(30)
+    group = f"slow-{uuid.uuid4().hex[:6]}"
+    slow = Consumer({"bootstrap.servers": c1, "group.id": group, "enable.auto.commit": False})
+    slow.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)       # 3 records behind
+    proc = subprocess.Popen(["kafka-mesh", "topic", "move", topic, "--to", "c2", "--etcd", sandbox.etcd_endpoint,
+                             "--namespace", ns], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "drain: group" in line:
+            break
+    proc.kill()                                       # SIGKILL while it waits for the group
+    proc.wait(30)
+    assert f"drain: group {group} has 3 record(s) left (partition 0: 3)" in lines[-1], lines
+    slow.commit(offsets=[TopicPartition(topic, 0, 5)], asynchronous=False)
+    slow.close()
+    again = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--timeout", "60")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "after phase fenced" in again.stdout and f"done: {topic} is on c2" in again.stdout
