@@ -100,51 +100,51 @@ def _etcd_options() -> argparse.ArgumentParser:
 def _add_mapping_parser(sub: Any) -> None:
     mapping = sub.add_parser("mapping", help="apply and show the topic-to-cluster mapping in etcd",
                              description="The mapping: Kafka clusters, producer routes and consumer routes, kept in "
-                                         "etcd under /kafka-mesh/NAMESPACE/ and changed one transaction at a time.",
+                                         "etcd under /kafka-mesh/NAMESPACE/; each change takes effect at one etcd "
+                                         "revision.",
                              epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
     msub = mapping.add_subparsers(dest="mapping_command", metavar="ACTION", required=True)
-    m_apply = msub.add_parser("apply", help="validate a mapping file and make it the mapping in force, atomically",
+    etcd = _etcd_options()
+
+    def action(name: str, help: str, description: str, parents: tuple[argparse.ArgumentParser, ...] = ()) -> Any:
+        return msub.add_parser(name, help=help, description=description, parents=list(parents), epilog=EPILOG_MAPPING,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    m_apply = action("apply", "validate a mapping file and make it the mapping in force, atomically",
                               description="Validate FILE against what etcd holds and make the sections it has the "
                                           "mapping in force, at one etcd revision: sidecars see all of the change "
                                           "or none of it. Routes that FILE no longer has are removed; sections FILE "
                                           "leaves out stay as they are. Any size fits etcd's default request limits. "
                                           "Exit status 3 when the mapping changed under the apply (another "
-                                          "operator, or --expect-revision).",
-                              epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                          "operator, or --expect-revision).", parents=(etcd,))
     m_apply.add_argument("file", metavar="FILE", help="a JSON mapping document")
     m_apply.add_argument("--expect-revision", metavar="N", type=int, default=None,
                          help="apply only if the mapping in force is still that of revision N (what `show` or the "
                               "last `apply` printed); else exit 3 naming the revision found")
-    m_validate = msub.add_parser("validate", help="check a mapping file without etcd",
+    m_validate = action("validate", "check a mapping file without etcd",
                                  description="Check FILE on its own: JSON syntax (with the line of an error), each "
                                              "section's form, topic names, and, when FILE has a clusters section, "
                                              "that every sink and vip is one of its clusters (without one, they "
                                              "are checked against etcd by `diff` and `apply`). Exit status 2 and "
-                                             "the first problem, naming its key, when it is not valid.",
-                                 epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                             "the first problem, naming its key, when it is not valid.")
     m_validate.add_argument("file", metavar="FILE", help="a JSON mapping document")
     m_validate.add_argument("--json", action="store_true", help="print one JSON object")
-    m_diff = msub.add_parser("diff", help="print what `apply FILE` would change, entry by entry",
+    m_diff = action("diff", "print what `apply FILE` would change, entry by entry",
                              description="Check FILE as `apply` does and print, entry by entry, what applying it "
                                          "would add (+), remove (-) or change (~), then (on stderr) the revision "
                                          "of the mapping it was compared with: pass it to `apply "
                                          "--expect-revision` so that the apply fails if the mapping changed in "
                                          "between. Secret cluster settings print as ***. Writes nothing.",
-                             epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    parents=(etcd,))
     m_diff.add_argument("file", metavar="FILE", help="a JSON mapping document")
-    m_show = msub.add_parser("show", help="print the mapping in force and its etcd revisions",
+    m_show = action("show", "print the mapping in force and its etcd revisions",
                              description="Print the mapping in force as a JSON document (one consistent read). Its "
                                          "revision (what `apply` printed, and what --expect-revision takes) goes to "
                                          "stderr. Secret cluster settings (sasl."
                                          "password, ssl.key.pem, any *.password or *.secret) print as ***, "
                                          "which `apply` refuses; with --show-secrets the output can be applied "
-                                         "again as it is.",
-                             epilog=EPILOG_MAPPING, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                         "again as it is.", parents=(etcd,))
     for p in (m_apply, m_diff, m_show):
-        p.add_argument("--etcd", metavar="URL", default=None,
-                       help="etcd endpoint, http://HOST:PORT (default: $KAFKA_MESH_ETCD)")
-        p.add_argument("--namespace", metavar="NS", default=None,
-                       help="mapping namespace (default: $KAFKA_MESH_NAMESPACE, else default)")
         p.add_argument("--json", action="store_true", help="print one JSON object")
     m_show.add_argument("--show-secrets", action="store_true",
                         help="print secret cluster settings in clear (default: ***)")

@@ -1,20 +1,18 @@
 """The cluster registry in etcd: the clusters section of a namespace's mapping, changed like any mapping change (read,
-edit, compare-and-swap; read again and retry when another change landed in between)."""
+edit, compare-and-swap: manage/mapping.edit)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
-from sidecar.errors import ConflictError, UsageError
-from sidecar.manage.mapping import apply_mapping, load
+from sidecar.errors import UsageError
+from sidecar.manage.mapping import edit, load
 from sidecar.mapping.model import Cluster, Mapping
 
-#: How often an edit reads and tries again when other writers keep changing the mapping under it.
-ATTEMPTS = 5
 #: How many of the routes that still name a cluster a refusal to remove it lists.
 NAMED = 5
 
@@ -34,45 +32,32 @@ def users(mapping: Mapping, name: str) -> Registered:
                       sorted(topic for topic, vips in mapping.consumer.items() if name in vips))
 
 
-async def _edit(etcd: Etcd, keys: Keys, edit: Callable[[Mapping], dict[str, Any]]) -> Mapping:
-    """Apply the clusters section edit makes of the mapping in force (edit raises to refuse)."""
-    for attempt in range(ATTEMPTS):
-        current = await load(etcd, keys)
-        section = edit(current)
-        try:
-            return await apply_mapping(etcd, keys, {"clusters": section}, expect_revision=current.revision)
-        except ConflictError:
-            if attempt == ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
 def _section(mapping: Mapping) -> dict[str, Any]:
     return {name: c.to_json() for name, c in mapping.clusters.items()}
 
 
 async def register(etcd: Etcd, keys: Keys, clusters: Iterable[Cluster]) -> int:
     """Add (or redefine) clusters in the registry, at one revision; returns it."""
-    clusters = list(clusters)
-    return (await _edit(etcd, keys, lambda m: {**_section(m), **{c.name: c.to_json() for c in clusters}})).revision
+    added = {c.name: c.to_json() for c in clusters}
+    return (await edit(etcd, keys, lambda m: {"clusters": {**_section(m), **added}})).revision
 
 
 async def add(etcd: Etcd, keys: Keys, cluster: Cluster, replace: bool = False) -> Mapping:
     """Register cluster; one of that name already there is refused unless replace. Returns the mapping now in
     force."""
-    def edit(mapping: Mapping) -> dict[str, Any]:
+    def change(mapping: Mapping) -> dict[str, Any]:
         old = mapping.clusters.get(cluster.name)
         if old is not None and not replace:
             raise UsageError(f"cluster {cluster.name!r} is already registered (bootstrap {old.bootstrap}); "
                              "`kafka-mesh clusters add --replace` redefines it")
-        return {**_section(mapping), cluster.name: cluster.to_json()}
+        return {"clusters": {**_section(mapping), cluster.name: cluster.to_json()}}
 
-    return await _edit(etcd, keys, edit)
+    return await edit(etcd, keys, change)
 
 
 async def remove(etcd: Etcd, keys: Keys, name: str) -> Mapping:
     """Take a cluster out of the registry: refused while a route names it. Returns the mapping now in force."""
-    def edit(mapping: Mapping) -> dict[str, Any]:
+    def change(mapping: Mapping) -> dict[str, Any]:
         if name not in mapping.clusters:
             known = ", ".join(sorted(mapping.clusters)) or "none"
             raise UsageError(f"no cluster {name!r} in namespace {keys.namespace} (registered: {known})")
@@ -82,9 +67,9 @@ async def remove(etcd: Etcd, keys: Keys, name: str) -> Mapping:
             more = f" and {len(named) - NAMED} more" if len(named) > NAMED else ""
             raise UsageError(f"cluster {name!r} is still named by {len(named)} route(s): "
                              f"{', '.join(named[:NAMED])}{more}; move them (or change the mapping) first")
-        return {k: v for k, v in _section(mapping).items() if k != name}
+        return {"clusters": {k: v for k, v in _section(mapping).items() if k != name}}
 
-    return await _edit(etcd, keys, edit)
+    return await edit(etcd, keys, change)
 
 
 async def list_clusters(etcd: Etcd, keys: Keys) -> tuple[list[Registered], int]:

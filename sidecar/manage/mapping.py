@@ -11,6 +11,7 @@ The functions run on the caller's event loop, through sidecar/control/etcd.py.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,23 @@ async def apply_mapping(etcd: Etcd, keys: Keys, doc: dict[str, Any],
     p = await plan(etcd, keys, doc, expect_revision)
     revision = await mapstore.write(etcd, keys, p.stored, p.read_at)
     return dataclasses.replace(p.mapping, revision=revision)
+
+
+#: How often edit() reads and tries again when other changes keep landing between its read and its write.
+EDIT_ATTEMPTS = 10
+
+
+async def edit(etcd: Etcd, keys: Keys, change: Callable[[Mapping], dict[str, Any]]) -> Mapping:
+    """Apply the document change makes of the mapping in force (change raises to refuse), guarded by that mapping's
+    revision; when another change lands in between, read again and retry. Returns the mapping now in force."""
+    for attempt in range(EDIT_ATTEMPTS):
+        current = await load(etcd, keys)
+        try:
+            return await apply_mapping(etcd, keys, change(current), current.revision)
+        except ConflictError:
+            if attempt == EDIT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def apply(etcd: Etcd, keys: Keys, doc: dict[str, Any]) -> int:

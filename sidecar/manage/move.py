@@ -27,9 +27,9 @@ from typing import Any
 
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
-from sidecar.errors import ConflictError, MoveError, UsageError
+from sidecar.errors import MoveError, UsageError
 from sidecar.manage import drain, status, topics
-from sidecar.manage.mapping import apply_mapping, load
+from sidecar.manage.mapping import edit, load
 from sidecar.mapping.model import DEFAULT_ROUTE, Mapping, ProducerRoute
 
 PHASES = ("created", "reading", "switched", "fenced", "drained", "done")
@@ -37,8 +37,6 @@ PHASES = ("created", "reading", "switched", "fenced", "drained", "done")
 QUIET_S = 5.0
 #: How often the waits look again.
 POLL_S = 0.5
-#: How often a mapping edit reads again when other changes land between its read and its write.
-ATTEMPTS = 10
 
 
 @dataclass
@@ -91,19 +89,11 @@ class Move:
 
     # -- mapping edits ------------------------------------------------------------------------------------------
 
-    async def _edit(self, what: str, edit: Callable[[Mapping], dict[str, Any]]) -> int:
-        """Apply the sections edit makes of the mapping in force; returns the revision."""
-        for attempt in range(ATTEMPTS):
-            current = await load(self._etcd, self._keys)
-            try:
-                applied = await apply_mapping(self._etcd, self._keys, edit(current), current.revision)
-            except ConflictError:
-                if attempt == ATTEMPTS - 1:
-                    raise
-                continue
-            self._say(f"{what}: mapping revision {applied.revision}")
-            return applied.revision
-        raise AssertionError("unreachable")
+    async def _edit(self, what: str, change: Callable[[Mapping], dict[str, Any]]) -> int:
+        """Apply the sections change makes of the mapping in force; returns the revision."""
+        applied = await edit(self._etcd, self._keys, change)
+        self._say(f"{what}: mapping revision {applied.revision}")
+        return applied.revision
 
     def _timed_out(self) -> bool:
         return time.monotonic() > self._deadline

@@ -27,6 +27,15 @@ def _cli(sandbox: Sandbox, ns: str, *args: str, timeout: float = 300) -> subproc
                           capture_output=True, text=True, env=dict(os.environ), timeout=timeout)
 
 
+def _routed_to_c1(sandbox: Sandbox, prefix: str, partitions: int) -> tuple[str, str]:
+    """A namespace whose mapping routes a new topic (on c1, with partitions) to c1: (namespace, topic)."""
+    ns = new_namespace()
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    create_topic(sandbox.clusters[0].bootstrap, topic, partitions=partitions)
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    return ns, topic
+
+
 class _Producer(threading.Thread):
     """One app producing batches of 20 records of topic through one sidecar until stopped; keeps each acked id with
     the mapping revision its batch was routed by."""
@@ -62,10 +71,7 @@ class _Producer(threading.Thread):
 
 
 def test_a_move_under_produce_and_two_groups_loses_nothing(sandbox: Sandbox, sidecar_factory: Any) -> None:
-    ns = new_namespace()
-    topic = f"move-{uuid.uuid4().hex[:8]}"
-    create_topic(sandbox.clusters[0].bootstrap, topic, partitions=3)
-    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    ns, topic = _routed_to_c1(sandbox, "move", 3)
     a = sidecar_factory(ns, "--host-id", "move-a")
     b = sidecar_factory(ns, "--host-id", "move-b")
     g1, g2 = f"g1-{uuid.uuid4().hex[:6]}", f"g2-{uuid.uuid4().hex[:6]}"
@@ -139,11 +145,8 @@ def test_a_writer_outside_the_mesh_stalls_the_fence_and_a_group_behind_holds_the
     """A producer writing to c1 directly keeps the move at the fence (exit 4, the partitions named); once it stops,
     the same command resumes. A consumer group that has not read c1 up to the fence holds the move at the drain,
     and the command run again once the group caught up finishes the move."""
-    ns = new_namespace()
-    topic = f"fence-{uuid.uuid4().hex[:8]}"
+    ns, topic = _routed_to_c1(sandbox, "fence", 2)
     c1 = sandbox.clusters[0].bootstrap
-    create_topic(c1, topic, partitions=2)
-    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
     sidecar_factory(ns)
     behind = f"behind-{uuid.uuid4().hex[:6]}"
     outside = Producer({"bootstrap.servers": c1})
@@ -193,10 +196,7 @@ def test_a_writer_outside_the_mesh_stalls_the_fence_and_a_group_behind_holds_the
 def test_a_move_there_and_back_resets_no_offset_and_loses_nothing(sandbox: Sandbox, sidecar_factory: Any) -> None:
     """c1 -> c2 -> c1 under produce with one group reading: every acked record is read, and the records read and
     committed before the first move are not read again when the group returns to c1 (its offsets there stay)."""
-    ns = new_namespace()
-    topic = f"flap-{uuid.uuid4().hex[:8]}"
-    create_topic(sandbox.clusters[0].bootstrap, topic, partitions=2)
-    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    ns, topic = _routed_to_c1(sandbox, "flap", 2)
     sc = sidecar_factory(ns)
     sub = SubStream(sc.target, f"flap-{uuid.uuid4().hex[:6]}", [topic])
     producer = _Producer(sc.target, topic, "p")
@@ -221,11 +221,8 @@ def test_a_move_there_and_back_resets_no_offset_and_loses_nothing(sandbox: Sandb
 
 
 def test_the_cli_killed_during_the_drain_resumes_there(sandbox: Sandbox, sidecar_factory: Any) -> None:
-    ns = new_namespace()
-    topic = f"kill-{uuid.uuid4().hex[:8]}"
+    ns, topic = _routed_to_c1(sandbox, "kill", 1)
     c1 = sandbox.clusters[0].bootstrap
-    create_topic(c1, topic, partitions=1)
-    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
     sidecar_factory(ns)
     outside = Producer({"bootstrap.servers": c1})
     for i in range(5):
