@@ -197,6 +197,12 @@ def _add_sidecar_parser(sub: Any) -> None:
     p.add_argument("--drain-timeout-s", metavar="S",
                    help="Subscribe: when the mapping drops a cluster from a stream, wait this long for the acks of "
                         "what it sent before committing and closing (default 10)")
+    p.add_argument("--status-ttl-s", metavar="S",
+                   help="the lease of this sidecar's status entry in etcd; a sidecar paused or cut off from etcd "
+                        "for longer acknowledges nothing it routed before (default 10)")
+    p.add_argument("--etcd-timeout-s", metavar="S",
+                   help="an etcd request's timeout, and how long Produce requests wait for the lease to come back "
+                        "before the sidecar routes by the mapping it has (default 5)")
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info (default), warning or error")
 
 

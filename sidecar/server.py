@@ -68,10 +68,12 @@ async def serve(settings: SidecarSettings) -> int:
     await source.start()             # raises when there is no mapping at all to serve
     # Half the memory budget for Produce requests in flight (librdkafka holds a copy of each record until Kafka
     # acknowledges it); the rest for Subscribe streams, the process itself and the allocator's slack.
-    produce = ProduceServicer(routes, settings.max_inflight_bytes, settings.memory_budget_bytes // 2)
+    produce = ProduceServicer(routes, settings.max_inflight_bytes, settings.memory_budget_bytes // 2,
+                              routable=status.routable)
     subscribe = SubscribeServicer(routes, StreamSettings(settings.commit_interval_ms, settings.drain_timeout_s))
     status.streams = lambda: produce.streams + subscribe.streams
     status.in_flight = routes.outstanding
+    status.catch_up = source.catch_up
 
     def idle() -> bool:
         table = routes.table
@@ -113,7 +115,7 @@ async def serve(settings: SidecarSettings) -> int:
         local_socket.secure(path, settings.socket_mode)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    await status.start()
+    await status.start(reachable=source.connected.is_set())
     # Everything allocated so far lives as long as the process: keep it out of the cyclic collector's full passes,
     # which would otherwise walk it (tens of ms) in the middle of the data path.
     gc.freeze()

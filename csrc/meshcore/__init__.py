@@ -29,7 +29,17 @@ from meshcore import wire as _wire
 from meshcore.conf import check_config, take_logs
 from meshcore.consumer import Consumer, create_consumer
 from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaError, WireError
-from meshcore.produce import REQUEST_RECORDS_LIMIT, ProduceStream, open_stream, set_max_timestamp_ahead_ms
+from meshcore.produce import (
+    REQUEST_RECORDS_LIMIT,
+    ProduceStream,
+    expire_guard,
+    guard_epoch,
+    guard_holds,
+    open_stream,
+    renew_guard,
+    set_max_timestamp_ahead_ms,
+    stale_guard,
+)
 from meshcore.producer import Producer, create_producer, librdkafka_version
 from meshcore.routes import RouteTable, build_route_table
 from meshcore.topicrules import TopicRules, build_topic_rules
@@ -62,6 +72,7 @@ __all__ = [
     "RouteTable", "TopicRules", "WireError", "DEBUG", "LIBRDKAFKA_SOURCE", "build_route_table", "build_topic_rules",
     "create_consumer",
     "create_producer", "debug_counts", "decode_produce_request", "encode_records", "librdkafka_version",
-    "set_max_timestamp_ahead_ms", "REQUEST_RECORDS_LIMIT",
+    "set_max_timestamp_ahead_ms", "REQUEST_RECORDS_LIMIT", "guard_epoch", "guard_holds", "renew_guard",
+    "expire_guard", "stale_guard",
     "open_stream", "take_logs", "check_config",
 ]

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
@@ -57,6 +58,8 @@ enum {
  * not -1, so never mistaken for an error librdkafka or a broker reported. */
 #define KM_INVALID_KERR(reason) (-50 - (reason))
 #define KM_INVALID_REASON(kerr) (-50 - (kerr))
+/* A record written but not acknowledged, because the lease guard lapsed while it was in flight (below). */
+#define KM_LAPSED_KERR (-40)
 
 /* librdkafka 2.4+ (KIP-467): the broker refused the record's batch for another record of it. The code is fixed in
  * librdkafka's ABI; written as a number so that the core still builds against older headers. */
@@ -108,10 +111,55 @@ static inline int km_code_for(rd_kafka_resp_err_t err) {
 
 struct km_batch;
 
+/* The lease guard. A topic move counts this sidecar, and waits for it to apply each step, only while its status
+ * entry lives in etcd under its lease; once the lease expired, the move may go on without it, switch the topic's
+ * producers to another cluster and, at its end, stop reading the old one. So an acknowledgement may only be given
+ * for a record that the mapping in force routed while the lease was sure to live: the control plane renews
+ * deadline_ns (CLOCK_MONOTONIC) up to that moment, and only once it has read the mapping after its lease was
+ * granted. A batch routed while the guard held is acknowledged only if it completes while the same guard still
+ * holds: one routed before a lapse (the process was paused, or cut off from etcd, past its lease) and completed
+ * after it is reported as not acknowledged, since its record may have gone where no one reads any more; the app
+ * sends it again, and it goes where the mapping read anew says. A batch routed while the guard did not hold (etcd
+ * unreachable: the sidecar serves the mapping it has, and a topic move stalls at its fence while this sidecar
+ * writes the old cluster) is acknowledged until the guard is renewed, not after. Each renewal after a lapse
+ * changes the epoch. One km_guard exists (in the produce module); each batch points at it, so that the delivery
+ * reports, which complete batches in another module, read the same one. */
+typedef struct km_guard {
+    int64_t deadline_ns;     /* atomic */
+    uint64_t epoch;          /* atomic */
+} km_guard;
+
+static inline int64_t km_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline uint64_t km_guard_epoch(const km_guard *g) { return __atomic_load_n(&g->epoch, __ATOMIC_ACQUIRE); }
+
+/* Whether the guard holds now, in epoch. */
+static inline int km_guard_holds(const km_guard *g, uint64_t epoch) {
+    return km_guard_epoch(g) == epoch && km_monotonic_ns() < __atomic_load_n(&g->deadline_ns, __ATOMIC_ACQUIRE);
+}
+
+/* Whether the guard was lapsed on purpose (deadline 0), in epoch: the control plane cannot reach etcd and serves
+ * the mapping it has. A guard merely past its deadline is not: its batches are not acknowledged. */
+static inline int km_guard_stale(const km_guard *g, uint64_t epoch) {
+    return km_guard_epoch(g) == epoch && __atomic_load_n(&g->deadline_ns, __ATOMIC_ACQUIRE) == 0;
+}
+
+/* Renew (or, with deadline_ns 0, lapse) the guard; bump: batches routed before now are not acknowledged after it.
+ * The epoch changes before the deadline, so no batch of the old epoch sees the new deadline. */
+static inline void km_guard_set(km_guard *g, int64_t deadline_ns, int bump) {
+    if (bump)
+        __atomic_add_fetch(&g->epoch, 1, __ATOMIC_ACQ_REL);
+    __atomic_store_n(&g->deadline_ns, deadline_ns, __ATOMIC_RELEASE);
+}
+
 typedef struct km_msgref {
     struct km_batch *batch;
-    uint32_t index;  /* record index in the request */
-    uint16_t sink;   /* index of the sink cluster in the route table the batch was routed by */
+    uint32_t index;   /* record index in the request */
+    uint16_t sink;    /* index of the sink cluster in the route table the batch was routed by */
 } km_msgref;
 
 typedef struct km_stream {
@@ -130,6 +178,9 @@ typedef struct km_batch {
     struct km_batch *next;
     uint64_t batch_id;
     uint64_t revision;       /* the mapping revision the batch was routed under */
+    const km_guard *guard;   /* the lease guard (NULL: none), its epoch when the batch was routed, and whether it */
+    uint64_t guard_epoch;    /* was lapsed on purpose then (km_guard_stale) */
+    int guard_stale;
     uint32_t n_records;
     uint32_t n_refs;
     int64_t pending;         /* atomic: deliveries outstanding + 1 while the batch is being enqueued */
@@ -290,9 +341,25 @@ static inline void km_batch_complete(km_batch *b) {
 }
 
 /* One delivery settled (or, with n > 1, several that never reached librdkafka). */
+/* Whether a completed batch may be acknowledged under the lease guard (see km_guard). */
+static inline int km_batch_guard_holds(const km_batch *b) {
+    if (!b->guard)
+        return 1;
+    if (km_guard_epoch(b->guard) != b->guard_epoch)
+        return 0;
+    return b->guard_stale || km_monotonic_ns() < __atomic_load_n(&b->guard->deadline_ns, __ATOMIC_ACQUIRE);
+}
+
 static inline void km_batch_settle(km_batch *b, int64_t n) {
-    if (__atomic_sub_fetch(&b->pending, n, __ATOMIC_ACQ_REL) == 0)
-        km_batch_complete(b);
+    if (__atomic_sub_fetch(&b->pending, n, __ATOMIC_ACQ_REL) != 0)
+        return;
+    if (!km_batch_guard_holds(b)) {
+        /* Every record written and not failed otherwise: not acknowledged, named by the first sink that has it. */
+        for (uint32_t r = 0; r < b->n_refs; r++)
+            if (b->refs[r].batch == b && b->rec_code[b->refs[r].index] == KM_OK)
+                km_batch_fail(b, b->refs[r].index, KM_CLUSTER_UNAVAILABLE, KM_LAPSED_KERR, b->refs[r].sink);
+    }
+    km_batch_complete(b);
 }
 
 /* The delivery report of one (record, sink) message. */

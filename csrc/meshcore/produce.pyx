@@ -12,7 +12,7 @@ stream stopped or closed (or a producer closing) and stops enqueuing.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
@@ -50,6 +50,15 @@ cdef extern from "km_batch.h" nogil:
         KM_INTERNAL
     int32_t KM_INVALID_KERR(int reason)
     int KM_INVALID_REASON(int32_t kerr)
+    int32_t KM_LAPSED_KERR
+    ctypedef struct km_guard:
+        int64_t deadline_ns
+        uint64_t epoch
+    int64_t km_monotonic_ns()
+    bint km_guard_holds(const km_guard *g, uint64_t epoch)
+    uint64_t km_guard_epoch(const km_guard *g)
+    bint km_guard_stale(const km_guard *g, uint64_t epoch)
+    void km_guard_set(km_guard *g, int64_t deadline_ns, int bump)
     ctypedef struct km_batch
     ctypedef struct km_msgref:
         km_batch *batch
@@ -65,6 +74,9 @@ cdef extern from "km_batch.h" nogil:
         km_batch *next
         uint64_t batch_id
         uint64_t revision
+        const km_guard *guard
+        uint64_t guard_epoch
+        int guard_stale
         uint32_t n_records
         uint32_t n_refs
         uint8_t *rec_code
@@ -105,6 +117,41 @@ REQUEST_RECORDS_LIMIT = MAX_REQUEST_RECORDS
 #: refuse them by default (message.timestamp.after.max.ms, 1 hour), and refuse with it the whole batch librdkafka
 #: built for the partition, other apps' records included: refused here, the record never reaches a batch.
 cdef int64_t _max_ahead_ms = 3600000
+
+
+#: The lease guard (km_batch.h): holds for ever until the control plane first sets it (a mapping from a file has
+#: no lease, and no move can happen under it).
+cdef km_guard _guard
+_guard.deadline_ns = INT64_MAX
+_guard.epoch = 0
+
+
+def guard_epoch():
+    """The lease guard's epoch now: read with the route table a batch is routed by, and given to submit()."""
+    return km_guard_epoch(&_guard)
+
+
+def renew_guard(double deadline, bint lapsed):
+    """The lease lives at least until deadline (time.monotonic() seconds) and the mapping was read under it. lapsed:
+    the guard lapsed since it was last renewed, so batches routed before now are not acknowledged after it."""
+    km_guard_set(&_guard, max(1, <int64_t>(deadline * 1e9)), lapsed)
+
+
+def expire_guard():
+    """The lease is gone (or not granted yet): nothing routed before now is acknowledged after it, and the guard
+    holds no more until renewed."""
+    km_guard_set(&_guard, 1, 1)
+
+
+def stale_guard():
+    """etcd cannot be reached: batches routed from now on, by the mapping in force, are acknowledged until the guard
+    is renewed (not after); nothing routed before now is acknowledged after it."""
+    km_guard_set(&_guard, 0, 1)
+
+
+def guard_holds():
+    """Whether the lease guard holds now (for the current epoch)."""
+    return km_guard_holds(&_guard, km_guard_epoch(&_guard))
 
 
 def set_max_timestamp_ahead_ms(int64_t ms):
@@ -220,12 +267,12 @@ cdef void _topic_cache_clear(TopicCache *cache) noexcept nogil:
 
 
 cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules **rules, ProduceRequestView *view,
-                 int64_t nbytes, int wait_ms, uint64_t *out_batch_id) except -1 nogil:
+                 int64_t nbytes, int wait_ms, uint64_t epoch, uint64_t *out_batch_id) except -1 nogil:
     """Route and enqueue every record of view as one batch, to the sinks' handles acquired in rks (NULL: that
     producer is closed, and its records fail with CLUSTER_UNAVAILABLE). A record that rules[sink] (NULL: none known)
     says the sink's brokers would refuse fails alone for that sink. Returns 0, or -1 (MemoryError) before
     enqueuing. Once the stream is stopped or closed, the rest is not enqueued: no one will read the batch's
-    answer."""
+    answer. epoch: the lease guard's when table was taken; the batch is acknowledged under the guard (km_batch.h)."""
     cdef size_t i
     cdef int s, k, reason
     cdef TopicHandle *th
@@ -281,6 +328,9 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
         free(codes)
         with gil:
             raise MemoryError()
+    b.guard = &_guard
+    b.guard_epoch = epoch
+    b.guard_stale = km_guard_stale(&_guard, epoch)
     out_batch_id[0] = view.batch_id
     cdef TopicCache topics
     topics.n = 0
@@ -369,8 +419,11 @@ cdef class ProduceStream:
         self._check_alive()
         return km_atomic_load(&self.s.inflight_batches)
 
-    def submit(self, RouteTable table not None, data, int queue_full_wait_ms=50):
+    def submit(self, RouteTable table not None, data, int queue_full_wait_ms=50, guard_epoch=None):
         """Parse a serialized ProduceRequest and enqueue its records by table. Returns the batch id.
+
+        guard_epoch: the lease guard's epoch when table was taken (guard_epoch()); by default, now. The batch is
+        acknowledged only under the same guard (km_batch.h).
 
         A malformed request raises WireError and enqueues nothing. Per-record failures (invalid topic, no route,
         a record librdkafka refuses) are reported in the batch's response, never raised."""
@@ -380,6 +433,7 @@ cdef class ProduceStream:
         cdef int rc
         cdef uint64_t batch_id = 0
         cdef int64_t nbytes = buf.shape[0]
+        cdef uint64_t epoch = km_guard_epoch(&_guard) if guard_epoch is None else <uint64_t>guard_epoch
         # Taken with the GIL, so that a close() on another thread cannot free them under this call.
         cdef km_stream *stream = self.s
         cdef rd_kafka_t **rks = <rd_kafka_t **>calloc(max(1, table.n_sinks), sizeof(rd_kafka_t *))
@@ -404,7 +458,7 @@ cdef class ProduceStream:
                                            &view)
                 if rc == 0:
                     try:
-                        _submit(stream, table, rks, rules, &view, nbytes, queue_full_wait_ms, &batch_id)
+                        _submit(stream, table, rks, rules, &view, nbytes, queue_full_wait_ms, epoch, &batch_id)
                     finally:
                         produce_request_view_free(&view)
             finally:
@@ -543,6 +597,10 @@ cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil
     elif KM_INVALID_KERR(KM_INVALID_TOPIC_MAX_BYTES) <= b.rec_kerr[i] <= KM_INVALID_KERR(KM_INVALID_NO_KEY):
         n = snprintf(msg, cap, "cluster '%s': %s", b.names + b.name_off[b.rec_sink[i]],
                      _topic_rule_text(KM_INVALID_REASON(b.rec_kerr[i])))
+    elif b.rec_kerr[i] == KM_LAPSED_KERR:
+        n = snprintf(msg, cap, "cluster '%s': written, not acknowledged: this sidecar lost its status lease in "
+                     "etcd while the record was in flight (paused, or cut off from etcd), so the route it took may "
+                     "be stale (a topic move); send the record again", b.names + b.name_off[b.rec_sink[i]])
     elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_PARTITION):
         n = snprintf(msg, cap, "partition is negative; leave it out to let the partitioner choose")
     elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__PURGE_QUEUE:

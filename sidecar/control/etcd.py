@@ -83,10 +83,13 @@ class Etcd:
             raise self._error("lease grant", e) from e
 
     async def refresh(self, lease: Any) -> None:
+        """Keep lease alive for its TTL from now; raises EtcdError when it has expired already."""
         try:
-            await lease.refresh()
+            reply = await lease.refresh()
         except Exception as e:
             raise self._error("lease refresh", e) from e
+        if reply is None or reply.TTL <= 0:
+            raise EtcdError(f"etcd at {self.endpoint}: lease {lease.id} has expired")
 
     async def revoke(self, lease: Any) -> None:
         try:

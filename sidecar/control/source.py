@@ -196,6 +196,12 @@ class MappingSource:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
+    async def catch_up(self, etcd: Etcd) -> None:
+        """Read the pointer now and apply the mapping it names, if newer than the one applied (the status reporter
+        does, once it holds a new lease). Nothing with a mapping from a file."""
+        if self._settings.mapping_file is None:
+            await self._catch_up(etcd)
+
     async def _catch_up(self, etcd: Etcd) -> None:
         """Read the pointer and apply the mapping it names, if newer than the one applied."""
         for _ in range(mapstore.READ_ATTEMPTS):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -95,8 +95,11 @@ class ProduceServicer:
     """Serves Produce streams. `shutdown()` makes every stream stop reading, answer what it has in flight, and
     end, so that a SIGTERM loses nothing that was accepted."""
 
-    def __init__(self, routes: RouteState, max_inflight_bytes: int, max_total_inflight_bytes: int = 1 << 62) -> None:
+    def __init__(self, routes: RouteState, max_inflight_bytes: int, max_total_inflight_bytes: int = 1 << 62,
+                 routable: Callable[[], Awaitable[None]] | None = None) -> None:
         self._routes = routes
+        #: Waits, while the lease guard does not hold, until routing may go on (StatusReporter.routable).
+        self._routable = routable
         self._max_inflight = max_inflight_bytes
         self._max_total = max_total_inflight_bytes
         self._readers: dict[_Reader, meshcore.ProduceStream] = {}
@@ -257,7 +260,11 @@ class ProduceServicer:
                 raise _CallEnded(f"{type(e).__name__}: {e}") from e
             state.busy = True
             await self._wait_for_total(stream, len(raw))
+            if self._routable is not None and not meshcore.guard_holds():
+                await self._routable()
             table = self._routes.table
+            # The lease guard's epoch with the table: the batch is acknowledged only under that same guard.
+            epoch = meshcore.guard_epoch()
             if table is None:
                 raise StreamAborted(grpc.StatusCode.UNAVAILABLE, "the sidecar stopped before this request was "
                                     "enqueued: nothing of it was written" if self._stopping else
@@ -267,9 +274,9 @@ class ProduceServicer:
                 # the GIL released. A large request, or producers already holding many records, may meet a full
                 # librdkafka queue and wait for Kafka: that runs in a worker thread, so the loop never waits.
                 if len(raw) > INLINE_MAX_BYTES or table.max_queued() > INLINE_MAX_QUEUED:
-                    await _finish(loop.run_in_executor(self._executor, stream.submit, table, raw))
+                    await _finish(loop.run_in_executor(self._executor, stream.submit, table, raw, 50, epoch))
                 else:
-                    stream.submit(table, raw)
+                    stream.submit(table, raw, 50, epoch)
             except (meshcore.WireError, ValueError) as e:
                 log.info("produce stream ended: %s", e)
                 raise StreamAborted(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e

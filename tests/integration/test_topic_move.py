@@ -3,9 +3,11 @@ one consumer group through each while the topic moves from c1 to c2; then the re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -16,7 +18,10 @@ import grpc
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from sidecar.api.kafkamesh.v1 import mesh_pb2_grpc
+from sidecar.control.etcd import Etcd
+from sidecar.control.keys import Keys
 from sidecar.dev.sandbox import Sandbox
+from sidecar.manage.move import key as move_key
 from tests.integration.kafka_helpers import create_topic, read_records
 from tests.integration.sidecar_proc import apply, batch, clusters_doc, new_namespace
 from tests.integration.subscribe_stream import SubStream
@@ -25,6 +30,44 @@ from tests.integration.subscribe_stream import SubStream
 def _cli(sandbox: Sandbox, ns: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["kafka-mesh", *args, "--etcd", sandbox.etcd_endpoint, "--namespace", ns],
                           capture_output=True, text=True, env=dict(os.environ), timeout=timeout)
+
+
+class _Move(threading.Thread):
+    """`kafka-mesh topic move` running in the background, its output kept line by line as it comes."""
+
+    def __init__(self, sandbox: Sandbox, ns: str, *args: str) -> None:
+        super().__init__(daemon=True)
+        self.proc = subprocess.Popen(["kafka-mesh", "topic", "move", *args, "--etcd", sandbox.etcd_endpoint,
+                                      "--namespace", ns], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=dict(os.environ))
+        self.lines: list[str] = []
+        self.start()
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None or time.monotonic() < deadline and self.is_alive(), self.lines
+            assert time.monotonic() < deadline, f"no {text!r} in {self.lines}"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float) -> tuple[int, str, str]:
+        rc = self.proc.wait(timeout)
+        self.join(10)
+        assert self.proc.stderr is not None
+        return rc, "".join(self.lines), self.proc.stderr.read()
+
+
+def _phase(sandbox: Sandbox, ns: str, topic: str) -> str:
+    async def read() -> str:
+        async with Etcd(sandbox.etcd_endpoint) as etcd:
+            got = await etcd.get(move_key(Keys(ns), topic))
+        return "" if got is None else str(json.loads(got[0])["phase"])
+    return asyncio.run(read())
 
 
 def _routed_to_c1(sandbox: Sandbox, prefix: str, partitions: int) -> tuple[str, str]:
@@ -40,16 +83,17 @@ class _Producer(threading.Thread):
     """One app producing batches of 20 records of topic through one sidecar until stopped; keeps each acked id with
     the mapping revision its batch was routed by."""
 
-    def __init__(self, target: str, topic: str, name: str) -> None:
+    def __init__(self, target: str, topic: str, name: str, pause: float = 0.01) -> None:
         super().__init__(daemon=True)
-        self.target, self.topic, self.name = target, topic, name
+        self.target, self.topic, self.name, self.pause = target, topic, name, pause
+        self.sent: dict[int, list[str]] = {}
         self.stop = threading.Event()
         self.acked: dict[str, int] = {}
         self.failed: list[Any] = []
         self.error: Exception | None = None
 
     def run(self) -> None:
-        sent: dict[int, list[str]] = {}
+        sent = self.sent
 
         def requests() -> Any:
             b = 0
@@ -57,7 +101,7 @@ class _Producer(threading.Thread):
                 sent[b] = [f"{self.name}-{b}-{i}" for i in range(20)]
                 yield batch(b, [(self.topic, x) for x in sent[b]])
                 b += 1
-                time.sleep(0.01)
+                time.sleep(self.pause)
 
         try:
             with grpc.insecure_channel(self.target) as ch:
@@ -247,3 +291,86 @@ def test_the_cli_killed_during_the_drain_resumes_there(sandbox: Sandbox, sidecar
     again = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--timeout", "60")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "after phase fenced" in again.stdout and f"done: {topic} is on c2" in again.stdout
+
+
+def test_a_sidecar_slowed_at_the_switch_holds_the_move_until_it_switched(
+        sandbox: Sandbox, sidecar_factory: Any) -> None:
+    """Two sidecars apply the producer switch at different moments: one is stopped (SIGSTOP, for less than its
+    status lease) just as the move switches. The move waits for it, named, before it fences or drops c1 for the
+    readers; once it runs again, it switches and the move finishes with every acked record read."""
+    ns, topic = _routed_to_c1(sandbox, "slow", 2)
+    a = sidecar_factory(ns, "--host-id", "slow-a")
+    b = sidecar_factory(ns, "--host-id", "slow-b")
+    sub = SubStream(a.target, f"slow-{uuid.uuid4().hex[:6]}", [topic])
+    producers = [_Producer(a.target, topic, "a"), _Producer(b.target, topic, "b")]
+    for p in producers:
+        p.start()
+    time.sleep(1)
+    move = _Move(sandbox, ns, topic, "--to", "c2", "--timeout", "120")
+    move.wait_for("reading:", 60)
+    os.kill(b.proc.pid, signal.SIGSTOP)
+    try:
+        move.wait_for("switched: waiting for 1 of 2 sidecar(s) to apply revision", 20)
+        time.sleep(5)       # the lease is 10 s: slow-b still counts, and the move waits for it
+        assert _phase(sandbox, ns, topic) == "reading"
+        assert "slow-b" in move.lines[-1], move.lines
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+    rc, out, err = move.finish(120)
+    assert rc == 0, out + err
+    for p in producers:
+        p.stop.set()
+    for p in producers:
+        p.join(60)
+    assert not [p.error for p in producers if p.error] and not [p.failed for p in producers if p.failed]
+    acked = {x for p in producers for x in p.acked}
+    sub.wait(lambda s: acked <= set(s.values()), 120, "every acked record")
+    sub.close()
+
+
+def test_a_sidecar_paused_past_its_lease_acknowledges_nothing_it_routed_before(
+        sandbox: Sandbox, sidecar_factory: Any) -> None:
+    """A sidecar stopped (SIGSTOP) for longer than its status lease while a topic moves drops out of the move's
+    count, and the move finishes without it. When it runs again, what it had handed to Kafka for c1 before the
+    stop may still reach c1, where no one reads any more: none of it is acknowledged (the app is told to send it
+    again), nothing more is written by the old route, and once it has read the mapping anew its records go to c2.
+    Every acked record is read by the group."""
+    ns, topic = _routed_to_c1(sandbox, "pause", 2)
+    a = sidecar_factory(ns, "--host-id", "pause-a", "--status-ttl-s", "3")
+    b = sidecar_factory(ns, "--host-id", "pause-b", "--status-ttl-s", "3")
+    sub = SubStream(a.target, f"pause-{uuid.uuid4().hex[:6]}", [topic])
+    pa = _Producer(a.target, topic, "a")
+    pb = _Producer(b.target, topic, "b", pause=0.002)     # keeps a batch in flight nearly all the time
+    for p in (pa, pb):
+        p.start()
+    time.sleep(1)
+    move = _Move(sandbox, ns, topic, "--to", "c2", "--timeout", "120")
+    move.wait_for("reading:", 60)
+    os.kill(b.proc.pid, signal.SIGSTOP)
+    stopped_at = len(pb.sent)
+    try:
+        rc, out, err = move.finish(120)       # goes on once pause-b's lease expired
+        assert rc == 0, out + err
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    while not any(rev > 0 and x.startswith("b-") and int(x.split("-")[1]) > stopped_at + 10
+                  for x, rev in list(pb.acked.items())):
+        assert time.monotonic() < deadline and pb.error is None, (pb.error, pb.failed[-3:])
+        time.sleep(0.2)
+    for p in (pa, pb):
+        p.stop.set()
+    for p in (pa, pb):
+        p.join(60)
+    assert pa.error is None and pb.error is None and not pa.failed
+    lapsed = [e.message for r in pb.failed for e in r.errors if "status lease" in e.message]
+    assert lapsed, [e.message for r in pb.failed for e in r.errors][:5]
+    assert {m.split(":")[0] for m in lapsed} == {"cluster 'c1'"}, lapsed[:5]
+    acked = {x for p in (pa, pb) for x in p.acked}
+    sub.wait(lambda s: acked <= set(s.values()), 120, "every acked record")
+    sub.close()
+    # What c1 holds that no one acknowledged came from pause-b's batches that failed: nothing else reached c1.
+    ends = json.loads(_cli(sandbox, ns, "topic", "describe", topic, "--json").stdout)["clusters"][0]["end_offsets"]
+    in_c1 = {x for _, x in read_records(sandbox.clusters[0].bootstrap, [topic], sum(ends.values()))}
+    assert len(in_c1) == sum(ends.values())
+    assert in_c1 - acked <= {x for r in pb.failed for x in pb.sent[r.batch_id]}
