@@ -67,6 +67,8 @@ class RouteState:
         self._index: dict[str, int] = {}
         self._delta: dict[str, tuple[int, ...]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        #: topic -> the clusters its consumer route reads that its producers do not write yet (a move under way)
+        self._read_ahead: dict[str, tuple[str, ...]] = {}
         #: Called (on the loop) with every mapping applied after the first: Subscribe streams follow it live.
         self.listeners: set[Callable[[Mapping], None]] = set()
 
@@ -170,14 +172,47 @@ class RouteState:
         self._live = entries
         if self._topic_rules is not None:
             self._topic_rules.follow({name: (e.cluster, e.producer) for name, e in entries.items()}, routed)
+        previous = self.mapping
         self.table = table
         self.mapping = mapping
+        self._hold_targets(mapping, previous)
         self.reap()
         for listener in ([self._on_change] if self._on_change is not None else []) + list(self.listeners):
             try:
                 listener(mapping)
             except Exception:       # one stream's trouble must not stop the mapping reaching the others
                 log.exception("a mapping listener failed")
+
+    def _hold_targets(self, mapping: Mapping, previous: Mapping | None) -> None:
+        """Each producer keeps the handles of the topics a move is bringing to its cluster (Mapping.read_ahead),
+        from the move's first step on, so that their first records after the producer switch do not wait for
+        librdkafka to look up the topic's partition leaders."""
+        change = mapping.change
+        if change is not None and previous is not None and change.base == previous.revision:
+            topics = change.consumer | change.topics.keys()
+            if not topics and not change.default:
+                return
+            ahead = dict(self._read_ahead)
+            for topic in (ahead.keys() | topics) if change.default else topics:
+                clusters = mapping.read_ahead(topic)
+                if clusters:
+                    ahead[topic] = clusters
+                else:
+                    ahead.pop(topic, None)
+            if ahead == self._read_ahead:
+                return
+        else:       # compiled whole: a producer may be new
+            ahead = {t: c for t in mapping.consumer if (c := mapping.read_ahead(t))}
+        self._read_ahead = ahead
+        held: dict[str, list[str]] = {}
+        for topic, clusters in ahead.items():
+            for cluster in clusters:
+                held.setdefault(cluster, []).append(topic)
+        for name, entry in self._live.items():
+            try:
+                entry.producer.hold_topics(held.get(name, ()))
+            except meshcore.HandleClosedError:
+                pass            # closed at shutdown meanwhile
 
     def outstanding(self) -> dict[str, int]:
         """Records each cluster's producer holds unacknowledged (queued or in flight), by cluster."""

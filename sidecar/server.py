@@ -74,6 +74,7 @@ async def serve(settings: SidecarSettings) -> int:
     status.streams = lambda: produce.streams + subscribe.streams
     status.in_flight = routes.outstanding
     status.catch_up = source.catch_up
+    status.oldest_in_flight = produce.oldest_revision_in_flight
 
     def idle() -> bool:
         table = routes.table

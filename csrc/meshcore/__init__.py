@@ -35,6 +35,7 @@ from meshcore.produce import (
     expire_guard,
     guard_epoch,
     guard_holds,
+    oldest_revision_in_flight,
     open_stream,
     renew_guard,
     set_max_timestamp_ahead_ms,
@@ -73,6 +74,6 @@ __all__ = [
     "create_consumer",
     "create_producer", "debug_counts", "decode_produce_request", "encode_records", "librdkafka_version",
     "set_max_timestamp_ahead_ms", "REQUEST_RECORDS_LIMIT", "guard_epoch", "guard_holds", "renew_guard",
-    "expire_guard", "stale_guard",
+    "expire_guard", "stale_guard", "oldest_revision_in_flight",
     "open_stream", "take_logs", "check_config",
 ]

@@ -156,6 +156,60 @@ static inline void km_guard_set(km_guard *g, int64_t deadline_ns, int bump) {
     __atomic_store_n(&g->deadline_ns, deadline_ns, __ATOMIC_RELEASE);
 }
 
+/* Batches in flight by the mapping revision they were routed under, for the whole process: what tells a topic move
+ * that nothing routed before its producer switch is still on its way to the old cluster. A few revisions are in
+ * flight at once; a batch whose revision finds no free slot is counted as "older than any" (overflow). */
+#define KM_REV_SLOTS 64
+typedef struct km_revisions {
+    pthread_mutex_t lock;
+    uint64_t rev[KM_REV_SLOTS];
+    int64_t count[KM_REV_SLOTS];
+    int64_t overflow;
+} km_revisions;
+
+static inline void km_revisions_init(km_revisions *r) {
+    memset(r, 0, sizeof(*r));
+    pthread_mutex_init(&r->lock, NULL);
+}
+
+/* Count n (+1 or -1) batches of revision; returns 0, or 1 when counted in overflow (no free slot, or counted there
+ * before: over, from the +1). */
+static inline int km_revisions_add(km_revisions *r, uint64_t revision, int64_t n, int over) {
+    pthread_mutex_lock(&r->lock);
+    int free_slot = -1, i;
+    if (!over) {
+        for (i = 0; i < KM_REV_SLOTS; i++) {
+            if (r->count[i] > 0 && r->rev[i] == revision) {
+                r->count[i] += n;
+                pthread_mutex_unlock(&r->lock);
+                return 0;
+            }
+            if (r->count[i] <= 0 && free_slot < 0)
+                free_slot = i;
+        }
+        if (n > 0 && free_slot >= 0) {
+            r->rev[free_slot] = revision;
+            r->count[free_slot] = n;
+            pthread_mutex_unlock(&r->lock);
+            return 0;
+        }
+    }
+    r->overflow += n;
+    pthread_mutex_unlock(&r->lock);
+    return 1;
+}
+
+/* The oldest revision with a batch in flight (0 when one is counted in overflow); -1 when none. */
+static inline int64_t km_revisions_oldest(km_revisions *r) {
+    pthread_mutex_lock(&r->lock);
+    int64_t oldest = r->overflow > 0 ? 0 : -1;
+    for (int i = 0; i < KM_REV_SLOTS && oldest != 0; i++)
+        if (r->count[i] > 0 && (oldest < 0 || r->rev[i] < (uint64_t)oldest))
+            oldest = (int64_t)r->rev[i];
+    pthread_mutex_unlock(&r->lock);
+    return oldest;
+}
+
 typedef struct km_msgref {
     struct km_batch *batch;
     uint32_t index;   /* record index in the request */
@@ -181,6 +235,8 @@ typedef struct km_batch {
     const km_guard *guard;   /* the lease guard (NULL: none), its epoch when the batch was routed, and whether it */
     uint64_t guard_epoch;    /* was lapsed on purpose then (km_guard_stale) */
     int guard_stale;
+    km_revisions *revisions; /* where the batch is counted in flight by its revision (NULL: nowhere) */
+    int revision_over;       /* counted in its overflow */
     uint32_t n_records;
     uint32_t n_refs;
     int64_t pending;         /* atomic: deliveries outstanding + 1 while the batch is being enqueued */
@@ -359,6 +415,8 @@ static inline void km_batch_settle(km_batch *b, int64_t n) {
             if (b->refs[r].batch == b && b->rec_code[b->refs[r].index] == KM_OK)
                 km_batch_fail(b, b->refs[r].index, KM_CLUSTER_UNAVAILABLE, KM_LAPSED_KERR, b->refs[r].sink);
     }
+    if (b->revisions)
+        km_revisions_add(b->revisions, b->revision, -1, b->revision_over);
     km_batch_complete(b);
 }
 

@@ -59,6 +59,11 @@ cdef extern from "km_batch.h" nogil:
     uint64_t km_guard_epoch(const km_guard *g)
     bint km_guard_stale(const km_guard *g, uint64_t epoch)
     void km_guard_set(km_guard *g, int64_t deadline_ns, int bump)
+    ctypedef struct km_revisions:
+        pass
+    void km_revisions_init(km_revisions *r)
+    int km_revisions_add(km_revisions *r, uint64_t revision, int64_t n, int over)
+    int64_t km_revisions_oldest(km_revisions *r)
     ctypedef struct km_batch
     ctypedef struct km_msgref:
         km_batch *batch
@@ -77,6 +82,8 @@ cdef extern from "km_batch.h" nogil:
         const km_guard *guard
         uint64_t guard_epoch
         int guard_stale
+        km_revisions *revisions
+        int revision_over
         uint32_t n_records
         uint32_t n_refs
         uint8_t *rec_code
@@ -124,6 +131,18 @@ cdef int64_t _max_ahead_ms = 3600000
 cdef km_guard _guard
 _guard.deadline_ns = INT64_MAX
 _guard.epoch = 0
+
+
+#: Batches in flight by revision (km_batch.h).
+cdef km_revisions _revisions
+km_revisions_init(&_revisions)
+
+
+def oldest_revision_in_flight():
+    """The oldest mapping revision with a batch in flight (routed, not yet completed by every sink) in this
+    process: 0 when too many revisions were in flight to tell; None when nothing is in flight."""
+    cdef int64_t oldest = km_revisions_oldest(&_revisions)
+    return None if oldest < 0 else oldest
 
 
 def guard_epoch():
@@ -331,6 +350,9 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
     b.guard = &_guard
     b.guard_epoch = epoch
     b.guard_stale = km_guard_stale(&_guard, epoch)
+    # Before any record is enqueued: the batch cannot complete (and uncount itself) before it is counted.
+    b.revisions = &_revisions
+    b.revision_over = km_revisions_add(&_revisions, b.revision, 1, 0)
     out_batch_id[0] = view.batch_id
     cdef TopicCache topics
     topics.n = 0

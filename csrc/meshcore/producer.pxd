@@ -39,5 +39,10 @@ cdef class Producer:
     # What the cluster's brokers accept per topic (a meshcore.TopicRules, set by the control plane; None: nothing
     # is checked). Produce submits read it once per batch.
     cdef public object topic_rules
+    # Topics whose handles this producer keeps (name -> rd_kafka_topic_t * as an integer): librdkafka then keeps
+    # their metadata, so the first record of a topic about to be written here (a move's target) finds its
+    # partitions' leaders known.
+    cdef dict _held
+    cdef void _release_held(self, rd_kafka_t *rk)
     cdef rd_kafka_t *_acquire(self) except NULL
     cdef int _close(self, int flush_timeout_ms) except? -1

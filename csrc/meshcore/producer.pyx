@@ -146,6 +146,34 @@ cdef class Producer:
         if self.closed:
             raise HandleClosedError(f"producer {self.name!r} is closed")
 
+    def hold_topics(self, topics):
+        """Keep the handles of these topics, and release the others held: each new one makes librdkafka look up
+        its partitions' leaders now, and keep them, instead of at its first record."""
+        cdef rd_kafka_t *rk = self._acquire()
+        cdef rd_kafka_topic_t *rkt
+        cdef bytes raw
+        try:
+            wanted = set(topics)
+            for name in [n for n in self._held if n not in wanted]:
+                rd_kafka_topic_destroy(<rd_kafka_topic_t *><size_t>self._held.pop(name))
+            for name in sorted(wanted - self._held.keys()):
+                raw = name.encode()
+                rkt = rd_kafka_topic_new(rk, raw, NULL)
+                if rkt != NULL:
+                    self._held[name] = <size_t>rkt
+        finally:
+            km_handle_release(self.h)
+
+    @property
+    def held_topics(self):
+        return sorted(self._held or ())
+
+    cdef void _release_held(self, rd_kafka_t *rk):
+        if self._held:
+            for ptr in self._held.values():
+                rd_kafka_topic_destroy(<rd_kafka_topic_t *><size_t>ptr)
+            self._held.clear()
+
     @property
     def closed(self):
         """True from the moment close() begins."""
@@ -164,6 +192,12 @@ cdef class Producer:
         cdef int left = 0
         if self.h == NULL:
             return 0
+        if self._held:
+            # Released before the handle is destroyed, which waits for the application's topic handles.
+            rk = km_handle_acquire(self.h)
+            if rk != NULL:
+                self._release_held(rk)
+                km_handle_release(self.h)
         with nogil:
             rk = km_handle_close_begin(self.h)
             if rk != NULL:
@@ -198,6 +232,7 @@ cdef class Producer:
             warnings.warn(f"unclosed {self!r}", ResourceWarning)
             # Nothing else can be using it: every user holds a reference to this object.
             rk = km_handle_close_begin(self.h)
+            self._release_held(rk)
             with nogil:
                 _destroy_rk(rk, self.poller)
             km_handle_close_end(self.h)
@@ -269,6 +304,7 @@ def create_producer(str name, dict config):
     p = Producer.__new__(Producer)
     p.stats = stats
     p.name = name
+    p._held = {}
     p._log_key = register_client(rk, name)
     p.h = km_handle_new(rk)
     if p.h == NULL:

@@ -36,6 +36,9 @@ from sidecar.mapping.model import Mapping
 
 log = logging.getLogger("kafka_mesh.status")
 
+#: While batches routed before the applied revision are in flight, how often the entry looks whether they are done.
+POLL_S = 0.05
+
 
 class StatusReporter:
     def __init__(self, settings: SidecarSettings) -> None:
@@ -47,9 +50,13 @@ class StatusReporter:
         self.streams: Callable[[], int] = lambda: 0
         #: Records held unacknowledged, by cluster (what `kafka-mesh status` shows); refreshed with the entry.
         self.in_flight: Callable[[], dict[str, int]] = dict
+        #: The oldest mapping revision with a Produce batch still in flight (None: none): a topic move waits for it
+        #: to reach its producer switch's revision. The entry is rewritten as soon as it does.
+        self.oldest_in_flight: Callable[[], int | None] = lambda: None
         #: Reads the mapping pointer and applies what it names (MappingSource.catch_up), once per new lease.
         self.catch_up: Callable[[Etcd], Awaitable[None]] | None = None
         self._deadline = 0.0      # until when (time.monotonic()) the lease guard is renewed
+        self._reported_older = False    # the entry written last reports batches routed before its revision
         self._stale = False       # routing by the mapping in force without a lease (etcd out of reach)
         self._lapsed_at: float | None = None      # when a Produce stream first found the guard lapsed
         self._renewed = asyncio.Event()           # set (and replaced) at each renewal
@@ -64,9 +71,12 @@ class StatusReporter:
         self._changed.set()
 
     def document(self) -> bytes:
+        oldest = self.oldest_in_flight()
+        self._reported_older = oldest is not None and oldest < self._revision
         return json.dumps({
             "host": self._settings.host_id, "pid": os.getpid(), "version": __version__,
-            "revision": self._revision, "streams": self.streams(), "in_flight": self.in_flight(), "at": time.time(),
+            "revision": self._revision, "streams": self.streams(), "in_flight": self.in_flight(),
+            "oldest_in_flight": oldest, "at": time.time(),
             "delivery_timeout_ms": self._settings.delivery_timeout_ms,
             "started": int(self.started),
             "listen": list(self._settings.listen),
@@ -120,6 +130,22 @@ class StatusReporter:
         renewed, self._renewed = self._renewed, asyncio.Event()
         renewed.set()
 
+    def _older_in_flight(self) -> bool:
+        oldest = self.oldest_in_flight()
+        return oldest is not None and oldest < self._revision
+
+    async def _until_changed(self, beat: float) -> None:
+        """Until the entry should be written again: its revision changed, the last batches routed before it
+        completed (a topic move waits for that), or the beat is due."""
+        due = time.monotonic() + beat
+        older = self._reported_older       # as the entry written last says (they may be done already)
+        while not self._changed.is_set():
+            left = due - time.monotonic()
+            if left <= 0 or (older and not self._older_in_flight()):
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, POLL_S if older else left))
+
     def _expire(self) -> None:
         self._deadline = 0.0
         meshcore.expire_guard()
@@ -147,8 +173,7 @@ class StatusReporter:
                         while True:
                             self._changed.clear()
                             await etcd.put(self.key, self.document(), lease=lease)
-                            with contextlib.suppress(asyncio.TimeoutError):
-                                await asyncio.wait_for(self._changed.wait(), timeout=ttl / 3)
+                            await self._until_changed(ttl / 3)
                             sent = time.monotonic()
                             await etcd.refresh(lease)
                             self._renew(sent, ttl)

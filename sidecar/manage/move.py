@@ -127,19 +127,28 @@ class Move:
 
         await self._until(check)
 
-    async def _wait_flushed(self, cluster: str, since: float) -> None:
-        """Until every live sidecar, in a status entry written after `since` (when the producer switch was written),
-        holds nothing unacknowledged for cluster, or had its delivery timeout to deliver or fail it."""
+    async def _wait_flushed(self, cluster: str, revision: int, since: float) -> None:
+        """Until no live sidecar has a batch in flight that was routed before revision (the producer switch,
+        written at `since`): each reports the oldest revision it still has in flight, in an entry that applied
+        revision. A sidecar that does not report it (an older version) must report nothing in flight for cluster in
+        an entry written after since. Either way, a sidecar's delivery timeout after the switch its batches are
+        delivered or failed."""
+        def flushed(e: dict[str, Any]) -> bool:
+            if "oldest_in_flight" in e:
+                oldest = e["oldest_in_flight"]
+                return int(e.get("revision", -1)) >= revision and (oldest is None or int(oldest) >= revision)
+            return float(e.get("at", 0)) > since and not (e.get("in_flight") or {}).get(cluster)
+
         async def check() -> tuple[str | None, str, str]:
             entries = await status.sidecars(self._etcd, self._keys)
             now = time.time()
             late = sorted(str(e.get("host", "?")) for e in entries
-                          if not (float(e.get("at", 0)) > since and not (e.get("in_flight") or {}).get(cluster))
-                          and now - since < int(e.get("delivery_timeout_ms", 60_000)) / 1000 + 1)
-            return (None if late else f"switched: no sidecar holds records for {cluster} written before the switch",
-                    f"switched: waiting for {', '.join(late[:5])} to deliver what they hold for {cluster}",
-                    f"switched: sidecar(s) {', '.join(late)} still hold records for {cluster}; run the command "
-                    "again to go on waiting")
+                          if not flushed(e) and now - since < int(e.get("delivery_timeout_ms", 60_000)) / 1000 + 1)
+            return (None if late else f"switched: no sidecar has records in flight routed before revision {revision}",
+                    f"switched: waiting for {', '.join(late[:5])} to deliver what they routed before revision "
+                    f"{revision}",
+                    f"switched: sidecar(s) {', '.join(late)} still have records in flight routed before revision "
+                    f"{revision}; run the command again to go on waiting")
 
         await self._until(check)
 
@@ -178,7 +187,7 @@ class Move:
             rev = await self._edit("producers write to the new cluster", lambda m: _producer_doc(m, state))
             seen = time.time()
             await self._wait_applied(rev, "switched")
-            await self._wait_flushed(state.source, seen)
+            await self._wait_flushed(state.source, rev, seen)
             state.revisions["switched"] = rev
             version = await self._advance(state, "switched", version)
         if _before(state, "fenced"):

@@ -335,6 +335,7 @@ class Change:
     base: int                                     # the revision of the mapping it was made from
     topics: dict[str, tuple[str, ...] | None]     # producer topics whose sinks changed (None: now no own route)
     default: bool                                 # whether __default__ changed
+    consumer: frozenset[str] = frozenset()        # topics whose consumer route changed
 
 
 @dataclass(frozen=True)
@@ -380,6 +381,15 @@ class Mapping:
         """The clusters a record of topic is written to: its own route's, else the default route's, else None."""
         key = self.route_of(topic)
         return self.routes[key] if key is not None else self.default_sinks
+
+    def read_ahead(self, topic: str) -> tuple[str, ...]:
+        """The clusters topic's consumer route reads that its producers do not write: during a topic move, the
+        cluster it goes to until the producer switch, the one it leaves after it."""
+        vips = self.consumer.get(topic, ())
+        if len(vips) < 2:
+            return ()
+        sinks = self.sinks_for(topic) or ()
+        return tuple(c for c in vips if c not in sinks)
 
     def clusters_for_consumer(self, topic: str) -> tuple[str, ...] | None:
         """The clusters a subscriber to topic reads: its consumer route's, else where its producers write."""
@@ -461,7 +471,8 @@ class Mapping:
                 _check_vips(topic, vips, self.clusters)
                 cons[topic] = _share(vips)
         default = routes.get(DEFAULT_ROUTE) != self.routes.get(DEFAULT_ROUTE)
-        return Mapping(self.clusters, routes, cons, revision, listed, Change(self.revision, topics, default))
+        return Mapping(self.clusters, routes, cons, revision, listed,
+                       Change(self.revision, topics, default, frozenset(consumer)))
 
     def check_clusters_exist(self, sections: Iterable[str] = ("producer", "consumer")) -> None:
         """Refuse a sink or vip, in the routes of sections, that is not one of the mapping's clusters."""

@@ -111,6 +111,9 @@ class ProduceServicer:
         self._stopping = False
         self._idle = asyncio.Event()      # set while no stream is open
         self._idle.set()
+        # Requests being submitted in a worker thread, by the revision of their table: not yet counted in flight
+        # by the core (oldest_revision_in_flight).
+        self._submitting: dict[int, int] = {}
 
     @property
     def streams(self) -> int:
@@ -127,6 +130,12 @@ class ProduceServicer:
         for reader in self._readers:
             if not reader.busy and reader.task is not None:
                 reader.task.cancel()
+
+    def oldest_revision_in_flight(self) -> int | None:
+        """The oldest mapping revision that a request routed by is still being submitted or in flight to Kafka."""
+        revisions = [r for r in (meshcore.oldest_revision_in_flight(), min(self._submitting, default=None))
+                     if r is not None]
+        return min(revisions, default=None)
 
     @property
     def inflight_bytes(self) -> int:
@@ -274,7 +283,15 @@ class ProduceServicer:
                 # the GIL released. A large request, or producers already holding many records, may meet a full
                 # librdkafka queue and wait for Kafka: that runs in a worker thread, so the loop never waits.
                 if len(raw) > INLINE_MAX_BYTES or table.max_queued() > INLINE_MAX_QUEUED:
-                    await _finish(loop.run_in_executor(self._executor, stream.submit, table, raw, 50, epoch))
+                    revision = table.revision
+                    self._submitting[revision] = self._submitting.get(revision, 0) + 1
+                    try:
+                        await _finish(loop.run_in_executor(self._executor, stream.submit, table, raw, 50, epoch))
+                    finally:
+                        if self._submitting[revision] == 1:
+                            del self._submitting[revision]
+                        else:
+                            self._submitting[revision] -= 1
                 else:
                     stream.submit(table, raw, 50, epoch)
             except (meshcore.WireError, ValueError) as e:

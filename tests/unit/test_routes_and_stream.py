@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 import pytest
 
@@ -285,3 +286,28 @@ def test_topic_rules_refuse_bad_input() -> None:
     with pytest.raises(ValueError):
         meshcore.build_topic_rules(None, {"t": (False, True)})
     assert meshcore.build_topic_rules(None, {}).rule_for("t") is None
+
+
+def _revisions_in_flight() -> list[Any]:
+    producer = meshcore.create_producer("c1", dict(NOWHERE, **{"message.timeout.ms": "1500"}))
+    s = meshcore.open_stream()
+    seen: list[Any] = [meshcore.oldest_revision_in_flight()]
+    raw = mesh_pb2.ProduceRequest(records=[mesh_pb2.Record(topic="t1", value=b"v")]).SerializeToString()
+    for revision in (9, 7, 12):
+        s.submit(meshcore.build_route_table(revision, [producer], [(["t1"], [0])]), raw)
+    seen.append(meshcore.oldest_revision_in_flight())
+    # More revisions in flight than there are slots: the oldest can no longer be told, and reads 0.
+    for revision in range(100, 170):
+        s.submit(meshcore.build_route_table(revision, [producer], [(["t1"], [0])]), raw)
+    seen.append(meshcore.oldest_revision_in_flight())
+    got = responses(s, 73, timeout=20)          # every record times out (no broker)
+    seen.append(len(got))
+    seen.append(meshcore.oldest_revision_in_flight())
+    s.close()
+    producer.close(flush_timeout_ms=0)
+    return seen
+
+
+def test_batches_in_flight_are_counted_by_revision() -> None:
+    """What a topic move waits for: the oldest revision any batch in flight was routed by."""
+    assert run_isolated(_revisions_in_flight) == [None, 7, 0, 73, None]
