@@ -17,13 +17,15 @@ from typing import Any
 import grpc
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from sidecar.api.kafkamesh.v1 import mesh_pb2 as M
 from sidecar.api.kafkamesh.v1 import mesh_pb2_grpc
-from sidecar.control.etcd import Etcd
+from sidecar.control.etcd import Etcd, parse_endpoint
 from sidecar.control.keys import Keys
 from sidecar.dev.sandbox import Sandbox
 from sidecar.manage.move import key as move_key
+from tests.integration.cut_proxy import CutProxy
 from tests.integration.kafka_helpers import create_topic, read_records
-from tests.integration.sidecar_proc import apply, batch, clusters_doc, new_namespace
+from tests.integration.sidecar_proc import apply, batch, clusters_doc, new_namespace, produce
 from tests.integration.subscribe_stream import SubStream
 
 
@@ -119,7 +121,16 @@ def test_a_move_under_produce_and_two_groups_loses_nothing(sandbox: Sandbox, sid
     a = sidecar_factory(ns, "--host-id", "move-a")
     b = sidecar_factory(ns, "--host-id", "move-b")
     g1, g2 = f"g1-{uuid.uuid4().hex[:6]}", f"g2-{uuid.uuid4().hex[:6]}"
-    subs = [SubStream(a.target, g1, [topic]), SubStream(b.target, g2, [topic])]
+    # g1 starts at "latest": where it first attaches to c2 (during the move), it still reads from c2's earliest
+    # offset, so nothing written to c2 before its consumer there was assigned is missed.
+    subs = [SubStream(a.target, g1, [topic], start=M.START_POSITION_LATEST), SubStream(b.target, g2, [topic])]
+    # "latest" is where a partition's end is when the consumer first fetches it: a record read proves it did.
+    deadline, warm = time.monotonic() + 60, 0
+    while not all(any(v.startswith("warm-up") for v in sub.values()) for sub in subs):
+        assert time.monotonic() < deadline, "the groups never read c1"
+        produce(a.target, [batch(0, [(topic, f"warm-up-{warm}")])])
+        warm += 1
+        time.sleep(0.5)
     producers = [_Producer(a.target, topic, "a"), _Producer(b.target, topic, "b")]
     for p in producers:
         p.start()
@@ -140,7 +151,8 @@ def test_a_move_under_produce_and_two_groups_loses_nothing(sandbox: Sandbox, sid
     # Every acked record is where its revision routed it: before the switch in c1, from it on in c2, nowhere else.
     before = {x for x, rev in acked.items() if rev < switch}
     after = set(acked) - before
-    assert {x for _, x in read_records(sandbox.clusters[0].bootstrap, [topic], len(before))} == before
+    assert {x for _, x in read_records(sandbox.clusters[0].bootstrap, [topic], len(before) + warm)} == before | {
+        f"warm-up-{i}" for i in range(warm)}
     assert {x for _, x in read_records(sandbox.clusters[1].bootstrap, [topic], len(after))} == after
     # At the end nothing reads c1 for the topic: the route reads c2, and each stream was told so.
     described = json.loads(_cli(sandbox, ns, "topic", "describe", topic, "--json").stdout)
@@ -374,3 +386,51 @@ def test_a_sidecar_paused_past_its_lease_acknowledges_nothing_it_routed_before(
     in_c1 = {x for _, x in read_records(sandbox.clusters[0].bootstrap, [topic], sum(ends.values()))}
     assert len(in_c1) == sum(ends.values())
     assert in_c1 - acked <= {x for r in pb.failed for x in pb.sent[r.batch_id]}
+
+
+def test_a_sidecar_cut_off_from_etcd_that_keeps_writing_c1_stalls_the_fence(
+        sandbox: Sandbox, sidecar_factory: Any) -> None:
+    """cut-b reaches etcd through a proxy that the test cuts before the move. Its lease expires and the move goes on
+    without it; cut-b, a second without a lease, routes by the mapping it has and keeps writing c1, so the fence
+    stalls (exit 4, the partitions named) and c1 is not dropped. Healed, cut-b renews its lease, reads the mapping
+    and writes c2; the move run again finishes. Every acked record is read by the group."""
+    ns, topic = _routed_to_c1(sandbox, "cut", 2)
+    proxy = CutProxy(parse_endpoint(sandbox.etcd_endpoint))
+    try:
+        a = sidecar_factory(ns, "--host-id", "cut-a", "--status-ttl-s", "3")
+        b = sidecar_factory(ns, "--host-id", "cut-b", "--status-ttl-s", "3", "--etcd-timeout-s", "1",
+                            etcd=proxy.endpoint)
+        sub = SubStream(a.target, f"cut-{uuid.uuid4().hex[:6]}", [topic])
+        pa, pb = _Producer(a.target, topic, "a"), _Producer(b.target, topic, "b")
+        for p in (pa, pb):
+            p.start()
+        time.sleep(1)
+        proxy.cut()
+        stalled = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--timeout", "20")
+        assert stalled.returncode == 4, stalled.stdout + stalled.stderr
+        assert f"kafka-mesh: error: fence: c1 still receives records for {topic}" in stalled.stderr
+        assert re.search(rf"fence: records still arrive on c1 for {topic} \(partition \d", stalled.stdout)
+        assert "cut-b" not in stalled.stdout.split("producers write to the new cluster")[1]     # not counted
+        switch = int(re.search(r"producers write to the new cluster: mapping revision (\d+)",
+                               stalled.stdout).group(1))
+        proxy.heal()
+        deadline = time.monotonic() + 60
+        while not any(rev >= switch for rev in list(pb.acked.values())):
+            assert time.monotonic() < deadline and pb.error is None, (pb.error, pb.failed[-3:])
+            time.sleep(0.2)
+        done = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--timeout", "60")
+        assert done.returncode == 0, done.stdout + done.stderr
+        for p in (pa, pb):
+            p.stop.set()
+        for p in (pa, pb):
+            p.join(60)
+        assert pa.error is None and pb.error is None and not pa.failed
+        # What cut-b did not acknowledge, it says why: its lease lapsed while the batch was in flight.
+        assert all("status lease" in e.message for r in pb.failed for e in r.errors), pb.failed[:3]
+        assert "routing by the mapping in force" in b.log.read_text()
+        acked = {x for p in (pa, pb) for x in p.acked}
+        assert any(x.startswith("b-") and rev < switch for x, rev in pb.acked.items())     # written to c1 cut off
+        sub.wait(lambda s: acked <= set(s.values()), 120, "every acked record")
+        sub.close()
+    finally:
+        proxy.close()
