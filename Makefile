@@ -32,9 +32,12 @@ test-asan:    ## unit tests and the produce integration tests on the debug build
 	$(MAKE) build-asan
 	$(ASAN_ENV) $(PYTHON) -m pytest $(ASAN_TESTS)
 
-lint:         ## ruff, and mypy --strict on the control plane
+BUF ?= .tools/node_modules/.bin/buf
+
+lint:         ## ruff, mypy --strict on the control plane, buf lint on the API (proto/, buf.yaml)
 	$(PYTHON) -m ruff check sidecar csrc tests scripts benchmarks examples
 	$(PYTHON) -m mypy sidecar
+	$(BUF) lint
 
 test-unit:
 	$(PYTHON) -m pytest -m unit

@@ -34,6 +34,9 @@ PRODUCER_DEFAULTS: dict[str, str] = {
     # The Java client's partitioner: a key lands on the same partition whichever language produced it.
     "partitioner": "murmur2_random",
     "linger.ms": "5",
+    # Kafka's own default limit (the brokers' message.max.bytes, a topic's max.message.bytes), not librdkafka's
+    # 1,000,000: a 1,000,000-byte value is a record Kafka takes. A topic with a lower limit is checked per record.
+    "message.max.bytes": "1048588",
     # Large enough that the per-stream in-flight bound stops reading long before a queue fills: submit then never
     # waits for Kafka on the event loop.
     "queue.buffering.max.messages": "10000000",

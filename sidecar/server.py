@@ -24,6 +24,7 @@ from sidecar.config import SidecarSettings
 from sidecar.control.source import MappingSource
 from sidecar.control.status import StatusReporter
 from sidecar.errors import MeshError, UsageError
+from sidecar.mapping.model import Mapping
 from sidecar.routing import RouteState
 from sidecar.servicers.produce import SERVICE, ProduceServicer
 from sidecar.servicers.subscribe import SubscribeServicer
@@ -115,7 +116,18 @@ async def serve(settings: SidecarSettings) -> int:
     for path in sockets:
         local_socket.secure(path, settings.socket_mode)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    health_tasks: set[asyncio.Task[None]] = set()
+
+    def mesh_health(mapping: Mapping | None) -> None:
+        # The Mesh service serves once a mapping with a cluster is in force: before, every record would fail.
+        status = (health_pb2.HealthCheckResponse.SERVING if mapping is not None and mapping.clusters
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        task = loop.create_task(health_servicer.set(SERVICE, status))
+        health_tasks.add(task)
+        task.add_done_callback(health_tasks.discard)
+
+    mesh_health(routes.mapping)
+    routes.listeners.add(mesh_health)
     await status.start(reachable=source.connected.is_set())
     # Everything allocated so far lives as long as the process: keep it out of the cyclic collector's full passes,
     # which would otherwise walk it (tens of ms) in the middle of the data path.

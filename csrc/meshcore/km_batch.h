@@ -210,6 +210,18 @@ static inline int64_t km_revisions_oldest(km_revisions *r) {
     return oldest;
 }
 
+/* What a failed record's message names beyond its code: its topic, its size and the limit it broke. Kept for the
+ * first KM_DETAILS failures of a batch (most batches have none: the array is allocated at the first). */
+#define KM_DETAILS 64
+#define KM_DETAIL_TOPIC 249
+typedef struct km_detail {
+    uint32_t index;          /* the record */
+    uint32_t topic_len;      /* the topic's whole length; at most KM_DETAIL_TOPIC bytes of it are kept */
+    int64_t size;            /* the record's size as the check that failed it counted it; -1: not known */
+    int64_t limit;           /* the limit it is over; -1: not known */
+    char topic[KM_DETAIL_TOPIC];
+} km_detail;
+
 typedef struct km_msgref {
     struct km_batch *batch;
     uint32_t index;   /* record index in the request */
@@ -237,6 +249,9 @@ typedef struct km_batch {
     int guard_stale;
     km_revisions *revisions; /* where the batch is counted in flight by its revision (NULL: nowhere) */
     int revision_over;       /* counted in its overflow */
+    km_detail *details;      /* atomic: NULL until the first failure's detail */
+    uint32_t n_details;      /* atomic: details claimed (those past KM_DETAILS are dropped) */
+    uint32_t detail_max;     /* atomic: the highest record index with a detail (a lookup past it is at once NULL) */
     uint32_t n_records;
     uint32_t n_refs;
     int64_t pending;         /* atomic: deliveries outstanding + 1 while the batch is being enqueued */
@@ -269,6 +284,7 @@ static inline km_stream *km_stream_new(void) {
 }
 
 static inline void km_batch_free(km_batch *b) {
+    free(b->details);
     free(b);
     if (KM_DEBUG_ENABLED)
         km_atomic_add(&km_batches_freed, 1);
@@ -356,14 +372,61 @@ static inline km_batch *km_batch_new(km_stream *s, uint64_t batch_id, uint64_t r
     return b;
 }
 
-/* Record the first error of a record; later errors of the same record (from other sinks) are dropped. */
-static inline void km_batch_fail(km_batch *b, uint32_t index, int code, int32_t kerr, uint16_t sink) {
+/* Record the first error of a record; later errors of the same record (from other sinks) are dropped. Returns 1
+ * when this was its first error (the caller may then add its detail). */
+static inline int km_batch_fail(km_batch *b, uint32_t index, int code, int32_t kerr, uint16_t sink) {
     uint8_t expected = KM_OK;
     if (__atomic_compare_exchange_n(&b->rec_code[index], &expected, (uint8_t)code, 0, __ATOMIC_ACQ_REL,
                                     __ATOMIC_ACQUIRE)) {
         b->rec_kerr[index] = kerr;
         b->rec_sink[index] = sink;
+        return 1;
     }
+    return 0;
+}
+
+/* Keep what record index's message names: its topic (any bytes; escaped when the message is written), its size and
+ * the limit it broke (-1: not known). Any thread; written before the batch completes, read after. */
+static inline void km_batch_detail(km_batch *b, uint32_t index, const char *topic, size_t topic_len, int64_t size,
+                                   int64_t limit) {
+    if (__atomic_load_n(&b->n_details, __ATOMIC_ACQUIRE) >= KM_DETAILS)
+        return;
+    km_detail *d = __atomic_load_n(&b->details, __ATOMIC_ACQUIRE);
+    if (!d) {
+        km_detail *fresh = (km_detail *)calloc(KM_DETAILS, sizeof(km_detail));
+        if (!fresh)
+            return;
+        km_detail *expected = NULL;
+        if (__atomic_compare_exchange_n(&b->details, &expected, fresh, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            d = fresh;
+        } else {
+            free(fresh);
+            d = expected;
+        }
+    }
+    uint32_t slot = __atomic_fetch_add(&b->n_details, 1, __ATOMIC_ACQ_REL);
+    if (slot >= KM_DETAILS)
+        return;
+    d[slot].index = index;
+    d[slot].topic_len = topic_len > UINT32_MAX ? UINT32_MAX : (uint32_t)topic_len;
+    memcpy(d[slot].topic, topic, topic_len < KM_DETAIL_TOPIC ? topic_len : KM_DETAIL_TOPIC);
+    d[slot].size = size;
+    d[slot].limit = limit;
+    uint32_t seen = __atomic_load_n(&b->detail_max, __ATOMIC_RELAXED);
+    while (index > seen &&
+           !__atomic_compare_exchange_n(&b->detail_max, &seen, index, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+}
+
+/* The detail of record index, or NULL (after the batch completed). */
+static inline const km_detail *km_batch_find_detail(const km_batch *b, uint32_t index) {
+    uint32_t n = b->n_details < KM_DETAILS ? b->n_details : KM_DETAILS;
+    if (!b->details || index > b->detail_max)
+        return NULL;
+    for (uint32_t i = 0; i < n; i++)
+        if (b->details[i].index == index)
+            return &b->details[i];
+    return NULL;
 }
 
 /* The in-flight counters drop only when the owner takes the completed list (under the lock), so an owner that
@@ -420,10 +483,13 @@ static inline void km_batch_settle(km_batch *b, int64_t n) {
     km_batch_complete(b);
 }
 
-/* The delivery report of one (record, sink) message. */
-static inline void km_msgref_delivered(km_msgref *ref, rd_kafka_resp_err_t err) {
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-        km_batch_fail(ref->batch, ref->index, km_code_for(err), (int32_t)err, ref->sink);
+/* The delivery report of one (record, sink) message: on a failure, its topic and size (key and value) are kept. */
+static inline void km_msgref_delivered(km_msgref *ref, const rd_kafka_message_t *msg) {
+    if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR &&
+        km_batch_fail(ref->batch, ref->index, km_code_for(msg->err), (int32_t)msg->err, ref->sink)) {
+        const char *topic = msg->rkt ? rd_kafka_topic_name(msg->rkt) : "";
+        km_batch_detail(ref->batch, ref->index, topic, strlen(topic), (int64_t)(msg->len + msg->key_len), -1);
+    }
     km_batch_settle(ref->batch, 1);
 }
 

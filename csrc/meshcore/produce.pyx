@@ -14,7 +14,7 @@ stream stopped or closed (or a producer closing) and stops enqueuing.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free, malloc, strtoll
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from libc.string cimport memcmp, memcpy, strlen
 
@@ -84,6 +84,7 @@ cdef extern from "km_batch.h" nogil:
         int guard_stale
         km_revisions *revisions
         int revision_over
+        void *details
         uint32_t n_records
         uint32_t n_refs
         uint8_t *rec_code
@@ -101,7 +102,18 @@ cdef extern from "km_batch.h" nogil:
     km_batch *km_batch_new(km_stream *s, uint64_t batch_id, uint64_t revision, uint32_t n_records, uint32_t n_refs,
                            int64_t bytes, const char *names, size_t names_len, const uint32_t *name_off,
                            uint32_t n_names)
-    void km_batch_fail(km_batch *b, uint32_t index, int code, int32_t kerr, uint16_t sink)
+    bint km_batch_fail(km_batch *b, uint32_t index, int code, int32_t kerr, uint16_t sink)
+    enum:
+        KM_DETAIL_TOPIC
+    ctypedef struct km_detail:
+        uint32_t index
+        uint32_t topic_len
+        int64_t size
+        int64_t limit
+        char topic[1]
+    void km_batch_detail(km_batch *b, uint32_t index, const char *topic, size_t topic_len, int64_t size,
+                         int64_t limit)
+    const km_detail *km_batch_find_detail(const km_batch *b, uint32_t index)
     void km_batch_settle(km_batch *b, int64_t n)
     void km_batch_free(km_batch *b)
     km_batch *km_stream_take_completed(km_stream *s)
@@ -114,6 +126,8 @@ cdef enum:
     MAX_REQUEST_RECORDS = 500000
     # Errors of a response that carry their text; later ones carry the code alone.
     MAX_MESSAGES = 1000
+    # Bytes of a topic a message shows (each may take 4 characters, \\xNN).
+    TOPIC_SHOWN = 64
 
 
 #: The most records one ProduceRequest may hold (clients split larger batches before they send them).
@@ -242,24 +256,38 @@ cdef TopicHandle *_topic_entry(TopicCache *cache, rd_kafka_t *rk, int sink, Reco
     return h
 
 
-cdef size_t _batch_size(RecordView *rec) noexcept nogil:
-    """The size of a Kafka record batch (v2) holding this record alone: what a broker compares with the topic's
-    max.message.bytes. Headers are read again from the record's bytes."""
+cdef size_t _header_bytes(RecordView *rec, bint framed) noexcept nogil:
+    """The bytes of rec's headers, read again from the record's bytes: their names and values, with (framed) or
+    without the varint lengths a Kafka record gives each."""
     cdef Reader hr
     cdef Slice hname, hvalue
     cdef uint8_t has_hvalue
-    # attributes, timestamp delta 0, offset delta 0, key, value, header count
-    cdef size_t body = 3 + (km_zz_size(rec.key.n) + rec.key.n if rec.has_key else 1)
-    body += km_zz_size(rec.value.n) + rec.value.n if rec.has_value else 1
-    body += km_zz_size(rec.header_count)
+    cdef size_t n = 0
     if rec.header_count:
         hr.buf = rec.raw.p
         hr.len = rec.raw.n
         hr.pos = 0
         hr.err = NULL
         while header_next(&hr, &hname, &hvalue, &has_hvalue) == 1:
-            body += km_zz_size(hname.n) + hname.n + (km_zz_size(hvalue.n) + hvalue.n if has_hvalue else 1)
+            n += hname.n + (hvalue.n if has_hvalue else 0)
+            if framed:
+                n += km_zz_size(hname.n) + (km_zz_size(hvalue.n) if has_hvalue else 1)
+    return n
+
+
+cdef size_t _batch_size(RecordView *rec) noexcept nogil:
+    """The size of a Kafka record batch (v2) holding this record alone: what a broker compares with the topic's
+    max.message.bytes."""
+    # attributes, timestamp delta 0, offset delta 0, key, value, header count, headers
+    cdef size_t body = 3 + (km_zz_size(rec.key.n) + rec.key.n if rec.has_key else 1)
+    body += km_zz_size(rec.value.n) + rec.value.n if rec.has_value else 1
+    body += km_zz_size(rec.header_count) + _header_bytes(rec, True)
     return 61 + km_zz_size(body) + body
+
+
+cdef size_t _record_bytes(RecordView *rec) noexcept nogil:
+    """What librdkafka counts against message.max.bytes: the key, the value and the headers' names and values."""
+    return (rec.key.n if rec.has_key else 0) + (rec.value.n if rec.has_value else 0) + _header_bytes(rec, False)
 
 
 cdef int _refusal(const km_rule *rule, RecordView *rec, int64_t now_ms) noexcept nogil:
@@ -358,8 +386,9 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
     topics.n = 0
     for i in range(view.count):
         if codes[i] != KM_OK:
-            km_batch_fail(b, i, codes[i],
-                          KM_INVALID_KERR(view.records[i].invalid) if codes[i] == KM_INVALID_RECORD else 0, 0)
+            if km_batch_fail(b, i, codes[i],
+                             KM_INVALID_KERR(view.records[i].invalid) if codes[i] == KM_INVALID_RECORD else 0, 0):
+                km_batch_detail(b, i, <const char *>view.records[i].topic.p, view.records[i].topic.n, -1, -1)
             continue
         if km_flag_load(&stream.stop):
             km_batch_settle(b, <int64_t>n_refs - ref)     # counted as pending, never enqueued
@@ -372,7 +401,8 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
             b.refs[ref].sink = s
             ref += 1
             if rks[s] == NULL:
-                km_batch_fail(b, i, KM_CLUSTER_UNAVAILABLE, <int32_t>RD_KAFKA_RESP_ERR__DESTROY, s)
+                if km_batch_fail(b, i, KM_CLUSTER_UNAVAILABLE, <int32_t>RD_KAFKA_RESP_ERR__DESTROY, s):
+                    km_batch_detail(b, i, <const char *>view.records[i].topic.p, view.records[i].topic.n, -1, -1)
                 km_batch_settle(b, 1)
                 continue
             th = _topic_entry(&topics, rks[s], s, &view.records[i], rules[s])
@@ -383,8 +413,11 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
                     if rules[s] != NULL else NULL
             reason = _refusal(rule, &view.records[i], now_ms) if rule != NULL else 0
             if reason:
-                km_batch_fail(b, i, KM_RECORD_TOO_LARGE if reason == KM_INVALID_TOPIC_MAX_BYTES else KM_INVALID_RECORD,
-                              KM_INVALID_KERR(reason), s)
+                if km_batch_fail(b, i, KM_RECORD_TOO_LARGE if reason == KM_INVALID_TOPIC_MAX_BYTES else
+                                 KM_INVALID_RECORD, KM_INVALID_KERR(reason), s):
+                    km_batch_detail(b, i, <const char *>view.records[i].topic.p, view.records[i].topic.n,
+                                    <int64_t>_batch_size(&view.records[i]) if reason == KM_INVALID_TOPIC_MAX_BYTES
+                                    else -1, rule.max_bytes if reason == KM_INVALID_TOPIC_MAX_BYTES else -1)
                 km_batch_settle(b, 1)
             else:   # failures are recorded on the batch
                 _enqueue(rks[s], &view.records[i], &b.refs[ref - 1], wait_ms, th.rkt if th != NULL else NULL,
@@ -401,8 +434,16 @@ cdef void _enqueue(rd_kafka_t *rk, RecordView *rec, km_msgref *ref, int wait_ms,
     """Enqueue one (record, sink) delivery of a batch (by rkt when given); a refusal is recorded on the batch at
     once."""
     cdef rd_kafka_resp_err_t code = produce_record(rk, rec, rkt, ref, wait_ms, producer_closing, stream_stop)
+    cdef char value[32]
+    cdef size_t value_len = sizeof(value)
+    cdef int64_t limit = -1
     if code != RD_KAFKA_RESP_ERR_NO_ERROR:
-        km_batch_fail(ref.batch, ref.index, _code_for(code), <int32_t>code, ref.sink)
+        if km_batch_fail(ref.batch, ref.index, _code_for(code), <int32_t>code, ref.sink):
+            if code == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE and rd_kafka_conf_get(
+                    rd_kafka_conf(rk), "message.max.bytes", value, &value_len) == RD_KAFKA_CONF_OK:
+                limit = strtoll(value, NULL, 10)
+            km_batch_detail(ref.batch, ref.index, <const char *>rec.topic.p, rec.topic.n, <int64_t>_record_bytes(rec),
+                            limit)
         km_batch_settle(ref.batch, 1)          # it was counted as pending, and will get no delivery report
 
 
@@ -597,47 +638,107 @@ cdef const char *_topic_rule_text(int reason) noexcept nogil:
     return "the record, in a Kafka batch of its own, is larger than the topic's max.message.bytes"
 
 
-cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil:
-    """The human-readable text of record i's failure, in msg; returns its length."""
-    cdef int n
-    cdef const char *sink
-    if b.rec_code[i] == KM_NO_ROUTE:
-        n = snprintf(msg, cap, "no producer route for this topic and no __default__ route (mapping revision %llu)",
-                     <unsigned long long>b.revision)
-    elif b.rec_code[i] == KM_INVALID_TOPIC and b.rec_kerr[i] == 0:
-        n = snprintf(msg, cap, "invalid topic name: it must be 1 to 249 characters of [a-zA-Z0-9._-] and not '.' "
-                     "or '..'")
-    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_HEADER_NAME):
-        n = snprintf(msg, cap, "a header name is not valid UTF-8 (Header.key is a string; consumers in other "
-                     "languages could not read the record)")
-    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TIMESTAMP):
-        n = snprintf(msg, cap, "timestamp_ms is negative; Kafka takes milliseconds since the Unix epoch, 0 or later")
-    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_TIMESTAMP_AHEAD):
-        n = snprintf(msg, cap, "timestamp_ms is more than %lld ms ahead of the sidecar's clock, which Kafka refuses "
-                     "by default (message.timestamp.after.max.ms): microseconds or nanoseconds instead of "
-                     "milliseconds?", <long long>_max_ahead_ms)
-    elif KM_INVALID_KERR(KM_INVALID_TOPIC_MAX_BYTES) <= b.rec_kerr[i] <= KM_INVALID_KERR(KM_INVALID_NO_KEY):
-        n = snprintf(msg, cap, "cluster '%s': %s", b.names + b.name_off[b.rec_sink[i]],
-                     _topic_rule_text(KM_INVALID_REASON(b.rec_kerr[i])))
-    elif b.rec_kerr[i] == KM_LAPSED_KERR:
-        n = snprintf(msg, cap, "cluster '%s': written, not acknowledged: this sidecar lost its status lease in "
-                     "etcd while the record was in flight (paused, or cut off from etcd), so the route it took may "
-                     "be stale (a topic move); send the record again", b.names + b.name_off[b.rec_sink[i]])
-    elif b.rec_kerr[i] == KM_INVALID_KERR(KM_INVALID_PARTITION):
-        n = snprintf(msg, cap, "partition is negative; leave it out to let the partitioner choose")
-    elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__PURGE_QUEUE:
-        n = snprintf(msg, cap, "cluster '%s': not written, the sidecar stopped before the cluster took it (its "
-                     "shutdown grace ran out)", b.names + b.name_off[b.rec_sink[i]])
-    elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
-        n = snprintf(msg, cap, "cluster '%s': unknown whether written, the sidecar stopped while the cluster had it "
-                     "(its shutdown grace ran out)", b.names + b.name_off[b.rec_sink[i]])
-    elif b.rec_kerr[i] == <int32_t>RD_KAFKA_RESP_ERR__DESTROY:
-        n = snprintf(msg, cap, "cluster '%s': not written, its producer was closed (the sidecar is stopping, or the "
-                     "cluster left the mapping)", b.names + b.name_off[b.rec_sink[i]])
+cdef void _quote_topic(const km_detail *d, char *out, size_t cap) noexcept nogil:
+    """d's topic as a message shows it, quoted: printable ASCII as it is, any other byte as \\xNN (the message is a
+    protobuf string: valid UTF-8 whatever the topic's bytes), at most TOPIC_SHOWN bytes of it, then "..." and its
+    length. cap >= 8 * TOPIC_SHOWN."""
+    cdef size_t i, n = 1
+    cdef size_t kept = d.topic_len if d.topic_len < KM_DETAIL_TOPIC else KM_DETAIL_TOPIC
+    cdef unsigned char c
+    out[0] = 39       # '
+    for i in range(min(kept, TOPIC_SHOWN)):
+        c = <unsigned char>d.topic[i]
+        if 0x20 <= c < 0x7f and c != 39 and c != 92:
+            out[n] = <char>c
+            n += 1
+        else:
+            snprintf(out + n, cap - n, "\\x%02x", c)
+            n += 4
+    if d.topic_len > TOPIC_SHOWN:
+        snprintf(out + n, cap - n, "'... (%u bytes)", d.topic_len)
     else:
-        sink = b.names + b.name_off[b.rec_sink[i]]
-        n = snprintf(msg, cap, "cluster '%s': %s (%s)", sink, rd_kafka_err2str(<rd_kafka_resp_err_t>b.rec_kerr[i]),
-                     rd_kafka_err2name(<rd_kafka_resp_err_t>b.rec_kerr[i]))
+        snprintf(out + n, cap - n, "'")
+
+
+cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil:
+    """The human-readable text of record i's failure, in msg; returns its length. It names what failed: the cluster
+    (when one refused it), the topic, and the size and the limit (when one was broken)."""
+    cdef int n
+    cdef int32_t kerr = b.rec_kerr[i]
+    cdef const char *sink = b.names + b.name_off[b.rec_sink[i]]
+    cdef const km_detail *d = km_batch_find_detail(b, i)
+    cdef char topic[8 * TOPIC_SHOWN + 32]
+    cdef char at[8 * TOPIC_SHOWN + 300]        # "cluster 'c1': topic 't': ", or what of it is known
+    if d != NULL:
+        _quote_topic(d, topic, sizeof(topic))
+    else:
+        topic[0] = 0
+    if b.rec_code[i] == KM_NO_ROUTE:
+        if d != NULL:
+            n = snprintf(msg, cap, "topic %s: no producer route for it and no __default__ route (mapping revision "
+                         "%llu)", topic, <unsigned long long>b.revision)
+        else:
+            n = snprintf(msg, cap, "no producer route for this topic and no __default__ route (mapping revision "
+                         "%llu)", <unsigned long long>b.revision)
+        return _clip(n, cap)
+    if b.rec_code[i] == KM_INVALID_TOPIC and kerr == 0:
+        n = snprintf(msg, cap, "invalid topic name %s: it must be 1 to 249 characters of [a-zA-Z0-9._-] and not '.' "
+                     "or '..'", <char *>topic if d != NULL and d.topic_len > 0 else <char *>"(empty)")
+        return _clip(n, cap)
+    # Every other failure is the record's on a topic; a cluster's when a cluster refused it.
+    cdef bint cluster_failure = not (
+        kerr == KM_INVALID_KERR(KM_INVALID_HEADER_NAME) or kerr == KM_INVALID_KERR(KM_INVALID_TIMESTAMP)
+        or kerr == KM_INVALID_KERR(KM_INVALID_TIMESTAMP_AHEAD) or kerr == KM_INVALID_KERR(KM_INVALID_PARTITION))
+    cdef int k = 0
+    at[0] = 0
+    if cluster_failure:
+        k = snprintf(at, sizeof(at), "cluster '%s': ", sink)
+    if d != NULL and 0 <= k < <int>sizeof(at):
+        snprintf(at + k, sizeof(at) - k, "topic %s: ", topic)
+    if kerr == KM_INVALID_KERR(KM_INVALID_HEADER_NAME):
+        n = snprintf(msg, cap, "%sa header name is not valid UTF-8 (Header.key is a string; consumers in other "
+                     "languages could not read the record)", at)
+    elif kerr == KM_INVALID_KERR(KM_INVALID_TIMESTAMP):
+        n = snprintf(msg, cap, "%stimestamp_ms is negative; Kafka takes milliseconds since the Unix epoch, 0 or "
+                     "later", at)
+    elif kerr == KM_INVALID_KERR(KM_INVALID_TIMESTAMP_AHEAD):
+        n = snprintf(msg, cap, "%stimestamp_ms is more than %lld ms ahead of the sidecar's clock, which Kafka refuses "
+                     "by default (message.timestamp.after.max.ms): microseconds or nanoseconds instead of "
+                     "milliseconds?", at, <long long>_max_ahead_ms)
+    elif kerr == KM_INVALID_KERR(KM_INVALID_PARTITION):
+        n = snprintf(msg, cap, "%spartition is negative; leave it out to let the partitioner choose", at)
+    elif kerr == KM_INVALID_KERR(KM_INVALID_TOPIC_MAX_BYTES) and d != NULL and d.size >= 0:
+        n = snprintf(msg, cap, "%sthe record, in a Kafka batch of its own, is %lld bytes, over the topic's "
+                     "max.message.bytes of %lld", at, <long long>d.size, <long long>d.limit)
+    elif KM_INVALID_KERR(KM_INVALID_TOPIC_MAX_BYTES) <= kerr <= KM_INVALID_KERR(KM_INVALID_NO_KEY):
+        n = snprintf(msg, cap, "%s%s", at, _topic_rule_text(KM_INVALID_REASON(kerr)))
+    elif kerr == <int32_t>RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE and d != NULL and d.limit >= 0:
+        n = snprintf(msg, cap, "%sthe record is %lld bytes (key, value and headers), over the producer's "
+                     "message.max.bytes of %lld; raise it in the cluster's config (and the topic's max.message.bytes "
+                     "on its brokers)", at, <long long>d.size, <long long>d.limit)
+    elif kerr == <int32_t>RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE and d != NULL:
+        n = snprintf(msg, cap, "%sthe brokers refused the record (%lld bytes of key and value) as larger than the "
+                     "topic's max.message.bytes (MSG_SIZE_TOO_LARGE)", at, <long long>d.size)
+    elif kerr == <int32_t>RD_KAFKA_RESP_ERR__PURGE_QUEUE:
+        n = snprintf(msg, cap, "%snot written, the sidecar stopped before the cluster took it (its shutdown grace ran "
+                     "out)", at)
+    elif kerr == <int32_t>RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
+        n = snprintf(msg, cap, "%sunknown whether written, the sidecar stopped while the cluster had it (its shutdown "
+                     "grace ran out)", at)
+    elif kerr == <int32_t>RD_KAFKA_RESP_ERR__DESTROY:
+        n = snprintf(msg, cap, "%snot written, its producer was closed (the sidecar is stopping, or the cluster left "
+                     "the mapping)", at)
+    elif kerr == KM_LAPSED_KERR:
+        n = snprintf(msg, cap, "%swritten, not acknowledged: this sidecar lost its status lease in etcd while the "
+                     "record was in flight (paused, or cut off from etcd), so the route it took may be stale (a topic "
+                     "move); send the record again", at)
+    else:
+        n = snprintf(msg, cap, "%s%s (%s)", at, rd_kafka_err2str(<rd_kafka_resp_err_t>kerr),
+                     rd_kafka_err2name(<rd_kafka_resp_err_t>kerr))
+    return _clip(n, cap)
+
+
+cdef inline int _clip(int n, size_t cap) noexcept nogil:
     if n < 0:
         return 0
     if n >= <int>cap:
@@ -646,8 +747,19 @@ cdef int _message(km_batch *b, uint32_t i, char *msg, size_t cap) noexcept nogil
 
 
 cdef inline bint _same_cause(km_batch *b, uint32_t i, uint32_t j) noexcept nogil:
-    return (b.rec_code[i] == b.rec_code[j] and b.rec_kerr[i] == b.rec_kerr[j]
-            and (b.rec_kerr[i] == 0 or b.rec_sink[i] == b.rec_sink[j]))
+    """Whether records i and j failed alike: the same code, error and cluster, and the same topic (when both are
+    among the failures whose detail is kept), so that a run's message names its records' topic."""
+    if not (b.rec_code[i] == b.rec_code[j] and b.rec_kerr[i] == b.rec_kerr[j]
+            and (b.rec_kerr[i] == 0 or b.rec_sink[i] == b.rec_sink[j])):
+        return False
+    if b.details == NULL:
+        return True
+    cdef const km_detail *di = km_batch_find_detail(b, i)
+    cdef const km_detail *dj = km_batch_find_detail(b, j)
+    if di == NULL or dj == NULL:
+        return True
+    cdef size_t n = di.topic_len if di.topic_len < KM_DETAIL_TOPIC else KM_DETAIL_TOPIC
+    return di.topic_len == dj.topic_len and memcmp(di.topic, dj.topic, n) == 0
 
 
 cdef object _encode_response(km_batch *b):
@@ -658,7 +770,7 @@ cdef object _encode_response(km_batch *b):
     failing: under 2.5 MB at MAX_REQUEST_RECORDS)."""
     cdef Buf out
     cdef uint32_t i, j, failed = 0, written = 0
-    cdef char msg[512]
+    cdef char msg[1024]
     cdef int n
     cdef size_t inner
     out.p = NULL

@@ -42,7 +42,7 @@ cdef int64_t _handles_destroyed = 0
 cdef extern from "km_batch.h" nogil:
     ctypedef struct km_msgref:
         pass
-    void km_msgref_delivered(km_msgref *ref, rd_kafka_resp_err_t err)
+    void km_msgref_delivered(km_msgref *ref, const rd_kafka_message_t *msg)
     # This module's copy of the batch counters: a batch or stream freed on a delivery report is counted here.
     int64_t km_batches_created, km_batches_freed, km_streams_created, km_streams_freed
 
@@ -55,7 +55,7 @@ cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaq
         km_atomic_add(&stats.failed, 1)
         stats.last_error = <int64_t>msg.err
     if msg._private != NULL:
-        km_msgref_delivered(<km_msgref *>msg._private, msg.err)
+        km_msgref_delivered(<km_msgref *>msg._private, msg)
 
 
 cdef raise_kafka_error(rd_kafka_resp_err_t err):

@@ -143,6 +143,9 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
                                             const void *value, ssize_t value_size)
 
     const char *rd_kafka_topic_name(const rd_kafka_topic_t *rkt)
+    const rd_kafka_conf_t *rd_kafka_conf(rd_kafka_t *rk)
+    rd_kafka_conf_res_t rd_kafka_conf_get(const rd_kafka_conf_t *conf, const char *name, char *dest,
+                                          size_t *dest_size)
     ctypedef struct rd_kafka_topic_conf_t:
         pass
     rd_kafka_topic_t *rd_kafka_topic_new(rd_kafka_t *rk, const char *topic, rd_kafka_topic_conf_t *conf)

@@ -67,7 +67,7 @@ Headers = tuple[tuple[str, bytes | None], ...]
 
 
 def _name(raw: bytes) -> str:
-    """A header name another producer wrote that is not UTF-8 (sent in Header.key_bytes): as a str that gives the
+    """A header name another producer wrote that is not UTF-8 (sent in Header.raw_key): as a str that gives the
     bytes back with .encode("utf-8", "surrogateescape")."""
     return raw.decode("utf-8", "surrogateescape")
 
@@ -191,7 +191,7 @@ def _decode(raw: bytes, owner: Consumer | None = None) -> list[ConsumedRecord] |
             for r in g.records:
                 offset = r.offset
                 headers: Headers = tuple(
-                    (h.key or _name(h.key_bytes), h.value if h.HasField("value") else None)
+                    (h.key or _name(h.raw_key), h.value if h.HasField("value") else None)
                     for h in r.headers) if r.headers else ()
                 append(ConsumedRecord(cluster, topic, partition, offset,
                                       r.key if r.HasField("key") else None,

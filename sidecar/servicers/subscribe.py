@@ -58,6 +58,10 @@ def parse_subscription(raw: bytes) -> _mesh_pb2.Subscription:
         raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, "subscription.group is empty")
     if not sub.topics:
         raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, "subscription.topics is empty")
+    if sub.start not in _mesh_pb2.StartPosition.values():
+        known = ", ".join(f"{n} ({v})" for n, v in _mesh_pb2.StartPosition.items())
+        raise Aborted(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"subscription.start {sub.start} is not a StartPosition this sidecar knows: {known}")
     if sub.max_response_bytes and not MIN_RESPONSE_BYTES <= sub.max_response_bytes <= MAX_RESPONSE_BYTES:
         raise Aborted(grpc.StatusCode.INVALID_ARGUMENT,
                       f"subscription.max_response_bytes {sub.max_response_bytes} is out of range: 0 (the default, "

@@ -73,8 +73,10 @@ class SidecarProc:
             if self.socket.exists():
                 try:
                     with grpc.insecure_channel(self.target) as ch:
-                        r = health_pb2_grpc.HealthStub(ch).Check(
-                            health_pb2.HealthCheckRequest(service="kafkamesh.v1.Mesh"), timeout=1)
+                        # The process serves ("" SERVING); kafkamesh.v1.Mesh may not, while the mapping has no
+                        # cluster yet (a test that starts a sidecar before it applies one).
+                        r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                 timeout=1)
                         if r.status == health_pb2.HealthCheckResponse.SERVING:
                             return
                 except grpc.RpcError:

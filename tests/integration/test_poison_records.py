@@ -43,9 +43,9 @@ def test_a_header_name_not_utf8_from_another_producer_is_delivered_with_the_reco
         s.wait(lambda s: len(s.records) >= 10, what="all 10 records")
         assert s.values() == [f"id-{i}" for i in range(10)]
         poisoned = s.consumed[4]
-        assert [(h.key, h.key_bytes, h.value, h.HasField("value")) for h in poisoned.headers] == [
+        assert [(h.key, h.raw_key, h.value, h.HasField("value")) for h in poisoned.headers] == [
             ("", BAD_NAME, b"poison", True), ("fine", b"", b"", True)]
-        assert [(h.key, h.key_bytes) for h in s.consumed[3].headers] == [("n", b"")]
+        assert [(h.key, h.raw_key) for h in s.consumed[3].headers] == [("n", b"")]
         # every record was acked: the stream went on past the poison
         s.wait(lambda s: len(s.acked) == 10, what="acks")
         assert s.close() == grpc.StatusCode.OK

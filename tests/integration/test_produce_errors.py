@@ -41,16 +41,23 @@ def test_each_record_error_has_its_code_and_the_rest_of_the_batch_lands(
     req.records.add(topic=dead, value=b"r4")                      # 4 cluster unreachable past its delivery timeout
     req.records.add(topic=ok, value=b"r5", partition=7)           # 5 the topic has 3 partitions
     req.records.add(topic=ok, value=b"r6")                        # 6 ok
+    req.records.add(topic=ok, value=b"m" * 1_000_000)             # 7 ok: under Kafka's default limit (1,048,588)
     [resp] = produce(sc.target, [req]).values()
-    assert resp.ok_count == 2
+    assert resp.ok_count == 3
     assert [(e.index, e.code) for e in resp.errors] == [
         (1, E.ERROR_CODE_NO_ROUTE), (2, E.ERROR_CODE_INVALID_TOPIC), (3, E.ERROR_CODE_RECORD_TOO_LARGE),
         (4, E.ERROR_CODE_CLUSTER_UNAVAILABLE), (5, E.ERROR_CODE_UNKNOWN_PARTITION)]
     messages = {e.index: e.message for e in resp.errors}
-    assert "no __default__ route" in messages[1]
-    assert messages[3].startswith("cluster 'c2': ")
-    assert messages[4].startswith("cluster 'gone': ") and "_MSG_TIMED_OUT" in messages[4]
-    assert sorted(m.value() for m in read_all(sandbox.clusters[0].bootstrap, ok, 2)) == [b"r0", b"r6"]
+    # Each names its subject: the topic, the cluster, the size and the limit.
+    assert messages[1] == "topic 'not-routed': no producer route for it and no __default__ route (mapping revision " \
+        f"{resp.mapping_revision})"
+    assert messages[2].startswith("invalid topic name 'bad topic': ")
+    assert messages[3] == (f"cluster 'c2': topic '{small}': the record is 50000 bytes (key, value and headers), over "
+                           "the producer's message.max.bytes of 20000; raise it in the cluster's config (and the "
+                           "topic's max.message.bytes on its brokers)")
+    assert messages[4].startswith(f"cluster 'gone': topic '{dead}': ") and "_MSG_TIMED_OUT" in messages[4]
+    assert messages[5].startswith(f"cluster 'c1': topic '{ok}': ") and "_UNKNOWN_PARTITION" in messages[5]
+    assert sorted(len(m.value()) for m in read_all(sandbox.clusters[0].bootstrap, ok, 3)) == [2, 2, 1_000_000]
 
 
 def _raw_call(target: str, requests: list[bytes]) -> tuple[list[bytes], grpc.RpcError | None]:

@@ -101,6 +101,10 @@ def test_a_subscriber_receives_every_record_of_both_clusters_and_commits_what_it
      "the first message carries the subscription only, got credit with it"),
     (M.SubscribeRequest(subscription=M.Subscription(group="g", topics=["bad topic"])).SerializeToString(),
      "subscription.topics[0]"),
+    # start = 7: an enum value a newer client might send (proto3 keeps unknown enum values as numbers)
+    (b"\x0a\x08" + b"\x0a\x01g\x12\x01t\x18\x07",
+     "subscription.start 7 is not a StartPosition this sidecar knows: START_POSITION_UNSPECIFIED (0), "
+     "START_POSITION_EARLIEST (1), START_POSITION_LATEST (2)"),
 ])
 def test_a_bad_first_message_is_invalid_argument(sandbox: Sandbox, sidecar_factory: Any,
                                                  first: bytes, message: str) -> None:

@@ -89,12 +89,12 @@ def _table_with_a_closed_producer() -> dict[str, object]:
 
 def test_a_producer_closed_under_a_live_table_fails_its_records_and_nothing_else() -> None:
     got = run_isolated(_table_with_a_closed_producer)
-    closed = ("cluster 'c2': not written, its producer was closed (the sidecar is stopping, or the cluster left "
-              "the mapping)")
+    closed = ("cluster 'c2': topic '{}': not written, its producer was closed (the sidecar is stopping, or the "
+              "cluster left the mapping)")
     assert got["queued"] == 0 and got["ok"] == 0
     # Record 0 went only to c2; record 1's first error is c2's (refused at once), before c1's time-out.
-    assert got["errors"] == [(0, "ERROR_CODE_CLUSTER_UNAVAILABLE", closed),
-                             (1, "ERROR_CODE_CLUSTER_UNAVAILABLE", closed)]
+    assert got["errors"] == [(0, "ERROR_CODE_CLUSTER_UNAVAILABLE", closed.format("only-c2")),
+                             (1, "ERROR_CODE_CLUSTER_UNAVAILABLE", closed.format("both"))]
 
 
 def _close_producer_under_submit() -> dict[str, object]:

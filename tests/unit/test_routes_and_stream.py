@@ -14,6 +14,7 @@ from sidecar.api.kafkamesh.v1 import mesh_pb2
 from tests.isolation import run_isolated
 from tests.produce_responses import per_record
 from tests.unit.stream_helpers import responses
+from tests.wire_bytes import len_field
 
 NOWHERE = {"bootstrap.servers": "127.0.0.1:9", "log_level": "0", "message.timeout.ms": "200"}
 
@@ -106,9 +107,14 @@ def test_each_record_error_is_reported_by_index_and_code(producers: list[meshcor
     assert [(i, code) for i, code, _ in per_record(resp)] == [
         (0, mesh_pb2.ERROR_CODE_CLUSTER_UNAVAILABLE), (1, mesh_pb2.ERROR_CODE_NO_ROUTE),
         (2, mesh_pb2.ERROR_CODE_INVALID_TOPIC), (3, mesh_pb2.ERROR_CODE_INVALID_TOPIC)]
-    assert [(e.index, e.count) for e in resp.errors] == [(0, 0), (1, 0), (2, 2)]   # one entry for the run of two
-    assert resp.errors[0].message == "cluster 'c1': Local: Message timed out (_MSG_TIMED_OUT)"
-    assert "mapping revision 3" in resp.errors[1].message
+    # Consecutive records that failed alike are one entry, unless their topics differ: each message names its topic.
+    assert [(e.index, e.count) for e in resp.errors] == [(0, 0), (1, 0), (2, 0), (3, 0)]
+    assert resp.errors[0].message == "cluster 'c1': topic 't1': Local: Message timed out (_MSG_TIMED_OUT)"
+    assert resp.errors[1].message == ("topic 'unrouted': no producer route for it and no __default__ route (mapping "
+                                      "revision 3)")
+    assert resp.errors[2].message == ("invalid topic name 'bad/name': it must be 1 to 249 characters of "
+                                      "[a-zA-Z0-9._-] and not '.' or '..'")
+    assert resp.errors[3].message.startswith("invalid topic name '..': ")
 
 
 def test_a_batch_with_only_immediate_errors_completes_at_once(producers: list[meshcore.Producer]) -> None:
@@ -252,12 +258,13 @@ def test_what_a_topics_brokers_would_refuse_fails_alone_for_that_sink(producers:
     got = {i: (code, message) for i, code, message in per_record(resp)}
     assert set(got) == set(range(9))
     refused = {i: got[i] for i in (0, 2, 3, 6, 8)}
-    assert refused[0] == (mesh_pb2.ERROR_CODE_INVALID_RECORD,
-                          "cluster 'c1': the topic is compacted (cleanup.policy=compact) and the record has no key")
+    assert refused[0] == (mesh_pb2.ERROR_CODE_INVALID_RECORD, "cluster 'c1': topic 'compacted': the topic is "
+                          "compacted (cleanup.policy=compact) and the record has no key")
     assert refused[2][0] == refused[3][0] == mesh_pb2.ERROR_CODE_INVALID_RECORD
     assert "message.timestamp.before.max.ms" in refused[2][1] and "message.timestamp.after.max.ms" in refused[3][1]
     assert refused[6][0] == refused[8][0] == mesh_pb2.ERROR_CODE_RECORD_TOO_LARGE
-    assert "max.message.bytes" in refused[6][1]
+    assert refused[6][1] == ("cluster 'c1': topic 'small': the record, in a Kafka batch of its own, is 220 bytes, "
+                             "over the topic's max.message.bytes of 200")
     for i in (1, 4, 5, 7):
         assert got[i][0] == mesh_pb2.ERROR_CODE_CLUSTER_UNAVAILABLE, (i, got[i])
 
@@ -311,3 +318,31 @@ def _revisions_in_flight() -> list[Any]:
 def test_batches_in_flight_are_counted_by_revision() -> None:
     """What a topic move waits for: the oldest revision any batch in flight was routed by."""
     assert run_isolated(_revisions_in_flight) == [None, 7, 0, 73, None]
+
+
+def test_messages_name_the_topic_the_size_and_the_limit(producers: list[meshcore.Producer]) -> None:
+    """Hostile topic names are shown escaped and cut (the message stays valid UTF-8 and bounded); a record over the
+    producer's message.max.bytes names its size and the limit."""
+    t = meshcore.build_route_table(2, producers, [(["t1"], [0])])
+    s = meshcore.open_stream()
+    bad = b"\xff'\\\xc3\xa9" + b"x" * 300            # not UTF-8, a quote, a backslash, then too long
+    raw = mesh_pb2.ProduceRequest(batch_id=1, records=[
+        mesh_pb2.Record(topic="t1", value=b"v" * 2_000_000),
+    ]).SerializeToString() + len_field(2, len_field(1, bad) + len_field(3, b"x"))
+    # Just over: the key, the value and the headers count (10 + 999,990 + 1 + 1 bytes).
+    near = mesh_pb2.ProduceRequest(batch_id=2, records=[mesh_pb2.Record(
+        topic="t1", key=b"k" * 10, value=b"v" * 999_990, headers=[mesh_pb2.Header(key="h", value=b"1")])])
+    try:
+        s.submit(t, raw)
+        s.submit(t, near.SerializeToString())
+        resp, over = sorted(responses(s, 2), key=lambda r: r.batch_id)
+    finally:
+        s.close()
+    got = {i: (code, message) for i, code, message in per_record(resp)}
+    assert got[0] == (mesh_pb2.ERROR_CODE_RECORD_TOO_LARGE, "cluster 'c1': topic 't1': the record is 2000000 bytes "
+                      "(key, value and headers), over the producer's message.max.bytes of 1000000; raise it in the "
+                      "cluster's config (and the topic's max.message.bytes on its brokers)")
+    assert over.errors[0].message.startswith("cluster 'c1': topic 't1': the record is 1000002 bytes")
+    assert got[1] == (mesh_pb2.ERROR_CODE_INVALID_TOPIC, "invalid topic name '\\xff\\x27\\x5c\\xc3\\xa9"
+                      + "x" * 59 + "'... (305 bytes): it must be 1 to 249 characters of [a-zA-Z0-9._-] and not '.' "
+                      "or '..'")

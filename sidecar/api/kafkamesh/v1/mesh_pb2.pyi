@@ -23,8 +23,9 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 
 class StartPosition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    START_POSITION_LATEST: _ClassVar[StartPosition]
+    START_POSITION_UNSPECIFIED: _ClassVar[StartPosition]
     START_POSITION_EARLIEST: _ClassVar[StartPosition]
+    START_POSITION_LATEST: _ClassVar[StartPosition]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_NO_ROUTE: ErrorCode
 ERROR_CODE_INVALID_TOPIC: ErrorCode
@@ -36,8 +37,9 @@ ERROR_CODE_QUOTA_EXCEEDED: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_UNKNOWN_TOPIC: ErrorCode
 ERROR_CODE_INVALID_RECORD: ErrorCode
-START_POSITION_LATEST: StartPosition
+START_POSITION_UNSPECIFIED: StartPosition
 START_POSITION_EARLIEST: StartPosition
+START_POSITION_LATEST: StartPosition
 
 class ProduceRequest(_message.Message):
     __slots__ = ("batch_id", "records")
@@ -64,14 +66,14 @@ class Record(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., timestamp_ms: _Optional[int] = ..., partition: _Optional[int] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("key", "value", "key_bytes")
+    __slots__ = ("key", "value", "raw_key")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
-    KEY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RAW_KEY_FIELD_NUMBER: _ClassVar[int]
     key: str
     value: bytes
-    key_bytes: bytes
-    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., key_bytes: _Optional[bytes] = ...) -> None: ...
+    raw_key: bytes
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., raw_key: _Optional[bytes] = ...) -> None: ...
 
 class ProduceResponse(_message.Message):
     __slots__ = ("batch_id", "ok_count", "errors", "mapping_revision")

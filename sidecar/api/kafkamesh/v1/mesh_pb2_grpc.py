@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class MeshStub:
-    """The sidecar's data plane.
+    """The sidecar's data plane. Also served on the same address: grpc.health.v1.Health (the service "kafkamesh.v1.Mesh"
+    is SERVING once a mapping with at least one cluster is in force) and server reflection.
     """
 
     def __init__(self, channel):
@@ -48,7 +49,8 @@ class MeshStub:
 
 
 class MeshServicer:
-    """The sidecar's data plane.
+    """The sidecar's data plane. Also served on the same address: grpc.health.v1.Health (the service "kafkamesh.v1.Mesh"
+    is SERVING once a mapping with at least one cluster is in force) and server reflection.
     """
 
     def Produce(self, request_iterator, context):
@@ -95,7 +97,8 @@ def add_MeshServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Mesh:
-    """The sidecar's data plane.
+    """The sidecar's data plane. Also served on the same address: grpc.health.v1.Health (the service "kafkamesh.v1.Mesh"
+    is SERVING once a mapping with at least one cluster is in force) and server reflection.
     """
 
     @staticmethod
