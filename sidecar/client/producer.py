@@ -48,7 +48,6 @@ from typing import Any, TypeVar, overload
 
 import grpc
 
-import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _mesh_pb2
 from sidecar.client import wire
 from sidecar.client.channel import open_channel
@@ -248,8 +247,15 @@ def record_errors(errors: Any) -> Iterator[tuple[int, tuple[ErrorCode, str]]]:
             yield i, (code, message)
 
 
-#: The most records the sidecar takes in one ProduceRequest (the core's own bound).
-MAX_REQUEST_RECORDS: int = meshcore.REQUEST_RECORDS_LIMIT
+try:
+    # The native encoder (about 15 ns a record), where the sidecar's core is installed: an optional speed-up. The
+    # client is a plain gRPC client and works without it, with the pure-Python encoder (sidecar.client.wire).
+    from meshcore import encode_records as _native_encode
+except ImportError:      # the client alone: no librdkafka, no native core
+    _native_encode = None
+
+#: The most records the sidecar takes in one ProduceRequest (kafkamesh.v1.ProduceRequest.records says so).
+MAX_REQUEST_RECORDS = 500_000
 
 
 class _WholeBatch:
@@ -458,11 +464,11 @@ class Producer:
                 self._check_open()
             batch_id = self._take_id()
         # Encoded outside the lock: other threads go on sending meanwhile. Lists of bytes take the native encoder
-        # (about 15 ns a record); anything else the pure-Python one, which also explains what it refuses.
+        # when it is installed; anything else the pure-Python one, which also explains what it refuses.
         try:
-            if type(values) is not list or (keys is not None and type(keys) is not list):
-                raise TypeError("not lists")
-            payload = meshcore.encode_records(batch_id, topic, values, keys)
+            if _native_encode is None or type(values) is not list or (keys is not None and type(keys) is not list):
+                raise TypeError("the pure-Python encoder")
+            payload = _native_encode(batch_id, topic, values, keys)
         except (TypeError, ValueError):
             payload = wire.encode_batch(batch_id, topic, values, keys)
         if len(payload) > self._max_request:

@@ -200,7 +200,7 @@ def test_example_consume_prints_and_acks_count_records_then_exits_cleanly(
     _produce_ids(sc, topic, ids)
     group = f"g-{topic}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, str(ROOT / "examples" / "consume.py"), "--target", sc.target, "--group", group,
+    argv = [sys.executable, str(ROOT / "examples" / "python" / "consume.py"), "--target", sc.target, "--group", group,
             "--start", "earliest", "--count", "20", topic]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 0, run.stderr
@@ -216,6 +216,6 @@ def test_example_consume_prints_and_acks_count_records_then_exits_cleanly(
 
     bad = subprocess.run([*argv[:-1], "not a topic"], capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr, bad.stderr
-    usage = subprocess.run([sys.executable, str(ROOT / "examples" / "consume.py"), "--help"], capture_output=True,
-                           text=True, timeout=30, env=env)
+    usage = subprocess.run([sys.executable, str(ROOT / "examples" / "python" / "consume.py"), "--help"],
+                           capture_output=True, text=True, timeout=30, env=env)
     assert usage.returncode == 0 and "--count" in usage.stdout and "example:" in usage.stdout

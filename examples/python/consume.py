@@ -2,7 +2,7 @@
 every cluster the mapping routes the topics to, each printed with the cluster it came from and acked once printed.
 Stops on Ctrl-C or after --count records; either way it closes cleanly, so the sidecar commits what was acked.
 
-    python examples/consume.py --target 127.0.0.1:7420 --group demo --start earliest orders
+    python examples/python/consume.py --target 127.0.0.1:7420 --group demo --start earliest orders
 
 See examples/README.md for the sandbox, mapping and sidecar to run it against.
 """
@@ -42,7 +42,7 @@ def on_event(ev: ConsumerEvent) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="example: python examples/consume.py --target unix:/run/user/0/kafka-mesh/sidecar.sock "
+        epilog="example: python examples/python/consume.py --target unix:/run/user/0/kafka-mesh/sidecar.sock "
                "--group billing --start earliest --count 10 orders audit",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("topics", nargs="+", help="the topics to consume")

@@ -2,7 +2,7 @@
 happened to every record: bytes with a future per record, objects of a class decorated with @stream, and one batch
 through the fast path (send_batch, one future for the batch).
 
-    python examples/produce.py --target 127.0.0.1:7420 --topic orders --count 5
+    python examples/python/produce.py --target 127.0.0.1:7420 --topic orders --count 5
 
 See examples/README.md for the sandbox, mapping and sidecar to run it against.
 """
@@ -30,7 +30,8 @@ def outcome(fut: Future[RecordResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="example: python examples/produce.py --target unix:/run/user/0/kafka-mesh/sidecar.sock --topic t1",
+        epilog="example: python examples/python/produce.py --target unix:/run/user/0/kafka-mesh/sidecar.sock "
+               "--topic t1",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="127.0.0.1:7420",
                         help="the sidecar: unix:PATH or HOST:PORT (default 127.0.0.1:7420)")
