@@ -35,7 +35,7 @@ test-asan:    ## unit tests and the produce integration tests on the debug build
 BUF ?= .tools/node_modules/.bin/buf
 
 lint:         ## ruff, mypy --strict on the control plane, buf lint on the API (proto/, buf.yaml)
-	$(PYTHON) -m ruff check sidecar csrc tests scripts benchmarks examples
+	$(PYTHON) -m ruff check sidecar csrc tests scripts benchmarks examples clients
 	$(PYTHON) -m mypy sidecar
 	$(BUF) lint
 

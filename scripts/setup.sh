@@ -57,6 +57,9 @@ if command -v go >/dev/null; then
 else
   echo "setup: no Go toolchain: the Go example's test will fail"
 fi
+# The wheels of the Python client's dependencies (the versions installed here), from which the test of the client
+# alone installs a fresh virtual environment offline.
+python3 -m pip download -q -d .tools/wheels $(python3 -c 'import grpc, google.protobuf as p; print(f"grpcio=={grpc.__version__} protobuf=={p.__version__}")')
 # The Java example: the Maven protobuf plugin, protoc, protoc-gen-grpc-java and the dependencies fetched once (the
 # test builds it offline).
 (cd examples/java && mvn -q package -DskipTests >/dev/null)
