@@ -13,43 +13,27 @@ from tests.isolation import run_isolated
 
 
 def _produce_without_the_core(folder: str) -> list[Any]:
-    import concurrent.futures as cf
     import sys
-    from collections.abc import Iterator
 
     sys.modules["meshcore"] = None  # type: ignore[assignment]    # `import meshcore` now raises ImportError
-    import grpc
-
-    from sidecar.api.kafkamesh.v1 import mesh_pb2
     from sidecar.client import Producer
     from sidecar.client import producer as module
+    from tests.unit.test_client_producer import FakeSidecar
 
-    got: list[mesh_pb2.ProduceRequest] = []
-
-    def produce(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
-        for raw in requests:
-            got.append(mesh_pb2.ProduceRequest.FromString(raw))
-            yield mesh_pb2.ProduceResponse(batch_id=got[-1].batch_id, ok_count=len(got[-1].records)).SerializeToString()
-
-    server = grpc.server(cf.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("kafkamesh.v1.Mesh", {
-        "Produce": grpc.stream_stream_rpc_method_handler(produce)}),))
-    target = f"unix:{folder}/fake.sock"
-    server.add_insecure_port(target)
-    server.start()
+    fake = FakeSidecar(pathlib.Path(folder) / "fake.sock")
     try:
-        p = Producer(target)
+        p = Producer(fake.target)
         p.send_batch("t", [b"a", b"b"], keys=[b"k", None]).result(10)
         p.send("t", b"c").result(10)
         p.close()
     finally:
-        server.stop(0)
-    return [module._native_encode is None,
-            sorted((r.value, r.key if r.HasField("key") else None) for req in got for r in req.records)]
+        fake.stop()
+    return [module._native_encode is None, "meshcore" in sys.modules and sys.modules["meshcore"] is not None,
+            sorted((r.value, r.key if r.HasField("key") else None) for req in fake.requests for r in req.records)]
 
 
 def test_the_client_produces_without_the_native_core(tmp_path: pathlib.Path) -> None:
-    assert run_isolated(_produce_without_the_core, str(tmp_path)) == [True, [(b"a", b"k"), (b"b", None),
+    assert run_isolated(_produce_without_the_core, str(tmp_path)) == [True, False, [(b"a", b"k"), (b"b", None),
                                                                              (b"c", None)]]
 
 
