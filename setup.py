@@ -98,7 +98,7 @@ def _extensions() -> list[Extension]:
         # -O1 keeps the sanitizer's reports readable and the suite fast enough for CI.
         extra = ["-O1", "-g3", "-fsanitize=address", "-fno-omit-frame-pointer"]
         link.append("-fsanitize=address")
-    modules = ["conf", "wire", "producer", "consumer", "routes", "topicrules", "produce"]
+    modules = ["conf", "wire", "producer", "consumer", "subscribe_wire", "routes", "topicrules", "produce", "router"]
     exts = [
         Extension(
             f"meshcore.{name}",

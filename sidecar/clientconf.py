@@ -22,3 +22,25 @@ def client_defaults(version: str | None = None) -> dict[str, str]:
     if at_least(version or meshcore.librdkafka_version(), 2, 4):
         out["enable.metrics.push"] = "false"
     return out
+
+
+#: Every producer the mesh makes (the sidecar's, the router's), before a cluster's own config overrides it.
+PRODUCER_DEFAULTS: dict[str, str] = {
+    "enable.idempotence": "true",
+    "acks": "all",
+    # The Java client's partitioner: a key lands on the same partition whichever language produced it.
+    "partitioner": "murmur2_random",
+    "linger.ms": "5",
+    # The mesh never creates a topic as a side effect: topics are created by the operator (`kafka-mesh topic create`,
+    # partitions balanced over the brokers). librdkafka's producer default (true) would let a metadata request
+    # create a topic with the broker's default count, e.g. on a consumer route's cluster that came back empty.
+    "allow.auto.create.topics": "false",
+    # Kafka's own default limit (the brokers' message.max.bytes, a topic's max.message.bytes), not librdkafka's
+    # 1,000,000: a 1,000,000-byte value is a record Kafka takes. A topic with a lower limit is checked per record.
+    "message.max.bytes": "1048588",
+    # Large enough that the per-stream in-flight bound stops reading long before a queue fills: submit then never
+    # waits for Kafka on the event loop.
+    "queue.buffering.max.messages": "10000000",
+    "queue.buffering.max.kbytes": "2097151",
+    **client_defaults(),
+}

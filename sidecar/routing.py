@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import meshcore
-from sidecar.clientconf import client_defaults
+from sidecar.clientconf import PRODUCER_DEFAULTS
 from sidecar.errors import MappingError
 from sidecar.mapping.model import DEFAULT_ROUTE, Cluster, Mapping, ProducerRoute
 from sidecar.topic_rules import TopicRulesKeeper
@@ -26,24 +26,6 @@ log = logging.getLogger("kafka_mesh.routing")
 #: An overlay table holds the topics changed since the last whole table; past this many (or an eighth of the whole
 #: table's topics, if more) the next change compiles the table whole again.
 OVERLAY_MAX = 4096
-
-#: librdkafka settings of every sidecar producer, before the cluster registry's per-cluster overrides.
-PRODUCER_DEFAULTS: dict[str, str] = {
-    "enable.idempotence": "true",
-    "acks": "all",
-    # The Java client's partitioner: a key lands on the same partition whichever language produced it.
-    "partitioner": "murmur2_random",
-    "linger.ms": "5",
-    # Kafka's own default limit (the brokers' message.max.bytes, a topic's max.message.bytes), not librdkafka's
-    # 1,000,000: a 1,000,000-byte value is a record Kafka takes. A topic with a lower limit is checked per record.
-    "message.max.bytes": "1048588",
-    # Large enough that the per-stream in-flight bound stops reading long before a queue fills: submit then never
-    # waits for Kafka on the event loop.
-    "queue.buffering.max.messages": "10000000",
-    "queue.buffering.max.kbytes": "2097151",
-    **client_defaults(),
-}
-
 
 @dataclass
 class _Entry:

@@ -23,7 +23,9 @@ if _linked.SOURCE == "wheel":
 from meshcore import consumer as _consumer
 from meshcore import produce as _produce
 from meshcore import producer as _producer
+from meshcore import router as _router
 from meshcore import routes as _routes
+from meshcore import subscribe_wire as _subscribe_wire
 from meshcore import topicrules as _topicrules
 from meshcore import wire as _wire
 from meshcore.conf import check_config, take_logs
@@ -42,7 +44,9 @@ from meshcore.produce import (
     stale_guard,
 )
 from meshcore.producer import Producer, create_producer, librdkafka_version
+from meshcore.router import RouterStream, RouterTable, build_router_table, open_router_stream
 from meshcore.routes import RouteTable, build_route_table
+from meshcore.subscribe_wire import poll_batch
 from meshcore.topicrules import TopicRules, build_topic_rules
 from meshcore.wire import decode_produce_request, encode_records
 
@@ -61,7 +65,7 @@ if _linked.SOURCE == "wheel" and librdkafka_version() != _confluent_kafka.libver
 def debug_counts() -> dict[str, tuple[int, int]]:
     """Created/destroyed counts per kind of C handle; all zero in the release build."""
     counts: dict[str, tuple[int, int]] = {}
-    for module in (_consumer, _produce, _producer, _routes, _topicrules, _wire):
+    for module in (_consumer, _produce, _producer, _router, _routes, _subscribe_wire, _topicrules, _wire):
         for kind, (created, freed) in module._debug_counts().items():
             c0, f0 = counts.get(kind, (0, 0))
             counts[kind] = (c0 + created, f0 + freed)
@@ -75,5 +79,6 @@ __all__ = [
     "create_producer", "debug_counts", "decode_produce_request", "encode_records", "librdkafka_version",
     "set_max_timestamp_ahead_ms", "REQUEST_RECORDS_LIMIT", "guard_epoch", "guard_holds", "renew_guard",
     "expire_guard", "stale_guard", "oldest_revision_in_flight",
-    "open_stream", "take_logs", "check_config",
+    "open_stream", "take_logs", "check_config", "poll_batch", "RouterStream", "RouterTable", "build_router_table",
+    "open_router_stream",
 ]

@@ -1,7 +1,9 @@
 """One librdkafka consumer (rd_kafka_t in a consumer group), owned by one extension type with an explicit close.
 
-poll_batch() is the Subscribe data path: it polls within a record and byte budget and encodes a SubscribeResponse
-natively, with no Python object per record. poll_records() returns Python tuples and is meant for tools and tests.
+This is the consuming layer that the Subscribe stream and the router share: poll() (for Cython modules, consumer.pxd)
+takes librdkafka messages within a record and byte budget, measured by the caller's own encoding, with no Python
+object per record; subscribe_wire.pyx encodes them as a SubscribeResponse, router.pyx hands them to producers.
+poll_records() returns Python tuples and is meant for tools and tests.
 What librdkafka reports through callbacks (assignment changes, every broker down) is kept in C (km_consumer.h) and
 taken with take_events() and take_state(). The handle is polled by one thread at a time; store_offsets() and probe()
 may be called from another thread meanwhile (librdkafka's calls are thread-safe), close() only once no other thread
@@ -10,15 +12,13 @@ uses the handle.
 
 import warnings
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, strlen
+from libc.string cimport strlen
 
 from meshcore.conf cimport conf_from_dict, forget_client, register_client
 from meshcore.rdkafka cimport *
 from meshcore.support cimport KM_DEBUG_ENABLED
-from meshcore.wire cimport km_utf8_valid
 
 from meshcore.errors import ConfigError, HandleClosedError, KafkaError
 
@@ -26,11 +26,6 @@ cdef extern from "km_consumer.h" nogil:
     ctypedef struct km_rebalance_ev:
         int assigned
         rd_kafka_topic_partition_list_t *parts
-    ctypedef struct km_cstate:
-        int nheld
-        int paused
-        int fatal
-        char reason[256]
     int km_held_push(rd_kafka_t *rk, km_cstate *st, rd_kafka_message_t *m)
     rd_kafka_message_t *km_held_pop(km_cstate *st)
     int km_held_unpop(rd_kafka_t *rk, km_cstate *st, rd_kafka_message_t *m)
@@ -64,12 +59,7 @@ cdef raise_kafka_error(rd_kafka_resp_err_t err, str context):
     raise KafkaError(<int>err, rd_kafka_err2name(err).decode(), f"{context}: {rd_kafka_err2str(err).decode()}")
 
 
-cdef class _Polled:
-    """Messages one poll call took from librdkafka: destroyed, and their array freed, with this object."""
-
-    cdef rd_kafka_message_t **msgs
-    cdef int n
-
+cdef class Polled:
     def __dealloc__(self):
         cdef int i
         if self.msgs != NULL:
@@ -81,18 +71,13 @@ cdef class _Polled:
 cdef class Consumer:
     """A librdkafka consumer in a group. Built by create_consumer(); call close() when done."""
 
-    cdef rd_kafka_t *rk
-    cdef km_cstate *st
-    cdef readonly str name
-    cdef str _log_key        # librdkafka's name for the handle, under which its log lines are attributed
-
     def __init__(self):
         raise TypeError("Consumer cannot be instantiated directly; use create_consumer()")
 
     cdef int _collect(self, rd_kafka_message_t **msgs, int max_records, long long max_bytes, int timeout_ms,
-                      long long group_bytes, bint strict) noexcept nogil:
-        """Poll up to max_records records whose encoded size (each ConsumedRecord whole, headers included, and
-        group_bytes plus the topic's name for each new partition group) adds up to at most max_bytes, waiting at most
+                      measure_fn measure, long long group_bytes, bint strict) noexcept nogil:
+        """Poll up to max_records records whose size (measure(m) each, and group_bytes plus the topic's name for each
+        new partition group) adds up to at most max_bytes, waiting at most
         timeout_ms for the first. The first record always fits unless strict. A record over the budget is held for
         the next call. The batch ends at a rebalance, so that it never holds records from before and after an
         assignment change. Errors librdkafka recovers from are skipped; a fatal one is left in st.fatal."""
@@ -120,8 +105,7 @@ cdef class Consumer:
                     st.fatal = 1
                 rd_kafka_message_destroy(m)
                 continue
-            # the record's tag and length (at most 6 bytes) and a timestamp of up to 10 bytes, over _record_len's
-            size = <long long>(_record_len(m, 0) + 16)
+            size = measure(m)
             if m.rkt != last_rkt or m.partition != last_partition:
                 size += group_bytes + <long long>strlen(rd_kafka_topic_name(m.rkt))
             if (n > 0 or strict) and used + size > max_bytes:
@@ -146,39 +130,22 @@ cdef class Consumer:
                              f"consumer {self.name!r}: {(why if why[0] else self.st.reason).decode(errors='replace')}")
         return 0
 
-    def poll_batch(self, str cluster, int max_records, long long max_bytes, int timeout_ms, bint strict=False):
-        """Poll up to max_records records, waiting at most timeout_ms for the first, and encode them as one
-        kafkamesh.v1.SubscribeResponse (a RecordBatch grouped by partition, each group naming `cluster`), with no
-        Python object per record, of at most max_bytes (the first record always comes, whatever its size, unless
-        strict).
-
-        Returns (encoded, runs, count): runs lists (topic, partition, first_offset, last_offset) per group, for the
-        stream's offset tracking; encoded is None when nothing arrived (or, strict, the first record would not fit).
-        A record that does not fit the byte budget is kept and returned first by the next call. A batch ends at a
-        rebalance: call take_events() after each call. A fatal consumer error raises KafkaError."""
-        cdef bytes name = cluster.encode()
-        # A partition group: its tag and length, cluster, topic and partition fields, and the response's own framing.
-        cdef _Polled polled = self._poll(max_records, max_bytes, timeout_ms, 32 + len(name), strict)
-        if polled.n == 0:
-            return None, [], 0
-        return _encode_batch(name, polled.msgs, polled.n)
-
-    cdef _Polled _poll(self, int max_records, long long max_bytes, int timeout_ms, long long group_bytes=0,
-                       bint strict=False):
-        """_collect() into a fresh _Polled; raises for a closed handle, a bad bound, or a fatal consumer error."""
+    cdef Polled poll(self, int max_records, long long max_bytes, int timeout_ms, measure_fn measure,
+                     long long group_bytes, bint strict):
+        """_collect() into a fresh Polled; raises for a closed handle, a bad bound, or a fatal consumer error."""
         self._check_alive()
         if max_records <= 0:
             raise ValueError("max_records must be positive")
-        cdef _Polled polled = _Polled.__new__(_Polled)
+        cdef Polled polled = Polled.__new__(Polled)
         polled.msgs = <rd_kafka_message_t **>malloc(max_records * sizeof(void *))
         if polled.msgs == NULL:
             raise MemoryError()
         with nogil:
-            polled.n = self._collect(polled.msgs, max_records, max_bytes, timeout_ms, group_bytes, strict)
+            polled.n = self._collect(polled.msgs, max_records, max_bytes, timeout_ms, measure, group_bytes, strict)
         self._check_fatal()
         return polled
 
-    cdef inline int _check_alive(self) except -1:
+    cdef int _check_alive(self) except -1:
         if self.rk == NULL:
             raise HandleClosedError(f"consumer {self.name!r} is closed")
         return 0
@@ -204,7 +171,7 @@ cdef class Consumer:
         """Up to max_records records, waiting at most timeout_ms for the first one. Each record is a tuple
         (topic, partition, offset, key, value, timestamp_ms). Consumer errors that librdkafka recovers from by
         itself are skipped; a fatal error raises KafkaError."""
-        cdef _Polled polled = self._poll(max_records, LLONG_MAX, timeout_ms)
+        cdef Polled polled = self.poll(max_records, LLONG_MAX, timeout_ms, _payload_size, 0, False)
         cdef rd_kafka_message_t *m
         cdef rd_kafka_timestamp_type_t tstype
         cdef int i
@@ -247,6 +214,57 @@ cdef class Consumer:
         self._check_alive()
         with nogil:
             km_set_paused(self.rk, self.st, paused)
+
+    def pause(self, partitions):
+        """Stop fetching these [(topic, partition), ...] (the others go on): a router's partition whose records
+        wait for a slow target. Partitions not assigned are ignored."""
+        self._partitions_op(partitions, True)
+
+    def resume(self, partitions):
+        """Fetch these [(topic, partition), ...] again."""
+        self._partitions_op(partitions, False)
+
+    cdef _partitions_op(self, partitions, bint pause):
+        self._check_alive()
+        partitions = list(partitions)
+        if not partitions:
+            return
+        cdef rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(len(partitions))
+        try:
+            for topic, partition in partitions:
+                rd_kafka_topic_partition_list_add(tl, str(topic).encode(), partition)
+            with nogil:
+                if pause:
+                    rd_kafka_pause_partitions(self.rk, tl)
+                else:
+                    rd_kafka_resume_partitions(self.rk, tl)
+        finally:
+            rd_kafka_topic_partition_list_destroy(tl)
+
+    def seek(self, str topic, int32_t partition, int64_t offset):
+        """Read the partition again from offset: records held or prefetched past it are dropped (librdkafka
+        discards what it fetched before the seek). For a router whose target refused a record: nothing after the
+        committed offset is lost, the records from offset on are copied again."""
+        self._check_alive()
+        cdef rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(1)
+        cdef rd_kafka_topic_partition_t *tp
+        cdef rd_kafka_error_t *error
+        cdef rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR
+        try:
+            tp = rd_kafka_topic_partition_list_add(tl, topic.encode(), partition)
+            tp.offset = offset
+            with nogil:
+                km_held_drop(self.st, tl)
+                error = rd_kafka_seek_partitions(self.rk, tl, 0)
+            if error != NULL:
+                err = rd_kafka_error_code(error)
+                rd_kafka_error_destroy(error)
+            elif tl.elems[0].err != RD_KAFKA_RESP_ERR_NO_ERROR:
+                err = tl.elems[0].err
+        finally:
+            rd_kafka_topic_partition_list_destroy(tl)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR:
+            raise_kafka_error(err, f"seek {topic}[{partition}] to {offset}")
 
     @property
     def paused(self):
@@ -444,157 +462,5 @@ def _debug_counts():
     return {"rd_kafka_t(consumer)": (_handles_created, _handles_destroyed)}
 
 
-cdef inline size_t _vlen(uint64_t v) noexcept nogil:
-    cdef size_t n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
-cdef inline size_t _field_len(size_t n) noexcept nogil:
-    """Size of a length-delimited field (tag + length + bytes)."""
-    return 1 + _vlen(n) + n
-
-
-cdef inline unsigned char *_varint(unsigned char *p, uint64_t v) noexcept nogil:
-    while v >= 0x80:
-        p[0] = <unsigned char>((v & 0x7F) | 0x80)
-        p += 1
-        v >>= 7
-    p[0] = <unsigned char>v
-    return p + 1
-
-
-cdef inline unsigned char *_bytes_field(unsigned char *p, unsigned char tag, const void *data,
-                                        size_t n) noexcept nogil:
-    p[0] = tag
-    p = _varint(p + 1, n)
-    if n:
-        memcpy(p, data, n)
-    return p + n
-
-
-cdef size_t _headers_len(rd_kafka_message_t *m) noexcept nogil:
-    cdef rd_kafka_headers_t *hdrs
-    cdef size_t idx = 0, total = 0, vsize, inner
-    cdef const char *name
-    cdef const void *value
-    if rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR:
-        return 0
-    while rd_kafka_header_get_all(hdrs, idx, &name, &value, &vsize) == RD_KAFKA_RESP_ERR_NO_ERROR:
-        inner = _field_len(strlen(name)) + (_field_len(vsize) if value != NULL else 0)
-        total += _field_len(inner)
-        idx += 1
-    return total
-
-
-cdef unsigned char *_put_headers(unsigned char *p, rd_kafka_message_t *m) noexcept nogil:
-    cdef rd_kafka_headers_t *hdrs
-    cdef size_t idx = 0, vsize, nlen, inner
-    cdef const char *name
-    cdef const void *value
-    if rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR:
-        return p
-    while rd_kafka_header_get_all(hdrs, idx, &name, &value, &vsize) == RD_KAFKA_RESP_ERR_NO_ERROR:
-        nlen = strlen(name)
-        inner = _field_len(nlen) + (_field_len(vsize) if value != NULL else 0)
-        p[0] = 0x22                      # ConsumedRecord.headers = 4
-        p = _varint(p + 1, inner)
-        # Header.key (1) is a string, which clients' runtimes check: a name another producer wrote that is not
-        # UTF-8 goes, unchanged, in Header.key_bytes (3) instead, so that the response stays readable.
-        p = _bytes_field(p, 0x0a if km_utf8_valid(<const unsigned char *>name, nlen) else 0x1a, name, nlen)
-        if value != NULL:
-            p = _bytes_field(p, 0x12, value, vsize)
-        idx += 1
-    return p
-
-
-cdef size_t _record_len(rd_kafka_message_t *m, int64_t ts) noexcept nogil:
-    """ConsumedRecord{offset=1, key=2, value=3, headers=4, timestamp_ms=5} without its own tag and length."""
-    cdef size_t n = 1 + _vlen(<uint64_t>m.offset) + 1 + _vlen(<uint64_t>ts)
-    if m.key != NULL:
-        n += _field_len(m.key_len)
-    if m.payload != NULL:
-        n += _field_len(m.len)
-    return n + _headers_len(m)
-
-
-cdef object _encode_batch(bytes cluster, rd_kafka_message_t **msgs, int n):
-    """SubscribeResponse{records=1: RecordBatch{partitions=1: PartitionRecords{cluster=1, topic=2, partition=3,
-    records=4}}}, consecutive records of one partition forming one PartitionRecords."""
-    cdef size_t *rec_len = <size_t *>malloc(n * sizeof(size_t))
-    cdef int64_t *ts = <int64_t *>malloc(n * sizeof(int64_t))
-    cdef int *run_end = <int *>malloc(n * sizeof(int))
-    cdef size_t *run_len = <size_t *>malloc(n * sizeof(size_t))
-    cdef int i, j, k, r, runs = 0, start
-    cdef size_t batch_len = 0, total, clen = len(cluster), tlen
-    cdef rd_kafka_timestamp_type_t tstype
-    cdef const char *topic
-    cdef unsigned char *p
-    cdef unsigned char *base
-    cdef const char *cname = cluster
-    if rec_len == NULL or ts == NULL or run_end == NULL or run_len == NULL:
-        free(rec_len); free(ts); free(run_end); free(run_len)
-        raise MemoryError()
-    out_runs = []
-    try:
-        with nogil:
-            for i in range(n):
-                ts[i] = rd_kafka_message_timestamp(msgs[i], &tstype)
-                if ts[i] < 0:
-                    ts[i] = 0
-                rec_len[i] = _record_len(msgs[i], ts[i])
-            i = 0
-            while i < n:
-                start = i
-                j = i + 1
-                while j < n and msgs[j].rkt == msgs[i].rkt and msgs[j].partition == msgs[i].partition:
-                    j += 1
-                tlen = strlen(rd_kafka_topic_name(msgs[i].rkt))
-                run_len[runs] = _field_len(clen) + _field_len(tlen) + 1 + _vlen(<uint64_t><int64_t>msgs[i].partition)
-                for k in range(start, j):
-                    run_len[runs] += _field_len(rec_len[k])
-                run_end[runs] = j
-                batch_len += _field_len(run_len[runs])
-                runs += 1
-                i = j
-            total = _field_len(batch_len)
-        encoded = PyBytes_FromStringAndSize(NULL, total)
-        base = <unsigned char *>PyBytes_AS_STRING(encoded)
-        with nogil:
-            p = base
-            p[0] = 0x0a                      # SubscribeResponse.records = 1
-            p = _varint(p + 1, batch_len)
-            start = 0
-            for r in range(runs):
-                topic = rd_kafka_topic_name(msgs[start].rkt)
-                p[0] = 0x0a                  # RecordBatch.partitions = 1
-                p = _varint(p + 1, run_len[r])
-                p = _bytes_field(p, 0x0a, cname, clen)
-                p = _bytes_field(p, 0x12, topic, strlen(topic))
-                p[0] = 0x18                  # partition = 3 (int32: negative values as 10-byte varints)
-                p = _varint(p + 1, <uint64_t><int64_t>msgs[start].partition)
-                for k in range(start, run_end[r]):
-                    p[0] = 0x22              # records = 4
-                    p = _varint(p + 1, rec_len[k])
-                    p[0] = 0x08
-                    p = _varint(p + 1, <uint64_t>msgs[k].offset)
-                    if msgs[k].key != NULL:
-                        p = _bytes_field(p, 0x12, msgs[k].key, msgs[k].key_len)
-                    if msgs[k].payload != NULL:
-                        p = _bytes_field(p, 0x1a, msgs[k].payload, msgs[k].len)
-                    p = _put_headers(p, msgs[k])
-                    p[0] = 0x28
-                    p = _varint(p + 1, <uint64_t>ts[k])
-                start = run_end[r]
-        if <size_t>(p - base) != total:
-            raise AssertionError(f"encoded {p - base} bytes, computed {total}")
-        start = 0
-        for r in range(runs):
-            out_runs.append((rd_kafka_topic_name(msgs[start].rkt).decode(), msgs[start].partition,
-                             msgs[start].offset, msgs[run_end[r] - 1].offset))
-            start = run_end[r]
-        return encoded, out_runs, n
-    finally:
-        free(rec_len); free(ts); free(run_end); free(run_len)
+cdef long long _payload_size(rd_kafka_message_t *m) noexcept nogil:
+    return <long long>(m.len + m.key_len)

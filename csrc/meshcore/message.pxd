@@ -27,8 +27,6 @@ cdef inline rd_kafka_resp_err_t produce_record(rd_kafka_t *rk, RecordView *rec, 
     cdef rd_kafka_vu_t vus[8]
     cdef size_t nvu = 0
     cdef rd_kafka_headers_t *hdrs = NULL
-    cdef rd_kafka_error_t *error
-    cdef rd_kafka_resp_err_t code
     cdef Reader hr
     cdef Slice hname, hvalue
     cdef uint8_t has_hvalue
@@ -64,6 +62,16 @@ cdef inline rd_kafka_resp_err_t produce_record(rd_kafka_t *rk, RecordView *rec, 
         nvu += 1
     if rec.has_timestamp:
         vus[nvu].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[nvu].u.i64 = rec.timestamp_ms; nvu += 1
+    return enqueue_vus(rk, vus, nvu, hdrs, wait_ms, stop_a, stop_b)
+
+
+cdef inline rd_kafka_resp_err_t enqueue_vus(rd_kafka_t *rk, rd_kafka_vu_t *vus, size_t nvu, rd_kafka_headers_t *hdrs,
+                                            int wait_ms, const int *stop_a, const int *stop_b) noexcept nogil:
+    """rd_kafka_produceva, with a full queue waited out (serving delivery reports) unless a stop flag is set
+    meanwhile (then _DESTROY). hdrs: the headers among vus, destroyed here when the record is refused (librdkafka
+    takes them only on success)."""
+    cdef rd_kafka_error_t *error
+    cdef rd_kafka_resp_err_t code
     while True:
         error = rd_kafka_produceva(rk, vus, nvu)
         if error == NULL:

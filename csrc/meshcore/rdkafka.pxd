@@ -167,3 +167,14 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
     rd_kafka_resp_err_t rd_kafka_commit(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *offsets, int async)
     rd_kafka_resp_err_t rd_kafka_consumer_close(rd_kafka_t *rk)
     rd_kafka_resp_err_t rd_kafka_offsets_store(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *offsets)
+
+    # Steps of the router (router.pyx): headers copied and edited, a partition sought back, fetching paused.
+    rd_kafka_headers_t *rd_kafka_headers_copy(const rd_kafka_headers_t *src)
+    rd_kafka_resp_err_t rd_kafka_header_remove(rd_kafka_headers_t *hdrs, const char *name)
+    rd_kafka_resp_err_t rd_kafka_header_get_last(const rd_kafka_headers_t *hdrs, const char *name,
+                                                 const void **valuep, size_t *sizep)
+    size_t rd_kafka_header_cnt(const rd_kafka_headers_t *hdrs)
+    rd_kafka_error_t *rd_kafka_seek_partitions(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *partitions,
+                                               int timeout_ms)
+    rd_kafka_resp_err_t rd_kafka_pause_partitions(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *partitions)
+    rd_kafka_resp_err_t rd_kafka_resume_partitions(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *partitions)

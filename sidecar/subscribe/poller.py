@@ -34,6 +34,10 @@ import meshcore
 
 log = logging.getLogger("kafka_mesh.subscribe")
 
+#: Polls one consumer and encodes the records as a SubscribeResponse (the core's; the unit tests' stand-in consumers
+#: bring their own).
+poll_batch = meshcore.poll_batch
+
 #: Longest sleep of an idle stream between two rounds (the wake-ups make it a safety net, not a latency).
 IDLE_WAKE_S = 0.5
 #: After an idle wait, how long the thread lets records gather before it polls. At 10,000 records/s over three
@@ -286,8 +290,8 @@ class Poller:
                 try:
                     # Only the response's first record may be larger than the room (a record larger than the
                     # response limit then comes alone); a later cluster's must fit, or waits for the next round.
-                    encoded, runs, n = consumer.poll_batch(cluster, limit, min(nbytes, room), 0,
-                                                           strict=bool(encoded_all))
+                    encoded, runs, n = poll_batch(consumer, cluster, limit, min(nbytes, room), 0,
+                                                  strict=bool(encoded_all))
                 except meshcore.KafkaError as e:
                     if not _fatal(e):
                         e.cluster = cluster

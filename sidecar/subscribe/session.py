@@ -24,9 +24,10 @@ from typing import Any
 
 import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _pb
-from sidecar.clientconf import at_least, client_defaults
+from sidecar.consume import consumers
+from sidecar.consume.consumers import prefetch
+from sidecar.consume.offsets import PartitionOffsets
 from sidecar.mapping.model import Cluster, Mapping
-from sidecar.subscribe.offsets import PartitionOffsets
 from sidecar.subscribe.poller import (
     MAX_CREDIT_BYTES,
     MAX_CREDIT_RECORDS,
@@ -59,16 +60,6 @@ MAX_RESPONSE_BYTES = 64 << 20
 PROBE_INTERVAL_S = 1.0
 
 
-#: librdkafka properties of producers only: left out of a cluster's config when it builds a consumer.
-PRODUCER_ONLY = frozenset({
-    "acks", "request.required.acks", "linger.ms", "queue.buffering.max.ms", "batch.num.messages", "batch.size",
-    "compression.type", "compression.codec", "compression.level", "enable.idempotence", "message.timeout.ms",
-    "delivery.timeout.ms", "partitioner", "queue.buffering.max.messages", "queue.buffering.max.kbytes",
-    "message.send.max.retries", "retries", "enable.gapless.guarantee", "transactional.id", "transaction.timeout.ms",
-    "sticky.partitioning.linger.ms", "request.timeout.ms",
-})
-
-
 class PlanError(Exception):
     """A subscribed topic has no route to read it from."""
 
@@ -83,54 +74,6 @@ def clusters_by_topic(mapping: Mapping, topics: list[str]) -> dict[str, list[str
         for cluster in clusters:
             out.setdefault(cluster, []).append(topic)
     return out
-
-
-#: How soon librdkafka looks again at a partition whose consumer still holds prefetched records
-#: (fetch.queue.backoff.ms, 1 s by default). With a prefetch of "fetch again once the queue is empty" the next fetch
-#: goes out at most this long after the last record is taken. A stream out of credit has its partitions paused (see
-#: poller.py), so only consumers being read wake this often.
-PREFETCH_BACKOFF_MS = 1
-
-
-def _has_fetch_backoff(version: str) -> bool:
-    """fetch.queue.backoff.ms came with librdkafka 2.2."""
-    return at_least(version, 2, 2)
-
-
-def group_protocol(version: str | None = None) -> dict[str, str]:
-    """The consumer group protocol by default: KIP-848's, production-ready from librdkafka 2.12 (assignment computed
-    by the broker, per member and incremental: a member joining or leaving moves only the partitions it takes or
-    gives, and nobody stops). A cluster's config may set "group.protocol": "classic" (brokers before Kafka 4.0)."""
-    if at_least(version or meshcore.librdkafka_version(), 2, 12):
-        return {"group.protocol": "consumer"}
-    return {}
-
-
-def prefetch(credit_bytes: int, fetch_backoff: bool | None = None) -> dict[str, str]:
-    """librdkafka's prefetch bounds for one consumer of a stream.
-
-    A fetch response is parsed whole the moment it arrives: each of its records becomes a queued message of about
-    240 bytes besides its payload, and the response's buffer stays allocated until its last record is taken. What a
-    consumer holds is therefore set by how large one response may be and by whether a second one is fetched while
-    the first is still queued, not by the queue bounds alone. So: fetch again only once the queue is empty
-    (queued.min.messages 1; looked at every PREFETCH_BACKOFF_MS), and a response of at most queued.max.messages.kbytes
-    (a 64th of the stream's byte credit, 256 KiB-4 MiB; librdkafka caps fetch.max.bytes with it, though never below
-    message.max.bytes, 1 MB by default, and a broker always sends a first record batch whole). Measured with 20
-    streams x 3 clusters over 1 MB record batches, this holds about 20 MiB less than fetching again below 1,000
-    queued records, at about the same catch-up rate.
-
-    With a librdkafka older than 2.2 (a core built against the system's), which waits about a second before it looks
-    again at a partition over its bounds, the payload bound is the whole byte credit (1-16 MiB) and the count bound
-    librdkafka's default: smaller ones turn a catch-up into stop-and-go."""
-    if fetch_backoff is None:
-        fetch_backoff = _has_fetch_backoff(meshcore.librdkafka_version())
-    if not fetch_backoff:
-        return {"queued.max.messages.kbytes": str(max(1024, min(16384, credit_bytes // 1024)))}
-    return {
-        "queued.max.messages.kbytes": str(max(256, min(4096, credit_bytes // 64 // 1024))),
-        "queued.min.messages": "1",
-        "fetch.queue.backoff.ms": str(PREFETCH_BACKOFF_MS),
-    }
 
 
 @dataclass(frozen=True)
@@ -157,7 +100,6 @@ class Session:
         self._poller = Poller(self.credit, min(sub.max_records or DEFAULT_MAX_RECORDS, MAX_RECORDS), self._from_thread,
                               sub.max_response_bytes or DEFAULT_MAX_RESPONSE_BYTES)
         self._prefetch = prefetch(self.credit.bytes)
-        self._group_protocol = group_protocol()
         self.offsets: dict[tuple[str, str, int], PartitionOffsets] = {}
         self.consumers: dict[str, meshcore.Consumer] = {}        # every open consumer, draining ones too
         self._plan: dict[str, list[str]] = {}                     # clusters read now -> their topics
@@ -197,19 +139,8 @@ class Session:
 
     def _add(self, mapping: Mapping, cluster_name: str, topics: list[str], reset: str) -> None:
         cluster = mapping.clusters[cluster_name]
-        # The registry's per-cluster config serves producers and consumers alike; producer-only properties would
-        # only make librdkafka warn on every consumer.
-        config = {k: v for k, v in cluster.config.items() if k not in PRODUCER_ONLY}
-        # Defaults the cluster's config may change: client_defaults() (log level, metrics push), and the group
-        # protocol: KIP-848's "consumer" where the core's librdkafka has it (2.12 and later), "classic" for a cluster
-        # whose brokers are older than Kafka 4.0.
-        c = meshcore.create_consumer(cluster_name, {
-            **client_defaults(), **self._group_protocol, **config, "bootstrap.servers": cluster.bootstrap,
-            "group.id": self._sub.group,
-            "auto.offset.reset": reset, "enable.auto.commit": "true", "enable.auto.offset.store": "false",
-            "auto.commit.interval.ms": str(self._settings.commit_interval_ms),
-            **self._prefetch,
-        })
+        c = consumers.create(cluster, self._sub.group, reset, self._settings.commit_interval_ms,
+                             self._prefetch)
         try:
             c.subscribe(topics)
             self._poller.add(cluster_name, c)

@@ -46,7 +46,7 @@ def test_poll_batch_encodes_every_field_grouped_by_partition(sandbox: Sandbox, t
     try:
         deadline = time.monotonic() + 60
         while len(seen) < 91 and time.monotonic() < deadline:
-            encoded, runs, n = c.poll_batch("c1", 500, 1 << 20, 500)
+            encoded, runs, n = meshcore.poll_batch(c, "c1", 500, 1 << 20, 500)
             if encoded is None:
                 continue
             resp = mesh_pb2.SubscribeResponse.FromString(encoded)
@@ -84,7 +84,7 @@ def test_a_record_over_the_byte_budget_waits_for_the_next_call(sandbox: Sandbox,
     try:
         deadline = time.monotonic() + 60
         while len(got) < 5 and time.monotonic() < deadline:
-            encoded, runs, n = c.poll_batch("c1", 500, 250, 500)       # room for two 100-byte values a call
+            encoded, runs, n = meshcore.poll_batch(c, "c1", 500, 250, 500)       # room for two 100-byte values a call
             if encoded is None:
                 continue
             assert n <= 2
@@ -107,7 +107,7 @@ def test_a_record_larger_than_the_whole_budget_is_sent_alone(sandbox: Sandbox, t
     try:
         deadline = time.monotonic() + 60
         while len(sizes) < 2 and time.monotonic() < deadline:
-            encoded, runs, n = c.poll_batch("c1", 500, 100, 500)
+            encoded, runs, n = meshcore.poll_batch(c, "c1", 500, 100, 500)
             if encoded is not None:
                 resp = mesh_pb2.SubscribeResponse.FromString(encoded)
                 sizes += [len(r.value) for g in resp.records.partitions for r in g.records]

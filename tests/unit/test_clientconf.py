@@ -8,9 +8,8 @@ import sys
 import pytest
 
 import meshcore
-from sidecar.clientconf import at_least, client_defaults
+from sidecar.clientconf import PRODUCER_DEFAULTS, at_least, client_defaults
 from sidecar.memory import ARENA_MAX, limit_arenas
-from sidecar.routing import PRODUCER_DEFAULTS
 
 
 def test_version_comparison_reads_major_and_minor_as_numbers() -> None:

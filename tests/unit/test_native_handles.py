@@ -112,7 +112,7 @@ def test_malformed_request_enqueues_nothing() -> None:
 def test_debug_counts_report_every_kind() -> None:
     counts = meshcore.debug_counts()
     assert set(counts) == {"rd_kafka_t(producer)", "rd_kafka_t(consumer)", "produce_request_view", "route_table",
-                           "produce_batch", "produce_stream", "topic_rules"}
+                           "produce_batch", "produce_stream", "topic_rules", "router_table"}
     if meshcore.DEBUG:
         before = counts["rd_kafka_t(producer)"]
         meshcore.create_producer("p", dict(NOWHERE)).close()

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sidecar.subscribe.offsets import PartitionOffsets
+from sidecar.consume.offsets import PartitionOffsets
 
 
 def test_in_order_acks_move_the_commit_point() -> None:

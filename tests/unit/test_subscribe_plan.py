@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sidecar.consume.consumers import group_protocol, prefetch
 from sidecar.mapping.model import Mapping
-from sidecar.subscribe.session import PlanError, clusters_by_topic, group_protocol, prefetch
+from sidecar.subscribe.session import PlanError, clusters_by_topic
 
 DOC = {
     "clusters": {n: {"bootstrap": f"127.0.0.1:{9092 + i}", "role": "fronting"}

@@ -8,9 +8,17 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as M
 from sidecar.subscribe import poller as poller_mod
 from sidecar.subscribe.poller import Credit, Poller, Rebalanced, Records, Removed
+
+
+@pytest.fixture(autouse=True)
+def _fake_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The poll thread polls through the core's poll_batch(consumer, ...); the stand-ins poll themselves.
+    monkeypatch.setattr(poller_mod, "poll_batch", lambda consumer, *args, **kw: consumer.poll_batch(*args, **kw))
 
 
 class FakeConsumer:
