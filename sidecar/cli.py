@@ -272,6 +272,13 @@ def _dev(args: argparse.Namespace, settings: DevSettings) -> int:
     raise AssertionError(args.dev_command)
 
 
+def _counted(counts: dict[str, int]) -> str:
+    """A mapping's counts as printed; router rules only when there are some (most mappings have none)."""
+    text = (f"clusters: {counts['clusters']}, producer routes: {counts['producer_routes']}, "
+            f"consumer routes: {counts['consumer_routes']}")
+    return f"{text}, router rules: {counts['router_rules']}" if counts["router_rules"] else text
+
+
 def _validate(args: argparse.Namespace) -> int:
     from sidecar.mapping.document import read_document
     from sidecar.mapping.model import Mapping
@@ -285,8 +292,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"file": args.file, "valid": True, "references_checked": "clusters" in doc, **counts}))
     else:
-        print(f"{args.file}: valid (clusters: {counts['clusters']}, producer routes: {counts['producer_routes']}, "
-              f"consumer routes: {counts['consumer_routes']})")
+        print(f"{args.file}: valid ({_counted(counts)})")
         if "clusters" not in doc:
             _progress("no clusters section: the clusters the routes name are checked against etcd by `diff` "
                       "and `apply`")
@@ -313,8 +319,7 @@ def _mapping(args: argparse.Namespace, settings: ControlSettings) -> int:
         if args.json:
             print(json.dumps({"revision": applied.revision, "namespace": settings.namespace, **counts}))
         else:
-            print(f"applied mapping at revision {applied.revision} (clusters: {counts['clusters']}, "
-                  f"producer routes: {counts['producer_routes']}, consumer routes: {counts['consumer_routes']})")
+            print(f"applied mapping at revision {applied.revision} ({_counted(counts)})")
         return 0
     if args.mapping_command == "diff":
         doc = read_document(args.file)

@@ -7,10 +7,11 @@ Layout (under /kafka-mesh/<namespace>/):
     mapping            the pointer, JSON: {"format": 1, "parts": {part name: [blob id, ...]}}
     blobs/<id>         zlib-compressed JSON of one part (or a piece of one); <id> is the SHA-256 of those bytes
 
-A part is the clusters section, or the routes of one of 256 buckets of a section ("producer/3a": the producer routes
-whose route key hashes to 0x3a; "consumer/07" likewise by topic). A change of one route therefore makes one new blob
-of a few kilobytes, whatever the mapping's size; a reader that keeps the parts it has parsed reads and parses only
-the blobs it does not have yet. A part larger than MAX_BLOB bytes compressed is cut into several blobs.
+A part is the clusters section, the router section (its rules are few), or the routes of one of 256 buckets of a
+section ("producer/3a": the producer routes whose route key hashes to 0x3a; "consumer/07" likewise by topic). A
+change of one route therefore makes one new blob of a few kilobytes, whatever the mapping's size; a reader that keeps
+the parts it has parsed reads and parses only the blobs it does not have yet. A part larger than MAX_BLOB bytes
+compressed is cut into several blobs.
 
 Writing: the blobs the pointer in force does not name first, even those etcd holds already (in as many
 transactions as the limits need; nothing reads them yet), then one transaction that swaps the pointer if it is still
@@ -36,6 +37,9 @@ from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
 from sidecar.errors import ConflictError, EtcdError, MappingError
 from sidecar.mapping.model import SECTIONS
+
+#: The sections stored whole, each as one part of its own name; the others are cut into buckets.
+WHOLE = ("clusters", "router")
 
 log = logging.getLogger("kafka_mesh.mapping")
 
@@ -78,10 +82,12 @@ class Stored:
 
 
 def split(doc: dict[str, Any]) -> Stored:
-    """The parts and blobs of a mapping document ({"clusters": {...}, "producer": {...}, "consumer": {...}})."""
+    """The parts and blobs of a mapping document ({"clusters": {...}, "producer": {...}, "consumer": {...}}, and
+    "router": {...} when it has rules)."""
     parts: dict[str, Any] = {}
-    if doc.get("clusters"):
-        parts["clusters"] = doc["clusters"]
+    for section in WHOLE:
+        if doc.get(section):
+            parts[section] = doc[section]
     for section in ("producer", "consumer"):
         for key, value in (doc.get(section) or {}).items():
             parts.setdefault(f"{section}/{bucket(key)}", {})[key] = value
@@ -130,12 +136,13 @@ def section_of(name: str, where: str) -> str:
 
 
 def join(parts: dict[str, list[str]], blobs: Mapping[str, bytes], where: str) -> dict[str, Any]:
-    """The mapping document of parts, from blobs (every id named must be there and match its bytes)."""
-    doc: dict[str, Any] = {section: {} for section in SECTIONS}
+    """The mapping document of parts, from blobs (every id named must be there and match its bytes). Its router
+    section is there only when a part holds it, as Mapping.to_document writes it."""
+    doc: dict[str, Any] = {section: {} for section in SECTIONS if section != "router"}
     for name, ids in sorted(parts.items()):
         if any(blob_id(blobs[i]) != i for i in ids):
             raise MappingError(f"{where}: a blob of part {name!r} does not match its id")
-        doc[section_of(name, where)].update(decode_part(name, ids, blobs, where))
+        doc.setdefault(section_of(name, where), {}).update(decode_part(name, ids, blobs, where))
     return doc
 
 

@@ -4,12 +4,12 @@ With etcd: the pointer key names the blobs that hold the mapping in force (sidec
 reads the pointer and its blobs, then watches the pointer alone. Each new pointer is a whole mapping revision: the
 source reads only the blobs it does not hold yet (a one-route change: one blob of a few kilobytes) and, when only
 route parts changed, applies just the routes of those parts (Mapping.updated), which the routing table then takes
-topic by topic. A change of the clusters, or of many parts at once, is parsed whole, in a worker thread, so that the
-loop keeps serving meanwhile. Either way a revision is applied whole or not at all. An invalid mapping in etcd is
-refused with a log line and the last good one stays. When etcd is lost the mapping in force stays and the watch
-reconnects by itself (with backoff), resuming after the last revision it read. Every applied mapping is cached on
-disk (its pointer and blobs, written in a worker thread), so a sidecar that starts while etcd is unreachable serves
-the last mapping it saw (and says so).
+topic by topic. A change of the clusters or of the router rules, or of many parts at once, is parsed whole, in a
+worker thread, so that the loop keeps serving meanwhile. Either way a revision is applied whole or not at all. An
+invalid mapping in etcd is refused with a log line and the last good one stays. When etcd is lost the mapping in
+force stays and the watch reconnects by itself (with backoff), resuming after the last revision it read. Every
+applied mapping is cached on disk (its pointer and blobs, written in a worker thread), so a sidecar that starts while
+etcd is unreachable serves the last mapping it saw (and says so).
 
 With --mapping FILE: that file is the mapping, read once at start; no etcd is needed.
 
@@ -82,9 +82,10 @@ def parse_whole(parts: dict[str, list[str]], blobs: ReadOnly[str, bytes], revisi
 def parse_changes(old: InForce, parts: dict[str, list[str]], blobs: ReadOnly[str, bytes], revision: int,
                   where: str) -> InForce | None:
     """old with the parts that changed applied route by route; None when the change is one to parse whole (the
-    clusters changed, or more than FULL_PARTS parts)."""
+    clusters or the router rules changed, or more than FULL_PARTS parts)."""
     changed = [n for n in parts.keys() | old.parts.keys() if parts.get(n) != old.parts.get(n)]
-    if "clusters" in changed or len(changed) > FULL_PARTS:
+    # Router rules are checked together (cycles across rules) and are few: a change of them is parsed whole.
+    if any(n in mapstore.WHOLE for n in changed) or len(changed) > FULL_PARTS:
         return None
     edits: dict[str, dict[str, Any]] = {"producer": {}, "consumer": {}}
     for name in changed:

@@ -4,7 +4,7 @@ edit, compare-and-swap: manage/mapping.edit)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.control.etcd import Etcd
@@ -19,17 +19,19 @@ NAMED = 5
 
 @dataclass(frozen=True)
 class Registered:
-    """A cluster in the registry, and the routes that name it."""
+    """A cluster in the registry, and the routes and router rules that name it."""
 
     cluster: Cluster
     producer_routes: list[str]
     consumer_routes: list[str]
+    router_rules: list[str] = field(default_factory=list)      # as a source or as a sink
 
 
 def users(mapping: Mapping, name: str) -> Registered:
     return Registered(mapping.clusters[name],
                       sorted(key for key, sinks in mapping.routes.items() if name in sinks),
-                      sorted(topic for topic, vips in mapping.consumer.items() if name in vips))
+                      sorted(topic for topic, vips in mapping.consumer.items() if name in vips),
+                      sorted(rule.name for rule in mapping.router.values() if name in rule.sources + rule.sinks))
 
 
 def _section(mapping: Mapping) -> dict[str, Any]:
@@ -56,16 +58,22 @@ async def add(etcd: Etcd, keys: Keys, cluster: Cluster, replace: bool = False) -
 
 
 async def remove(etcd: Etcd, keys: Keys, name: str) -> Mapping:
-    """Take a cluster out of the registry: refused while a route names it. Returns the mapping now in force."""
+    """Take a cluster out of the registry: refused while a route or a router rule names it. Returns the mapping now
+    in force."""
     def change(mapping: Mapping) -> dict[str, Any]:
         if name not in mapping.clusters:
             known = ", ".join(sorted(mapping.clusters)) or "none"
             raise UsageError(f"no cluster {name!r} in namespace {keys.namespace} (registered: {known})")
         used = users(mapping, name)
-        named = [f"producer.{k}" for k in used.producer_routes] + [f"consumer.{t}" for t in used.consumer_routes]
+        # Router rules first: they are few, and each matters more than one more of what may be thousands of routes.
+        named = ([f"router.{r}" for r in used.router_rules] + [f"producer.{k}" for k in used.producer_routes]
+                 + [f"consumer.{t}" for t in used.consumer_routes])
         if named:
             more = f" and {len(named) - NAMED} more" if len(named) > NAMED else ""
-            raise UsageError(f"cluster {name!r} is still named by {len(named)} route(s): "
+            routes = len(used.producer_routes) + len(used.consumer_routes)
+            counted = " and ".join(([f"{routes} route(s)"] if routes else []) +
+                                   ([f"{len(used.router_rules)} router rule(s)"] if used.router_rules else []))
+            raise UsageError(f"cluster {name!r} is still named by {counted}: "
                              f"{', '.join(named[:NAMED])}{more}; move them (or change the mapping) first")
         return {"clusters": {k: v for k, v in _section(mapping).items() if k != name}}
 

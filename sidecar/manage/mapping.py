@@ -60,7 +60,7 @@ async def plan(etcd: Etcd, keys: Keys, doc: dict[str, Any], expect_revision: int
     base = Mapping.from_document(kept, check_references=False)
     mapping = Mapping.from_document(doc, base, check_references=False)
     mapping.check_clusters_exist(present)
-    for section in ("producer", "consumer"):
+    for section in ("producer", "consumer", "router"):
         if section not in present:
             try:
                 mapping.check_clusters_exist((section,))
@@ -86,7 +86,7 @@ async def differences(etcd: Etcd, keys: Keys, doc: dict[str, Any]) -> tuple[list
     out: list[Difference] = []
     for section in (s for s in SECTIONS if s in doc):
         old = (p.current or {}).get(section) or {}
-        new = p.stored[section]
+        new = p.stored.get(section, {})         # the router section is stored only when it has rules
         for key in sorted(old.keys() | new.keys()):
             if key not in new:
                 out.append(Difference("-", section, key, _redacted(section, old[key]), None))

@@ -1,12 +1,14 @@
-"""The mapping's data model (README, "The mapping"): clusters, producer routes and consumer routes, parsed from the
-one-file JSON document (which is also what etcd stores), with checks that name the key and the reason of every
-refusal.
+"""The mapping's data model (README, "The mapping"): clusters, producer routes, consumer routes and router rules,
+parsed from the one-file JSON document (which is also what etcd stores), with checks that name the key and the reason
+of every refusal.
 
 Every section keeps the seed's own format verbatim:
 
     clusters:  "NAME": {"bootstrap": "HOST:PORT,...", "role": "fronting" | "consumer", "config": {...}}
     producer:  "t1, t2": {"where": [{"sink": "CLUSTER"}, ...]}      and "__default__" for every other topic
     consumer:  "foo": [{"vip": "CLUSTER"}, ...]
+    router:    "RULE": {"topics": [...], "from": [{"source": "CLUSTER"}, ...], "where": [{"sink": "CLUSTER"}, ...],
+                        "steps": [...], "dead_letter": "TOPIC", "router": "NAME"}      (sidecar/mapping/router.py)
 
 This module is pure: it reads no file, talks to no server and holds no state beyond immutable values, so it can be
 used from any thread. Reading files and etcd is sidecar/manage/mapping.py's job; how etcd stores it,
@@ -23,25 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.errors import MappingError, UsageError
+from sidecar.mapping.names import MAX_SINKS as MAX_SINKS
+from sidecar.mapping.names import TOPIC as _TOPIC
+from sidecar.mapping.names import check_name as check_name
+from sidecar.mapping.names import check_topic as check_topic
+from sidecar.mapping.names import type_name as _type
+from sidecar.mapping.router import RouterRule, check_rules
+from sidecar.mapping.router import check_clusters as _check_rule_clusters
 
 ROLES = ("fronting", "consumer")
-SECTIONS = ("clusters", "producer", "consumer")
+SECTIONS = ("clusters", "producer", "consumer", "router")
 DEFAULT_ROUTE = "__default__"
-#: The most clusters one producer route may write every record to (the data plane's fixed bound).
-MAX_SINKS = 16
 _BOOTSTRAP = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
-# Kafka's own rule for topic names (kafka.common.internals.Topic): legal characters, at most 249 of them.
-_TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
-_TOPIC_RULE = "use 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def check_name(kind: str, name: str) -> str:
-    """name, or UsageError when it cannot name a cluster or namespace."""
-    if not _NAME.fullmatch(name):
-        raise UsageError(f"invalid {kind} name {name!r}: use 1-128 characters of [A-Za-z0-9._-], "
-                         "starting with a letter or digit")
-    return name
 
 
 # librdkafka properties whose values are secrets (its own sensitive ones, and any *.password / *.secret), never to be
@@ -58,17 +53,6 @@ REDACTED = "***"
 def is_secret(key: str) -> bool:
     """Whether a librdkafka property's value is a secret."""
     return key in _SECRET_KEYS or key.endswith((".password", ".secret", "_password", "_secret"))
-
-
-def _type(data: Any) -> str:
-    return "null" if data is None else type(data).__name__
-
-
-def check_topic(where: str, topic: str) -> str:
-    """topic, or MappingError naming where it was found when Kafka would refuse it as a topic name."""
-    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
-        raise MappingError(f"{where}: invalid topic name {topic!r}: {_TOPIC_RULE}")
-    return topic
 
 
 @dataclass(frozen=True)
@@ -241,6 +225,11 @@ def _parse_cluster(name: str, data: Any) -> Cluster:
     return Cluster.parse(name, data)
 
 
+def _parse_router(entries: dict[str, Any]) -> dict[str, RouterRule]:
+    """The rules of (some of) a router section, each checked on its own, sorted by name."""
+    return {name: RouterRule.parse(name, entries[name]) for name in sorted(entries)}
+
+
 def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
     value = doc[name]
     if not isinstance(value, dict):
@@ -353,6 +342,8 @@ class Mapping:
     #: topic -> its route key, for every topic whose route key is not exactly the topic ("t1, t2", " t1")
     listed: dict[str, str] = field(default_factory=dict, compare=False)
     change: Change | None = field(default=None, compare=False)
+    #: rule name -> rule, sorted by name. Last, so that the fields before it keep their positions.
+    router: dict[str, RouterRule] = field(default_factory=dict)
 
     # -- routing -------------------------------------------------------------------------------------------------
 
@@ -395,6 +386,10 @@ class Mapping:
         """The clusters a subscriber to topic reads: its consumer route's, else where its producers write."""
         return self.consumer.get(topic) or self.sinks_for(topic)
 
+    def rules_for(self, router: str) -> list[RouterRule]:
+        """The rules the router process of that name (`kafka-mesh router --name R`) runs, sorted by name."""
+        return [self.router[name] for name in sorted(self.router) if self.router[name].router == router]
+
     # -- the one-file format ---------------------------------------------------------------------------------------
 
     @classmethod
@@ -421,7 +416,12 @@ class Mapping:
         consumer = base.consumer
         if "consumer" in doc:
             consumer = {t: _share(_parse_consumer_route(t, v)) for t, v in _section(doc, "consumer").items()}
-        mapping = cls(clusters=dict(clusters), routes=routes, consumer=consumer, revision=0, listed=listed)
+        router = base.router
+        if "router" in doc:
+            router = _parse_router(_section(doc, "router"))
+            check_rules(router)
+        mapping = cls(clusters=dict(clusters), routes=routes, consumer=consumer, revision=0, listed=listed,
+                      router=router)
         if check_references:
             mapping.check_clusters_exist()
         return mapping
@@ -431,14 +431,20 @@ class Mapping:
         """The mapping of a clusters section and of route sections given in pieces: (section name, some of its
         entries), each piece checked against the clusters as it comes, then let go. So the JSON values of a whole
         mapping (hundreds of bytes a route) are never all alive at once, which would leave the process's memory
-        that much larger for good (freed small objects stay in the allocator's arenas, among the routes kept)."""
+        that much larger for good (freed small objects stay in the allocator's arenas, among the routes kept). A
+        "router" piece is taken the same way; cycles across its rules are checked once all pieces are in."""
         base = cls.from_document({"clusters": clusters})
         routes: dict[str, tuple[str, ...]] = {}
         listed: dict[str, str] = {}
         consumer: dict[str, tuple[str, ...]] = {}
+        router: dict[str, RouterRule] = {}
         names: dict[str, str] | None = None
         for section, entries in pieces:
-            if section == "producer":
+            if section == "router":
+                for rule in _parse_router(entries).values():
+                    _check_rule_clusters(rule, base.clusters)
+                    router[rule.name] = rule
+            elif section == "producer":
                 _edit_routes(routes, listed, entries.items(), base.clusters)
             elif section == "consumer":
                 if names is None:
@@ -450,12 +456,15 @@ class Mapping:
                     consumer[names.get(topic, topic)] = _share(vips)
             else:
                 raise MappingError(f"{section}: not a route section")
-        return cls(clusters=base.clusters, routes=routes, consumer=consumer, listed=listed)
+        check_rules(router)
+        return cls(clusters=base.clusters, routes=routes, consumer=consumer, listed=listed,
+                   router={name: router[name] for name in sorted(router)})
 
     def updated(self, producer: dict[str, Any], consumer: dict[str, Any], revision: int) -> Mapping:
         """This mapping with some routes changed, at revision: producer and consumer map a route key (topic) to its
         new value in the seed's format, or to REMOVE. Costs what the changed routes cost, plus a copy of
-        the sections they are in; the result's `change` says which topics' sinks changed."""
+        the sections they are in; the result's `change` says which topics' sinks changed. The router rules stay
+        (a change of them is parsed whole: they are few)."""
         routes, listed, topics = self.routes, self.listed, {}
         if producer:
             routes, listed = dict(self.routes), dict(self.listed)
@@ -472,27 +481,37 @@ class Mapping:
                 cons[topic] = _share(vips)
         default = routes.get(DEFAULT_ROUTE) != self.routes.get(DEFAULT_ROUTE)
         return Mapping(self.clusters, routes, cons, revision, listed,
-                       Change(self.revision, topics, default, frozenset(consumer)))
+                       Change(self.revision, topics, default, frozenset(consumer)), router=self.router)
 
-    def check_clusters_exist(self, sections: Iterable[str] = ("producer", "consumer")) -> None:
-        """Refuse a sink or vip, in the routes of sections, that is not one of the mapping's clusters."""
+    def check_clusters_exist(self, sections: Iterable[str] = ("producer", "consumer", "router")) -> None:
+        """Refuse a sink or vip, in the routes of sections, or a source or sink of a router rule, that is not one of
+        the mapping's clusters."""
+        sections = tuple(sections)
         if "producer" in sections:
             for key in sorted(self.routes, key=_route_order):
                 _check_sinks(key, self.routes[key], self.clusters)
         if "consumer" in sections:
             for topic in sorted(self.consumer):
                 _check_vips(topic, self.consumer[topic], self.clusters)
+        if "router" in sections:
+            for name in sorted(self.router):
+                _check_rule_clusters(self.router[name], self.clusters)
 
     def to_document(self, redact: bool = False) -> dict[str, Any]:
         """The one-file format; from_document(to_document()) gives this mapping back (revision aside). With redact,
-        secret config values read REDACTED (for printing; such a document is refused by from_document)."""
-        return {
+        secret config values read REDACTED (for printing; such a document is refused by from_document). The router
+        section is written only when it has rules: a mapping without any reads as it did before the section
+        existed."""
+        doc: dict[str, Any] = {
             "clusters": {name: c.to_json(redact) for name, c in self.clusters.items()},
             "producer": {key: {"where": [{"sink": s} for s in self.routes[key]]}
                          for key in sorted(self.routes, key=_route_order)},
             "consumer": {topic: [{"vip": v} for v in self.consumer[topic]] for topic in sorted(self.consumer)},
         }
+        if self.router:
+            doc["router"] = {name: self.router[name].to_json() for name in sorted(self.router)}
+        return doc
 
     def counts(self) -> dict[str, int]:
         return {"clusters": len(self.clusters), "producer_routes": len(self.routes),
-                "consumer_routes": len(self.consumer)}
+                "consumer_routes": len(self.consumer), "router_rules": len(self.router)}

@@ -58,3 +58,22 @@ def test_add_list_and_remove_with_secrets_never_printed(sandbox: Sandbox) -> Non
     unknown = _cli(sandbox, ns, "remove", "c4")
     assert (unknown.returncode, unknown.stderr) == (
         2, f"kafka-mesh: error: no cluster 'c4' in namespace {ns} (registered: none)\n")
+
+
+def test_remove_is_refused_while_a_router_rule_names_the_cluster(sandbox: Sandbox) -> None:
+    ns = new_namespace()
+    boot = sandbox.clusters[0].bootstrap
+    for name in ("c4", "c5"):
+        assert _cli(sandbox, ns, "add", name, "--bootstrap", boot).returncode == 0
+    apply(sandbox, ns, {"producer": {"t1": {"where": [{"sink": "c5"}]}},
+                        "router": {"copy": {"topics": ["t1"], "from": [{"source": "c4"}], "where": [{"sink": "c5"}]}}})
+    source = _cli(sandbox, ns, "remove", "c4")
+    assert (source.returncode, source.stderr) == (2, "kafka-mesh: error: cluster 'c4' is still named by 1 router "
+                                                     "rule(s): router.copy; move them (or change the mapping) first\n")
+    sink = _cli(sandbox, ns, "remove", "c5")
+    assert (sink.returncode, sink.stderr) == (2, "kafka-mesh: error: cluster 'c5' is still named by 1 route(s) and 1 "
+                                                 "router rule(s): router.copy, producer.t1; move them (or change the "
+                                                 "mapping) first\n")
+    apply(sandbox, ns, {"router": {}})
+    gone = _cli(sandbox, ns, "remove", "c4")
+    assert gone.returncode == 0, gone.stderr

@@ -94,7 +94,7 @@ def test_one_apply_is_one_pointer_swap_over_content_addressed_blobs(sandbox: San
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out == {"revision": out["revision"], "namespace": ns, "clusters": 2, "producer_routes": 3,
-                   "consumer_routes": 1}
+                   "consumer_routes": 1, "router_rules": 0}
     keys = Keys(ns)
     stored = _read(sandbox.etcd_endpoint, keys.root)
     pointer = json.loads(stored.pop(keys.pointer)[0])
@@ -197,6 +197,70 @@ def test_producer_only_file_is_checked_against_the_clusters_in_etcd(sandbox: San
     assert gone.stderr.startswith("kafka-mesh: error: producer.t9.where[0].sink: unknown cluster 'c2' (in the "
                                   "producer section that etcd holds at revision ")
     assert _read(sandbox.etcd_endpoint, Keys(ns).root) == before
+
+
+def _rule(source: str, sink: str, **fields: Any) -> dict[str, Any]:
+    """A router rule written out in full, as `show` prints it."""
+    return {"topics": ["orders", "refunds"], "from": [{"source": source}], "where": [{"sink": sink}],
+            "steps": [{"filter": {"header": "region", "equals": "eu"}}, {"rename": {"prefix": "eu."}}],
+            "dead_letter": "orders-eu.dead-letter", "router": "main", **fields}
+
+
+def test_a_router_section_is_applied_read_back_from_etcd_and_diffed(sandbox: Sandbox, ns: str,
+                                                                    tmp_path: pathlib.Path) -> None:
+    doc = {**_mapping(sandbox), "router": {"orders-eu": _rule("c1", "c2")}}
+    r = _apply(sandbox, ns, tmp_path / "m.json", doc)
+    assert r.returncode == 0, r.stderr
+    revision = int(r.stdout.split("revision ")[1].split()[0])
+    assert r.stdout == (f"applied mapping at revision {revision} (clusters: 2, producer routes: 3, "
+                        "consumer routes: 1, router rules: 1)\n")
+    assert _show(sandbox, ns) == {"revision": revision, "mapping": doc}
+    # In etcd: one part of its own, holding the section as written.
+    keys = Keys(ns)
+    stored = _read(sandbox.etcd_endpoint, keys.root)
+    parts = json.loads(stored[keys.pointer][0])["parts"]
+    blobs = {k.rsplit("/", 1)[1]: v for k, (v, _) in stored.items() if k != keys.pointer}
+    assert mapstore.decode_part("router", parts["router"], blobs, "test") == doc["router"]
+
+    # A file without the section leaves it as it is; defaults are filled as the rule is stored.
+    ok = _apply(sandbox, ns, tmp_path / "p.json", {"producer": {"t9": {"where": [{"sink": "c2"}]}}})
+    assert ok.returncode == 0 and ok.stdout.endswith("router rules: 1)\n"), ok.stderr
+    assert _show(sandbox, ns)["mapping"]["router"] == doc["router"]
+    # A file without the section may not drop a cluster that a rule it leaves in etcd reads.
+    gone = _apply(sandbox, ns, tmp_path / "c.json", {"clusters": {"c2": doc["clusters"]["c2"]}, "producer": {},
+                                                     "consumer": {}})
+    assert gone.returncode == 2
+    assert gone.stderr.startswith("kafka-mesh: error: router.orders-eu.from[0].source: unknown cluster 'c1' (in the "
+                                  "router section that etcd holds at revision ")
+
+    # A router-only file: its rules are diffed one by one, each written out in full (defaults filled).
+    changed = {"router": {"orders-eu": _rule("c1", "c1"),
+                          "audit": {"topics": ["audit"], "from": [{"source": "c2"}], "where": [{"sink": "c1"}]}}}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(changed))
+    args = ["--etcd", sandbox.etcd_endpoint, "--namespace", ns]
+    diff = _cli("mapping", "diff", str(path), *args)
+    assert diff.returncode == 0, diff.stderr
+    audit = {"dead_letter": "audit.dead-letter", "from": [{"source": "c2"}], "router": "main", "steps": [],
+             "topics": ["audit"], "where": [{"sink": "c1"}]}
+    before, after = (json.dumps(d, sort_keys=True) for d in (_rule("c1", "c2"), _rule("c1", "c1")))
+    assert diff.stdout.splitlines() == [
+        f"+ router.audit  {json.dumps(audit)}",
+        f"~ router.orders-eu  {before} -> {after}"]
+    applied = _apply(sandbox, ns, path, changed, "--json")
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["router_rules"] == 2
+    assert _show(sandbox, ns)["mapping"]["router"] == {"audit": audit, "orders-eu": _rule("c1", "c1")}
+
+    # Rules that copy records in a cycle are refused, and nothing is written.
+    before_cycle = _read(sandbox.etcd_endpoint, keys.root)
+    cycle = {"router": {"there": {"topics": ["x"], "from": [{"source": "c1"}], "where": [{"sink": "c2"}]},
+                        "back": {"topics": ["x"], "from": [{"source": "c2"}], "where": [{"sink": "c1"}]}}}
+    bad = _apply(sandbox, ns, tmp_path / "r.json", cycle)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr == ("kafka-mesh: error: router: rule(s) there, back copy records in a cycle (c1/x -[there]-> "
+                          "c2/x -[back]-> c1/x, as cluster/topic); records would be copied forever\n")
+    assert _read(sandbox.etcd_endpoint, keys.root) == before_cycle
 
 
 def test_invalid_file_is_refused_before_etcd_is_contacted(tmp_path: pathlib.Path) -> None:

@@ -51,7 +51,7 @@ def test_a_100k_topic_mapping_applied_by_the_cli_then_one_route_changed_under_pr
     doc = _document(sandbox, ["c1", "c2", "c3"], {topic: "c1"})
     first = _cli_apply(sandbox, ns, tmp_path / "m.json", doc)
     assert first == {"revision": first["revision"], "namespace": ns, "clusters": 3, "producer_routes": TOPICS + 1,
-                     "consumer_routes": TOPICS}
+                     "consumer_routes": TOPICS, "router_rules": 0}
     sc = sidecar_factory(ns)
     changed: list[dict[str, Any]] = []
 

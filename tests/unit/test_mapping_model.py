@@ -126,8 +126,9 @@ WHERE_F = {"where": [{"sink": F}]}
 
 @pytest.mark.parametrize("doc, message", [
     # the document and its sections
-    ([], "mapping: must be an object with clusters, producer, consumer, got list"),
-    ({"clusters": {}, "routes": {}}, "routes: unknown section(s); a mapping has only clusters, producer, consumer"),
+    ([], "mapping: must be an object with clusters, producer, consumer, router, got list"),
+    ({"clusters": {}, "routes": {}}, "routes: unknown section(s); a mapping has only clusters, producer, consumer, "
+                                     "router"),
     ({"producer": []}, "producer: must be an object, got list"),
     ({"consumer": None}, "consumer: must be an object, got null"),
     # clusters
@@ -204,7 +205,7 @@ def test_mapping_file_errors_name_the_file_and_line(tmp_path: pathlib.Path) -> N
     empty.write_text("{}")
     with pytest.raises(MappingError) as e:
         read_document(empty)
-    assert str(e.value) == f"{empty}: no clusters, producer, consumer section; nothing to apply"
+    assert str(e.value) == f"{empty}: no clusters, producer, consumer, router section; nothing to apply"
 
     with pytest.raises(UsageError) as u:
         read_document(tmp_path / "missing.json")
