@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sidecar.commands import clusters as clusters_command
+from sidecar.commands import router as router_command
 from sidecar.commands import status as status_command
 from sidecar.commands import topic as topic_command
 from sidecar.commands.args import whole
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     topic_command.add_parser(sub, _etcd_options())
     status_command.add_parser(sub, _etcd_options())
     _add_sidecar_parser(sub)
+    router_command.add_parser(sub)
     return parser
 
 
@@ -377,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status_command.run(args, ControlSettings.build(etcd=args.etcd, namespace=args.namespace))
         if args.command == "sidecar":
             return _sidecar(args)
+        if args.command == "router":
+            return router_command.run(args)
     except ConflictError as e:
         print(f"kafka-mesh: error: {e}", file=sys.stderr)
         return 3

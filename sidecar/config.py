@@ -206,3 +206,82 @@ class SidecarSettings:
             status_ttl_s=int(num("status_ttl_s", int, 2)),
             log_level=level,
         )
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """Everything `kafka-mesh router` needs. A field comes from an environment variable (KAFKA_MESH_ + the name in
+    capitals) or a flag (--the-name-with-dashes); a flag beats the environment, which beats the default."""
+
+    etcd: str | None = None                  # etcd endpoint; None with mapping_file
+    namespace: str = DEFAULT_NAMESPACE
+    name: str = "main"                       # runs the mapping's router rules of this name; the consumer group's
+    mapping_file: pathlib.Path | None = None # route by this mapping file instead of etcd
+    cache_dir: pathlib.Path = pathlib.Path(".")   # where the last applied mapping is cached
+    instance: str = ""                       # this process's name under routers/NAME/ (default: host-pid)
+    commit_interval_ms: int = 1000           # how often acknowledged source offsets are committed
+    max_inflight_records: int = 20_000       # per source partition: pause it past this many unacknowledged records
+    max_inflight_bytes: int = 16 << 20       # per source partition: pause it past this many unacknowledged bytes
+    drain_timeout_s: float = 10.0            # at stop: how long records in flight may take to be acknowledged
+    etcd_timeout_s: float = 5.0
+    status_ttl_s: int = 10
+    log_level: str = "info"
+
+    @property
+    def group(self) -> str:
+        """The consumer group the router's processes share on every source cluster."""
+        return f"kafka-mesh.router.{self.namespace}.{self.name}"
+
+    @classmethod
+    def build(cls, flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> RouterSettings:
+        import socket
+
+        from sidecar.mapping.names import check_name
+
+        env = os.environ if env is None else env
+        values: dict[str, object] = {
+            "cache_dir": str(pathlib.Path(env.get("XDG_CACHE_HOME") or _home(env) / ".cache") / "kafka-mesh"),
+            "instance": f"{socket.gethostname()}-{os.getpid()}",
+        }
+        names = set(cls.__dataclass_fields__)
+        for name in names:
+            raw = env.get(f"KAFKA_MESH_{name.upper()}")
+            if raw and name not in ("name", "instance"):      # KAFKA_MESH_NAME would be too easy to set by mistake
+                values[name] = raw
+        for name in names:
+            if flags.get(name) not in (None, [], ()):
+                values[name] = flags[name]
+
+        def num(name: str, kind: type[int] | type[float], low: float) -> int | float:
+            raw = values.get(name, getattr(cls, name))
+            try:
+                value = kind(str(raw))
+            except (TypeError, ValueError):
+                raise UsageError(f"{name.replace('_', '-')} must be a number, got {raw!r}") from None
+            if value < low:
+                raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {raw!r}")
+            return value
+
+        etcd, mapping_file = values.get("etcd"), values.get("mapping_file")
+        if etcd and mapping_file:
+            raise UsageError("give either --etcd or --mapping, not both")
+        if not etcd and not mapping_file:
+            raise UsageError("no mapping source: give --etcd URL (or KAFKA_MESH_ETCD) or --mapping FILE")
+        level = str(values.get("log_level", "info")).lower()
+        if level not in ("debug", "info", "warning", "error"):
+            raise UsageError(f"log-level must be debug, info, warning or error, got {level!r}")
+        return cls(
+            etcd=str(etcd) if etcd else None,
+            namespace=check_name("namespace", str(values.get("namespace") or DEFAULT_NAMESPACE)),
+            name=check_name("router", str(values.get("name") or "main")),
+            mapping_file=pathlib.Path(str(mapping_file)) if mapping_file else None,
+            cache_dir=pathlib.Path(str(values["cache_dir"])),
+            instance=check_name("router instance", str(values.get("instance"))),
+            commit_interval_ms=int(num("commit_interval_ms", int, 10)),
+            max_inflight_records=int(num("max_inflight_records", int, 1)),
+            max_inflight_bytes=int(num("max_inflight_bytes", int, 1024)),
+            drain_timeout_s=float(num("drain_timeout_s", float, 0)),
+            etcd_timeout_s=float(num("etcd_timeout_s", float, 0.1)),
+            status_ttl_s=int(num("status_ttl_s", int, 2)),
+            log_level=level,
+        )

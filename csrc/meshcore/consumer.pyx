@@ -241,6 +241,20 @@ cdef class Consumer:
         finally:
             rd_kafka_topic_partition_list_destroy(tl)
 
+    def watermarks(self, partitions):
+        """[(topic, partition, high), ...]: each partition's end offset as librdkafka last learned it from a fetch
+        (no request to the cluster; -1 when not known yet)."""
+        self._check_alive()
+        cdef int64_t low, high
+        cdef bytes name
+        out = []
+        for topic, partition in partitions:
+            name = str(topic).encode()
+            if rd_kafka_get_watermark_offsets(self.rk, name, partition, &low, &high) != RD_KAFKA_RESP_ERR_NO_ERROR:
+                high = -1
+            out.append((topic, partition, high))
+        return out
+
     def seek(self, str topic, int32_t partition, int64_t offset):
         """Read the partition again from offset: records held or prefetched past it are dropped (librdkafka
         discards what it fetched before the seek). For a router whose target refused a record: nothing after the

@@ -178,3 +178,5 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
                                                int timeout_ms)
     rd_kafka_resp_err_t rd_kafka_pause_partitions(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *partitions)
     rd_kafka_resp_err_t rd_kafka_resume_partitions(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *partitions)
+    rd_kafka_resp_err_t rd_kafka_get_watermark_offsets(rd_kafka_t *rk, const char *topic, int32_t partition,
+                                                       int64_t *low, int64_t *high)

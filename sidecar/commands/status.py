@@ -1,4 +1,5 @@
-"""`kafka-mesh status`: the live sidecars of a namespace and what each has applied, and which clusters answer."""
+"""`kafka-mesh status`: the live sidecars and routers of a namespace and what each has applied and does, and which
+clusters answer."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ EPILOG = """examples:
   kafka-mesh status --watch 2             # every 2 seconds, until Ctrl-C
   kafka-mesh status --json
 
-A sidecar is listed while its status entry's lease lives (it is refreshed every few seconds; a sidecar that died
-goes once the lease expires). BEHIND marks a sidecar that has not applied the mapping's current revision yet.
+A sidecar or router process is listed while its status entry's lease lives (it is refreshed every few seconds; one
+that died goes once the lease expires). BEHIND marks one that has not applied the mapping's current revision yet.
+A router shows each rule's records in, out (written), filtered and dead-lettered, and per source cluster its
+partitions, the records left to copy (lag), and the partitions paused because a target holds them back.
 environment: KAFKA_MESH_ETCD (instead of --etcd), KAFKA_MESH_NAMESPACE (instead of --namespace; default "default")
 """
 
@@ -33,7 +36,8 @@ def _seconds(text: str) -> float:
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("status", parents=[common], help="the live sidecars, the revision each applied, the clusters",
+    p = sub.add_parser("status", parents=[common],
+                       help="the live sidecars and routers, the revision each applied, the clusters",
                        description="Every live sidecar of the namespace (from its status entry): the mapping "
                                    "revision it applied, its streams and the records it holds unacknowledged per "
                                    "cluster; and whether each cluster of the mapping answers.",
@@ -64,6 +68,37 @@ def _lines(revision: int, entries: list[dict[str, Any]], reach: list[Any]) -> li
     return out
 
 
+def _router_lines(revision: int, entries: list[dict[str, Any]]) -> list[str]:
+    """Each live router process: its rules' counts and, per source cluster, its partitions and lag."""
+    out: list[str] = []
+    for e in entries:
+        if "error" in e:
+            out.append(f"router ? ({e.get('instance', '?')}): {e['error']}")
+            continue
+        applied = int(e.get("revision", -1))
+        out.append(f"router {e.get('router', '?')} instance {e.get('instance', '?')} (pid {e.get('pid', '?')}): "
+                   f"revision {applied}{'' if applied >= revision else ' BEHIND'}, group {e.get('group', '?')}")
+        for rule, r in sorted((e.get("rules") or {}).items()):
+            out.append(f"  rule {rule}: {', '.join(r.get('topics', []))} from {', '.join(r.get('from', []))} to "
+                       f"{', '.join(r.get('where', []))}: in {r.get('in', 0):,}, out {r.get('out', 0):,}, filtered "
+                       f"{r.get('filtered', 0):,}, dead-lettered {r.get('dead_lettered', 0):,}")
+        for source, s in sorted((e.get("sources") or {}).items()):
+            lag = s.get("lag") or {}
+            worst = ", ".join(f"{p}:{n:,}" for p, n in list(lag.items())[:4])
+            line = (f"  source {source}: {s.get('assigned', 0)} partition(s), lag {s.get('lag_total', 0):,}"
+                    + (f" (most: {worst})" if worst and s.get("lag_total") else ""))
+            if s.get("paused"):
+                line += f", PAUSED {', '.join(s['paused'][:8])}" + (" ..." if len(s["paused"]) > 8 else "")
+            if s.get("down"):
+                line += f", UNREACHABLE: {s['down']}"
+            if s.get("error"):
+                line += f", FAILED: {s['error']}"
+            out.append(line)
+            for part, why in sorted((s.get("failing") or {}).items())[:4]:
+                out.append(f"    {part} retrying: {why}")
+    return out
+
+
 def run(args: argparse.Namespace, settings: ControlSettings) -> int:
     from sidecar.control.etcd import Etcd
     from sidecar.control.keys import Keys
@@ -72,16 +107,21 @@ def run(args: argparse.Namespace, settings: ControlSettings) -> int:
     keys = Keys(settings.namespace)
 
     async def once(etcd: Etcd) -> None:
-        mapping, entries, reach = await status.snapshot(etcd, keys)
+        snap = await status.snapshot(etcd, keys)
+        revision = snap.mapping.revision
         if args.json:
-            print(json.dumps({"namespace": settings.namespace, "revision": mapping.revision, "sidecars": entries,
+            print(json.dumps({"namespace": settings.namespace, "revision": revision, "sidecars": snap.sidecars,
+                              "routers": snap.routers,
                               "clusters": [{"name": r.cluster, "bootstrap": r.bootstrap, "brokers": r.brokers,
-                                            **({"error": r.error} if r.error else {})} for r in reach]}),
+                                            **({"error": r.error} if r.error else {})} for r in snap.reach]}),
                   flush=True)
             return
-        print(f"namespace {settings.namespace}, mapping revision {mapping.revision}, {len(entries)} live sidecar(s)"
+        print(f"namespace {settings.namespace}, mapping revision {revision}, {len(snap.sidecars)} live sidecar(s), "
+              f"{len(snap.routers)} live router process(es)"
               + (f", at {time.strftime('%H:%M:%S')}" if args.watch else ""))
-        print("\n".join(_lines(mapping.revision, entries, reach)), flush=True)
+        print("\n".join(_lines(revision, snap.sidecars, snap.reach)), flush=True)
+        if snap.routers:
+            print("\n".join(["", *_router_lines(revision, snap.routers)]), flush=True)
 
     async def main() -> None:
         async with Etcd(settings.etcd_endpoint) as etcd:

@@ -3,6 +3,7 @@
     /kafka-mesh/<namespace>/mapping             JSON: the mapping in force, as the blobs that hold it
     /kafka-mesh/<namespace>/blobs/<sha256>      zlib JSON: one part of a mapping (sidecar/control/mapstore.py)
     /kafka-mesh/<namespace>/status/<host-id>    JSON, under a lease: what one sidecar has applied
+    /kafka-mesh/<namespace>/routers/<name>/<instance>   JSON, under a lease: what one router process does
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ class Keys:
     @property
     def status(self) -> str:
         return self.root + "status/"
+
+    @property
+    def routers(self) -> str:
+        return self.root + "routers/"
+
+    def router(self, name: str, instance: str) -> str:
+        return f"{self.routers}{name}/{instance}"
 
     @property
     def pointer(self) -> str:

@@ -31,9 +31,8 @@ import threading
 from collections.abc import Callable, Iterator
 from collections.abc import Mapping as ReadOnly
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from sidecar.config import SidecarSettings
 from sidecar.control import mapstore
 from sidecar.control.etcd import Etcd
 from sidecar.control.keys import Keys
@@ -50,6 +49,21 @@ FULL_PARTS = 32
 LOOP_PARTS = 4
 #: How long after applying a mapping the sidecar writes it to its on-disk cache.
 CACHE_DELAY_S = 1.0
+
+
+class SourceSettings(Protocol):
+    """What the source reads of a process's settings (the sidecar's, a router's)."""
+
+    @property
+    def etcd(self) -> str | None: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def mapping_file(self) -> pathlib.Path | None: ...
+    @property
+    def cache_dir(self) -> pathlib.Path: ...
+    @property
+    def etcd_timeout_s(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ def parse_changes(old: InForce, parts: dict[str, list[str]], blobs: ReadOnly[str
 
 
 class MappingSource:
-    def __init__(self, settings: SidecarSettings, apply: Callable[[Mapping], None]) -> None:
+    def __init__(self, settings: SourceSettings, apply: Callable[[Mapping], None]) -> None:
         self._settings = settings
         self._apply = apply
         self._keys = Keys(settings.namespace)

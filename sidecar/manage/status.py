@@ -26,9 +26,9 @@ class Reach:
     error: str = ""
 
 
-async def sidecars(etcd: Etcd, keys: Keys) -> list[dict[str, Any]]:
-    """The status entries of the live sidecars, by host id (an entry that does not parse is shown as such)."""
-    items, _ = await etcd.get_prefix(keys.status)
+async def _entries(etcd: Etcd, prefix: str, name_field: str) -> list[dict[str, Any]]:
+    """The status entries under prefix, by key (an entry that does not parse is shown as such, named by its key)."""
+    items, _ = await etcd.get_prefix(prefix)
     out: list[dict[str, Any]] = []
     for key, raw in sorted(items.items()):
         try:
@@ -36,9 +36,19 @@ async def sidecars(etcd: Etcd, keys: Keys) -> list[dict[str, Any]]:
             if not isinstance(entry, dict):
                 raise ValueError("not an object")
         except ValueError as e:
-            entry = {"host": key[len(keys.status):], "error": f"unreadable status entry: {e}"}
+            entry = {name_field: key[len(prefix):], "error": f"unreadable status entry: {e}"}
         out.append(entry)
     return out
+
+
+async def sidecars(etcd: Etcd, keys: Keys) -> list[dict[str, Any]]:
+    """The status entries of the live sidecars, by host id."""
+    return await _entries(etcd, keys.status, "host")
+
+
+async def routers(etcd: Etcd, keys: Keys) -> list[dict[str, Any]]:
+    """The status entries of the live router processes, by router name and instance."""
+    return await _entries(etcd, keys.routers, "instance")
 
 
 def _reach(cluster: Cluster) -> Reach:
@@ -55,10 +65,18 @@ async def reachability(mapping: Mapping) -> list[Reach]:
                                        for name in sorted(mapping.clusters))))
 
 
-async def snapshot(etcd: Etcd, keys: Keys) -> tuple[Mapping, list[dict[str, Any]], list[Reach]]:
+@dataclass(frozen=True)
+class Snapshot:
+    mapping: Mapping
+    sidecars: list[dict[str, Any]]
+    routers: list[dict[str, Any]]
+    reach: list[Reach]
+
+
+async def snapshot(etcd: Etcd, keys: Keys) -> Snapshot:
     mapping = await load(etcd, keys)
-    found, reach = await asyncio.gather(sidecars(etcd, keys), reachability(mapping))
-    return mapping, found, reach
+    found, routing, reach = await asyncio.gather(sidecars(etcd, keys), routers(etcd, keys), reachability(mapping))
+    return Snapshot(mapping, found, routing, reach)
 
 
 def behind(entries: list[dict[str, Any]], revision: int) -> list[str]:

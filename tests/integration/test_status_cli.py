@@ -46,7 +46,7 @@ def test_status_lists_live_sidecars_and_cluster_reachability(sandbox: Sandbox, s
 
     human = _status(sandbox, ns)
     lines = human.stdout.splitlines()
-    assert lines[0] == f"namespace {ns}, mapping revision {rev}, 1 live sidecar(s)"
+    assert lines[0] == f"namespace {ns}, mapping revision {rev}, 1 live sidecar(s), 0 live router process(es)"
     assert lines[2].split()[:3] == [f"test-{ns}", str(rev), "0"]
     assert f"cluster c1 ({sandbox.clusters[0].bootstrap}): reachable, 1 broker(s)" in lines
     assert any(line.startswith(f"cluster gone (127.0.0.1:{dead}): UNREACHABLE: ") for line in lines), lines
