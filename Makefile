@@ -6,7 +6,7 @@ BUILD = $(PYTHON) -m pip install -q --no-build-isolation -e .
 ASAN_RUNTIME = $(shell gcc -print-file-name=libasan.so)
 # Leak checking stays off: CPython keeps much of its memory until exit. The debug build's handle counts catch leaks.
 ASAN_ENV = LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1
-ASAN_TESTS = tests/unit tests/integration/test_produce_*.py
+ASAN_TESTS = tests/unit tests/integration/test_produce_*.py tests/integration/test_core_router.py
 
 .PHONY: setup build build-debug build-asan test test-unit test-asan lint proto bench
 

@@ -22,7 +22,7 @@ Threads: route() and drain() are called by the pump thread that owns the stream 
 work); delivery reports complete batches on the producers' poll threads.
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -222,6 +222,9 @@ cdef class RouterTable:
             _tables_freed += 1
 
 
+# Checked indexing: the module is built without bounds checks (for the data path), and the programs come from Python.
+@cython.boundscheck(True)
+@cython.wraparound(True)
 def build_router_table(str source, uint64_t revision, list producers, list rules, dict topics):
     """Compile a source cluster's rules.
 
@@ -401,7 +404,8 @@ cdef int _apply(Prog *p, rd_kafka_message_t *m, Work *w) noexcept nogil:
                 w.keycap = vlen
             if vlen:
                 memcpy(w.keybuf, v, vlen)
-            w.key = w.keybuf
+            # An empty key is a key (not a null one): it needs a pointer all the same.
+            w.key = w.keybuf if vlen else <const void *>b""
             w.key_len = vlen
             w.has_key = True
         elif op.kind == OP_DROP_HEADER:
