@@ -43,9 +43,10 @@ log = logging.getLogger("kafka_mesh.router")
 #: app's (throughput over latency).
 ROUTER_PRODUCER = {"message.timeout.ms": "0", "linger.ms": "20"}
 #: The router's consumers: a topic a rule starts reading is copied from its beginning where the group has no offset,
-#: and each consumer prefetches at most this much (librdkafka's default, 64 MiB, per source).
+#: and each consumer prefetches at most 16 MiB (librdkafka's default: 64 MiB), fetching again as soon as it is under
+#: that (librdkafka waits fetch.queue.backoff.ms, 1 s by default, which turns a copy into stop-and-go).
 ROUTER_CONSUMER_RESET = "earliest"
-ROUTER_PREFETCH = {"queued.max.messages.kbytes": "16384"}
+ROUTER_PREFETCH = {"queued.max.messages.kbytes": "16384", "fetch.queue.backoff.ms": "1"}
 #: How often the partition counts of the target topics are read again (a keyless record keeps its source partition
 #: where the target has it), and how long a cluster has to answer.
 PARTITIONS_EVERY_S = 30.0
@@ -82,6 +83,10 @@ class Router:
             # these counts from their first record on.
             self._partitions.update(self._read_partitions(mapping, missing))
         self._reconcile()
+        if not rules:
+            named = sorted({r.router for r in mapping.router.values()})
+            log.warning("the mapping has no router rule for router %r (its rules name: %s): nothing to copy",
+                        self._settings.name, ", ".join(named) or "no router")
         log.info("mapping applied revision=%d router=%s rules=%d sources=%d sinks=%d", mapping.revision,
                  self._settings.name, len(rules), len(self._plan.sources) if self._plan else 0,
                  len(self._plan.sinks) if self._plan else 0)

@@ -1,4 +1,4 @@
-"""mirror-copy: Apache Kafka's MirrorMaker 2 copying a full topic from c1 to c2, the reference for the router.
+"""mirror-copy: the router against Apache Kafka's MirrorMaker 2, each copying a full topic from c1 to c2.
 
 A topic of PARTITIONS partitions is created on c1 and on c2 and N 100-byte records (no key, spread round-robin over
 the partitions) are written to c1 with confluent-kafka as fast as it goes, before the copier starts (not timed).
@@ -15,7 +15,9 @@ Figures (extra_info, printed in the terminal summary):
   steady window outside MirrorMaker 2, the two brokers and this process (what else ran; about 0.2 with nothing
   else running: etcd, c3, the kernel's own threads);
 - mm2 and mm2-no-offset-syncs: with MirrorMaker 2's default offset syncs (written to c1 for checkpoints, which are
-  off here) and without (emit.offset-syncs.enabled=false), which is closer to a plain copier.
+  off here) and without (emit.offset-syncs.enabled=false), which is closer to a plain copier;
+- router: `kafka-mesh router --mapping FILE` with one rule copying the topic from c1 to c2 (no step), its defaults
+  otherwise (idempotent producer, acks=all, linger.ms 20; at-least-once commits every second).
 Asserts only that c2 ends with exactly c1's records per partition (no loss, no duplicate).
 
 Run: python -m pytest benchmarks/test_mm2.py --benchmark-only
@@ -23,10 +25,14 @@ Run: python -m pytest benchmarks/test_mm2.py --benchmark-only
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import signal
+import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -50,8 +56,8 @@ N = 1_000_000
 PARTITIONS = 6
 VALUE = b"x" * 100
 ROUNDS = 1          # a round: N records written (about 2.5 s), then copied (about 7 s, 2 of them start-up)
-RUNNING = ("3 sandbox Kafka clusters (1 broker each; c1 source, c2 target, c3 idle), etcd, MirrorMaker 2, "
-           "this benchmark polling c2's end offsets every 50 ms (2 cores)")
+RUNNING = ("3 sandbox Kafka clusters (1 broker each; c1 source, c2 target, c3 idle), etcd, the copier (MirrorMaker 2 "
+           "or the router), this benchmark polling c2's end offsets every 50 ms (2 cores)")
 
 
 def fill(bootstrap: str, topic: str, n: int, partitions: int) -> float:
@@ -76,9 +82,44 @@ def fill(bootstrap: str, topic: str, n: int, partitions: int) -> float:
     return time.monotonic() - t0
 
 
+@dataclass
+class RouterProcess:
+    """A running `kafka-mesh router` (a Copier)."""
+
+    pid: int
+    log: pathlib.Path
+    _popen: subprocess.Popen[bytes]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._popen.poll() is None:
+            self._popen.send_signal(signal.SIGTERM)
+            try:
+                self._popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait(10)
+
+
+def run_router(sandbox: Sandbox, topic: str, work_dir: pathlib.Path) -> RouterProcess:
+    """A router process with a mapping file of one rule: topic from c1 to c2."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    mapping = work_dir / "mapping.json"
+    mapping.write_text(json.dumps({
+        "clusters": {c.name: {"bootstrap": c.bootstrap} for c in sandbox.clusters[:2]},
+        "router": {"copy": {"topics": [topic], "from": [{"source": "c1"}], "where": [{"sink": "c2"}],
+                            "router": "bench"}}}))
+    log = work_dir / "router.log"
+    with open(log, "ab") as out:
+        popen = subprocess.Popen(["kafka-mesh", "router", "--mapping", str(mapping), "--name", "bench",
+                                  "--instance", "bench", "--cache-dir", str(work_dir / "cache")],
+                                 stdout=out, stderr=subprocess.STDOUT)
+    return RouterProcess(popen.pid, log, popen)
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("offset_syncs", [True, False], ids=["mm2", "mm2-no-offset-syncs"])
-def test_mm2_copy(benchmark: Any, sandbox: Sandbox, tmp_path: pathlib.Path, offset_syncs: bool) -> None:
+@pytest.mark.parametrize("copier", ["router", "mm2", "mm2-no-offset-syncs"])
+def test_mirror_copy(benchmark: Any, sandbox: Sandbox, tmp_path: pathlib.Path, copier: str) -> None:
+    offset_syncs = copier == "mm2"
     settings = settings_for(sandbox.kafka_version)
     classpath(settings)                      # resolved (first run only) before anything is timed
     src, dst = sandbox.clusters[0], sandbox.clusters[1]
@@ -99,7 +140,9 @@ def test_mm2_copy(benchmark: Any, sandbox: Sandbox, tmp_path: pathlib.Path, offs
         return (topic,), {}
 
     def run(topic: str) -> None:
-        def start() -> Mm2Process:
+        def start() -> Mm2Process | RouterProcess:
+            if copier == "router":
+                return run_router(sandbox, topic, tmp_path / topic)
             mm2 = run_mm2(src.bootstrap, dst.bootstrap, [topic], tmp_path / topic, settings=settings,
                           offset_syncs=offset_syncs)
             runs[-1].update(log=str(mm2.log), internal=mm2.internal_topics)
