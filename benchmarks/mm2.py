@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient
 
 from benchmarks.procstat import cpu_s
 from sidecar.config import DevSettings
-from sidecar.dev import procs
+from sidecar.dev import kafka_dist, procs
 from sidecar.errors import SandboxError
 
 MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
@@ -88,38 +88,9 @@ def classpath(settings: DevSettings, progress: Progress = _print) -> str:
 
 
 def _resolve(settings: DevSettings, home: pathlib.Path, progress: Progress) -> None:
-    if shutil.which(settings.mvn_bin) is None:
-        raise SandboxError("Maven (mvn) was not found; install it (apt-get install maven) "
-                           "or set KAFKA_HOME to an unpacked Apache Kafka distribution")
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "pom.xml").write_text(_POM.format(version=settings.kafka_version))
-    libs = home / "libs"
-    if libs.exists():
-        shutil.rmtree(libs)
-    log = home / "maven.log"
-    progress(f"resolving MirrorMaker 2 (connect-mirror {settings.kafka_version}) jars with Maven "
-             f"(first run only; log: {log})")
-    argv = [settings.mvn_bin, "-B", "-f", str(home / "pom.xml"), "dependency:copy-dependencies",
-            f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
-    downloaded = 0
-    with open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=procs.server_env())
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.write(line)
-            if line.startswith("Downloaded from"):
-                downloaded += 1
-                if downloaded % 25 == 0:
-                    progress(f"  downloaded {downloaded} files")
-        code = proc.wait()
-    if code != 0 or not any(libs.glob("connect-mirror-[0-9]*.jar")):
-        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        print(tail, file=sys.stderr)
-        raise SandboxError(f"Maven could not resolve org.apache.kafka:connect-mirror:{settings.kafka_version} "
-                           f"(exit {code}); full log: {log}")
-    (home / ".complete").write_text(settings.kafka_version + "\n")
-    progress(f"  {sum(1 for _ in libs.glob('*.jar'))} jars in {libs}")
+    kafka_dist.resolve_jars(settings, home, _POM.format(version=settings.kafka_version),
+                            "org.apache.kafka:connect-mirror", "connect-mirror-[0-9]*.jar",
+                            f"MirrorMaker 2 (connect-mirror {settings.kafka_version}) jars", progress)
 
 
 class Copier(Protocol):

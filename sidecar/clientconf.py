@@ -31,10 +31,6 @@ PRODUCER_DEFAULTS: dict[str, str] = {
     # The Java client's partitioner: a key lands on the same partition whichever language produced it.
     "partitioner": "murmur2_random",
     "linger.ms": "5",
-    # The mesh never creates a topic as a side effect: topics are created by the operator (`kafka-mesh topic create`,
-    # partitions balanced over the brokers). librdkafka's producer default (true) would let a metadata request
-    # create a topic with the broker's default count, e.g. on a consumer route's cluster that came back empty.
-    "allow.auto.create.topics": "false",
     # Kafka's own default limit (the brokers' message.max.bytes, a topic's max.message.bytes), not librdkafka's
     # 1,000,000: a 1,000,000-byte value is a record Kafka takes. A topic with a lower limit is checked per record.
     "message.max.bytes": "1048588",

@@ -22,6 +22,19 @@ def _home(env: Mapping[str, str]) -> pathlib.Path:
     return pathlib.Path(env.get("HOME") or os.path.expanduser("~"))
 
 
+def _number(values: Mapping[str, object], cls: type, name: str, kind: type[int] | type[float],
+            low: float) -> int | float:
+    """Setting name (a flag, variable or file value, else cls's default) as a number of at least low."""
+    raw = values.get(name, getattr(cls, name))
+    try:
+        value = kind(str(raw))
+    except (TypeError, ValueError):
+        raise UsageError(f"{name.replace('_', '-')} must be a number, got {raw!r}") from None
+    if value < low:
+        raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class DevSettings:
     """Where the local sandbox keeps its files and which binaries it runs."""
@@ -158,14 +171,7 @@ class SidecarSettings:
     @classmethod
     def _typed(cls, values: Mapping[str, object]) -> SidecarSettings:
         def num(name: str, kind: type[int] | type[float], low: float) -> int | float:
-            raw = values.get(name, getattr(cls, name))
-            try:
-                value = kind(str(raw))
-            except (TypeError, ValueError):
-                raise UsageError(f"{name.replace('_', '-')} must be a number, got {raw!r}") from None
-            if value < low:
-                raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {raw!r}")
-            return value
+            return _number(values, cls, name, kind, low)
 
         def flag(name: str) -> bool:
             raw = values.get(name, getattr(cls, name))
@@ -253,14 +259,7 @@ class RouterSettings:
                 values[name] = flags[name]
 
         def num(name: str, kind: type[int] | type[float], low: float) -> int | float:
-            raw = values.get(name, getattr(cls, name))
-            try:
-                value = kind(str(raw))
-            except (TypeError, ValueError):
-                raise UsageError(f"{name.replace('_', '-')} must be a number, got {raw!r}") from None
-            if value < low:
-                raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {raw!r}")
-            return value
+            return _number(values, cls, name, kind, low)
 
         etcd, mapping_file = values.get("etcd"), values.get("mapping_file")
         if etcd and mapping_file:

@@ -9,6 +9,8 @@ cdef extern from "km_consumer.h" nogil:
         int paused
         int fatal
         char reason[256]
+        long long msg_errors
+        char msg_error[320]
 
 
 #: How many bytes a record counts for against a poll's byte budget (the caller's encoding of it).

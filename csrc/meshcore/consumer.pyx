@@ -41,6 +41,7 @@ cdef extern from "km_consumer.h" nogil:
     int km_cstate_take_events(km_cstate *st, km_rebalance_ev **out)
     int km_cstate_take_rebalanced(km_cstate *st)
     int km_cstate_is_down(km_cstate *st)
+    void km_cstate_msg_error(km_cstate *st, const rd_kafka_message_t *m)
     int km_probe(rd_kafka_t *rk, km_cstate *st, int timeout_ms)
     int km_enable_wakeup(rd_kafka_t *rk, km_cstate *st, int fd)
     void km_disable_wakeup(km_cstate *st)
@@ -103,6 +104,7 @@ cdef class Consumer:
             if m.err != RD_KAFKA_RESP_ERR_NO_ERROR:
                 if m.err == RD_KAFKA_RESP_ERR__FATAL:
                     st.fatal = 1
+                km_cstate_msg_error(st, m)
                 rd_kafka_message_destroy(m)
                 continue
             size = measure(m)
@@ -202,6 +204,7 @@ cdef class Consumer:
                 if m.err != RD_KAFKA_RESP_ERR_NO_ERROR:
                     if m.err == RD_KAFKA_RESP_ERR__FATAL:
                         self.st.fatal = 1
+                    km_cstate_msg_error(self.st, m)
                     rd_kafka_message_destroy(m)
                 else:
                     km_held_push(self.rk, self.st, m)
@@ -273,8 +276,8 @@ cdef class Consumer:
             if error != NULL:
                 err = rd_kafka_error_code(error)
                 rd_kafka_error_destroy(error)
-            elif tl.elems[0].err != RD_KAFKA_RESP_ERR_NO_ERROR:
-                err = tl.elems[0].err
+            elif tl.elems[0].err != RD_KAFKA_RESP_ERR_NO_ERROR and tl.elems[0].err != RD_KAFKA_RESP_ERR__IN_PROGRESS:
+                err = tl.elems[0].err           # (_IN_PROGRESS: the seek was made asynchronously, as asked)
         finally:
             rd_kafka_topic_partition_list_destroy(tl)
         if err != RD_KAFKA_RESP_ERR_NO_ERROR:
@@ -314,6 +317,17 @@ cdef class Consumer:
         if not km_cstate_take_state(self.st, &available, reason, sizeof(reason)):
             return None
         return bool(available), reason.decode(errors="replace")
+
+    def take_message_errors(self):
+        """(count, last): the errors librdkafka gave instead of records since the last call (a record batch it could
+        not decode is skipped: its records are never returned), and the last one's text, naming topic, partition and
+        offset; None when there was none. Call from the polling thread."""
+        self._check_alive()
+        if not self.st.msg_errors:
+            return None
+        out = (self.st.msg_errors, self.st.msg_error.decode(errors="replace"))
+        self.st.msg_errors = 0
+        return out
 
     @property
     def down(self):

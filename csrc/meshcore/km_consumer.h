@@ -35,6 +35,8 @@ typedef struct km_cstate {
     rd_kafka_queue_t *wake_q;     /* consumer queue whose io event wakes the stream's poll thread */
     char **earliest;              /* topics subscribed after the start: read from the beginning where the group */
     int nearliest;                /* has no committed offset (under lock) */
+    int64_t msg_errors;           /* errors librdkafka reported instead of records (a batch it could not decode: */
+    char msg_error[320];          /* its records are skipped), and the last one's text; the poll thread's only */
 } km_cstate;
 
 static inline km_cstate *km_cstate_new(void) {
@@ -267,6 +269,16 @@ static void km_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaqu
         snprintf(st->reason, sizeof(st->reason), "%s", reason ? reason : "fatal error");
     }
     pthread_mutex_unlock(&st->lock);
+}
+
+/* librdkafka gave an error instead of a record. One of a partition (a record batch that does not decode: bad CRC,
+ * unknown compression) means records of it are skipped: counted and kept for the owner to report. */
+static inline void km_cstate_msg_error(km_cstate *st, const rd_kafka_message_t *m) {
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF || !m->rkt)
+        return;
+    st->msg_errors++;
+    snprintf(st->msg_error, sizeof(st->msg_error), "%s [%d] at offset %lld: %s", rd_kafka_topic_name(m->rkt),
+             (int)m->partition, (long long)m->offset, rd_kafka_err2str(m->err));
 }
 
 /* The cluster answered (a record arrived, or a metadata request succeeded). */

@@ -68,8 +68,8 @@ cdef inline rd_kafka_resp_err_t produce_record(rd_kafka_t *rk, RecordView *rec, 
 cdef inline rd_kafka_resp_err_t enqueue_vus(rd_kafka_t *rk, rd_kafka_vu_t *vus, size_t nvu, rd_kafka_headers_t *hdrs,
                                             int wait_ms, const int *stop_a, const int *stop_b) noexcept nogil:
     """rd_kafka_produceva, with a full queue waited out (serving delivery reports) unless a stop flag is set
-    meanwhile (then _DESTROY). hdrs: the headers among vus, destroyed here when the record is refused (librdkafka
-    takes them only on success)."""
+    meanwhile (then _DESTROY), or wait_ms is negative (then _QUEUE_FULL at once). hdrs: the headers among vus,
+    destroyed here when the record is refused (librdkafka takes them only on success)."""
     cdef rd_kafka_error_t *error
     cdef rd_kafka_resp_err_t code
     while True:
@@ -80,7 +80,7 @@ cdef inline rd_kafka_resp_err_t enqueue_vus(rd_kafka_t *rk, rd_kafka_vu_t *vus, 
         rd_kafka_error_destroy(error)
         if code == RD_KAFKA_RESP_ERR__QUEUE_FULL and stopped(stop_a, stop_b):
             code = RD_KAFKA_RESP_ERR__DESTROY
-        if code != RD_KAFKA_RESP_ERR__QUEUE_FULL:
+        if code != RD_KAFKA_RESP_ERR__QUEUE_FULL or wait_ms < 0:
             if hdrs != NULL:
                 rd_kafka_headers_destroy(hdrs)     # ours again when produceva fails
             return code

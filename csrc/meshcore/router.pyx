@@ -23,6 +23,7 @@ work); delivery reports complete batches on the producers' poll threads.
 """
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -451,7 +452,9 @@ cdef rd_kafka_resp_err_t _produce(rd_kafka_t *rk, rd_kafka_topic_t *rkt, int32_t
         vus[nvu].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[nvu].u.i64 = ts; nvu += 1
     if hdrs != NULL:
         vus[nvu].vtype = RD_KAFKA_VTYPE_HEADERS; vus[nvu].u.headers = hdrs; nvu += 1
-    return enqueue_vus(rk, vus, nvu, hdrs, 50, stop, NULL)
+    # A full queue fails the record at once (its run is read again after a backoff): a pump never blocks on a
+    # target, so its other partitions keep flowing and it keeps serving its group; the queue bounds the memory.
+    return enqueue_vus(rk, vus, nvu, hdrs, -1, stop, NULL)
 
 
 cdef inline int32_t _partition(Prog *p, int k, Work *w, int32_t source_partition) noexcept nogil:
@@ -603,8 +606,10 @@ cdef class RouterStream:
               int timeout_ms):
         """Poll up to max_records records (max_bytes of keys and values; the first always comes), waiting at most
         timeout_ms for the first, and route them by table. Returns [(run_id, topic, partition, first_offset,
-        last_offset, records, bytes), ...], one run per group of consecutive records of one partition, in the order
-        polled. A batch ends at a rebalance: call consumer.take_events() after each call."""
+        last_offset, records, bytes, offsets), ...], one run per group of consecutive records of one partition, in the
+        order polled; offsets: the run's record offsets, native-endian int64s (with gaps where Kafka skips offsets:
+        compacted records, transaction markers), which say where a run's first failed record is. A batch ends at a
+        rebalance: call consumer.take_events() after each call."""
         self._check_alive()
         cdef Polled polled = consumer.poll(max_records, max_bytes, timeout_ms, _raw_size, 0, False)
         if polled.n == 0:
@@ -617,6 +622,7 @@ cdef class RouterStream:
         cdef int64_t *local = <int64_t *>calloc(max(1, 4 * table.n_rules), sizeof(int64_t))
         cdef int i, j, end, start, n_runs = 0
         cdef long long size
+        cdef int64_t *at
         cdef int *run_start = <int *>malloc(polled.n * sizeof(int))
         cdef uint64_t first_id = self.next_id
         if rks == NULL or cache == NULL or local == NULL or run_start == NULL:
@@ -637,27 +643,31 @@ cdef class RouterStream:
                     run_start[n_runs] = start
                     _route_run(stream, table, rks, cache, polled.msgs + start, i - start, first_id + n_runs, local)
                     n_runs += 1
-                for i in range(2 * table.n_progs * MAX_PROG_SINKS):
-                    if cache[i] != NULL:
-                        rd_kafka_topic_destroy(cache[i])
             for i in range(table.n_rules):
                 km_atomic_add(&table.counters[i].records_in, local[4 * i])
                 km_atomic_add(&table.counters[i].records_out, local[4 * i + 1])
                 km_atomic_add(&table.counters[i].filtered, local[4 * i + 2])
                 km_atomic_add(&table.counters[i].dead_lettered, local[4 * i + 3])
-            self.next_id += n_runs
             runs = []
             for i in range(n_runs):
                 start = run_start[i]
                 end = run_start[i + 1] if i + 1 < n_runs else polled.n
                 size = 0
+                offsets = PyBytes_FromStringAndSize(NULL, (end - start) * sizeof(int64_t))
+                at = <int64_t *>PyBytes_AS_STRING(offsets)
                 for j in range(start, end):
                     size += polled.msgs[j].len + polled.msgs[j].key_len
+                    at[j - start] = polled.msgs[j].offset
                 runs.append((first_id + i, rd_kafka_topic_name(polled.msgs[start].rkt).decode(),
                              polled.msgs[start].partition, polled.msgs[start].offset, polled.msgs[end - 1].offset,
-                             end - start, size))
+                             end - start, size, offsets))
             return runs
         finally:
+            # Also when a run raised: the runs routed before it are in flight under their ids.
+            self.next_id = first_id + n_runs
+            for i in range(2 * table.n_progs * MAX_PROG_SINKS):
+                if cache[i] != NULL:
+                    rd_kafka_topic_destroy(cache[i])
             for i in range(n_handles):
                 if rks[i] != NULL:
                     km_handle_release(table.handles[i])
@@ -665,8 +675,9 @@ cdef class RouterStream:
             free(rks); free(cache); free(local); free(run_start)
 
     def drain(self):
-        """The runs settled since the last call: [(run_id, failed, message), ...]; failed counts the run's records a
-        target did not acknowledge (the run must be read again), message says why the first one failed."""
+        """The runs settled since the last call: [(run_id, failed, first, message), ...]; failed counts the run's
+        records a target did not acknowledge, first is the index in the run of the first of them (-1: none; every
+        record before it was acknowledged by every target), message says why it failed."""
         self._check_alive()
         cdef km_batch *b = km_stream_take_completed(self.s)
         cdef km_batch *next_b
@@ -682,7 +693,7 @@ cdef class RouterStream:
                         failed += 1
                         if first < 0:
                             first = i
-                out.append((b.batch_id, failed, _failure(b, first) if first >= 0 else ""))
+                out.append((b.batch_id, failed, first, _failure(b, first) if first >= 0 else ""))
                 next_b = b.next
                 km_batch_free(b)
                 b = next_b

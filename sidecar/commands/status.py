@@ -19,8 +19,9 @@ EPILOG = """examples:
 
 A sidecar or router process is listed while its status entry's lease lives (it is refreshed every few seconds; one
 that died goes once the lease expires). BEHIND marks one that has not applied the mapping's current revision yet.
-A router shows each rule's records in, out (written), filtered and dead-lettered, and per source cluster its
-partitions, the records left to copy (lag), and the partitions paused because a target holds them back.
+A router shows each rule's records in, out (sent to its sinks; again when read again), filtered and dead-lettered,
+and per source cluster its partitions, the records left to copy (lag), the partitions paused because a target holds
+them back, and those being read again because a target refused a record (with the cluster, topic and error).
 environment: KAFKA_MESH_ETCD (instead of --etcd), KAFKA_MESH_NAMESPACE (instead of --namespace; default "default")
 """
 
@@ -91,6 +92,8 @@ def _router_lines(revision: int, entries: list[dict[str, Any]]) -> list[str]:
                 line += f", PAUSED {', '.join(s['paused'][:8])}" + (" ..." if len(s["paused"]) > 8 else "")
             if s.get("down"):
                 line += f", UNREACHABLE: {s['down']}"
+            if s.get("skipped"):
+                line += f", SKIPPED {s['skipped']} error(s) instead of records (last: {s.get('skipped_last', '')})"
             if s.get("error"):
                 line += f", FAILED: {s['error']}"
             out.append(line)

@@ -49,16 +49,24 @@ def classpath(settings: DevSettings, progress: Progress) -> str:
 
 
 def _resolve(settings: DevSettings, home: pathlib.Path, progress: Progress) -> None:
+    resolve_jars(settings, home, _POM.format(version=settings.kafka_version), "org.apache.kafka:kafka_2.13",
+                 "kafka_2.13-*.jar", f"Apache Kafka {settings.kafka_version} jars", progress)
+
+
+def resolve_jars(settings: DevSettings, home: pathlib.Path, pom: str, artifact: str, marker: str, what: str,
+                 progress: Progress) -> None:
+    """Resolve pom's runtime dependencies with Maven into home/libs (home/.complete once done): the broker's jars,
+    or another Kafka tool's (MirrorMaker 2 for the benchmarks). marker: a glob of libs/ that proves artifact came."""
     if shutil.which(settings.mvn_bin) is None:
         raise SandboxError("Maven (mvn) was not found; install it (apt-get install maven) "
                            "or set KAFKA_HOME to an unpacked Apache Kafka distribution")
     home.mkdir(parents=True, exist_ok=True)
-    (home / "pom.xml").write_text(_POM.format(version=settings.kafka_version))
+    (home / "pom.xml").write_text(pom)
     libs = home / "libs"
     if libs.exists():
         shutil.rmtree(libs)
     log = home / "maven.log"
-    progress(f"resolving Apache Kafka {settings.kafka_version} jars with Maven (first run only; log: {log})")
+    progress(f"resolving {what} with Maven (first run only; log: {log})")
     argv = [settings.mvn_bin, "-B", "-f", str(home / "pom.xml"), "dependency:copy-dependencies",
             f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
     downloaded = 0
@@ -73,10 +81,10 @@ def _resolve(settings: DevSettings, home: pathlib.Path, progress: Progress) -> N
                 if downloaded % 25 == 0:
                     progress(f"  downloaded {downloaded} files")
         code = proc.wait()
-    if code != 0 or not any(libs.glob("kafka_2.13-*.jar")):
+    if code != 0 or not any(libs.glob(marker)):
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         print(tail, file=sys.stderr)
-        raise SandboxError(f"Maven could not resolve org.apache.kafka:kafka_2.13:{settings.kafka_version} "
-                           f"(exit {code}); full log: {log}")
+        raise SandboxError(f"Maven could not resolve {artifact}:{settings.kafka_version} (exit {code}); full log: "
+                           f"{log}")
     (home / ".complete").write_text(settings.kafka_version + "\n")
     progress(f"  {sum(1 for _ in libs.glob('*.jar'))} jars in {libs}")

@@ -22,6 +22,7 @@ for it, the others keep flowing.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import select
@@ -81,20 +82,23 @@ class Pump:
     thread; stop() ends it (blocking: call it in a worker thread) and closes the consumer, which commits."""
 
     def __init__(self, source: str, consumer: meshcore.Consumer, table: meshcore.RouterTable, topics: list[str],
-                 settings: PumpSettings | None = None) -> None:
+                 settings: PumpSettings | None = None, stream: meshcore.RouterStream | None = None) -> None:
         self.source = source
         self._consumer = consumer
         self._table = table
         self._settings = settings or PumpSettings()
         self._commands = _Commands()
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._stream = meshcore.open_router_stream()
+        self._stream = stream or meshcore.open_router_stream()     # (the unit tests' stand-in)
         self._parts: dict[tuple[str, int], _Part] = {}
-        self._runs: dict[int, tuple[_Part, int, int, int]] = {}    # run id -> (partition, first, last, bytes)
+        # run id -> (partition, first, last, bytes, its offsets: native int64s)
+        self._runs: dict[int, tuple[_Part, int, int, int, bytes]] = {}
         self._stopping = False
         self._base: dict[str, tuple[int, int, int, int]] = {}      # what tables before the one in force counted
         self._counts_lock = threading.Lock()
         self._down = ""
+        self._skipped = 0               # errors librdkafka gave instead of records (their records are not copied)
+        self._skipped_last = ""
         self.snapshot: dict[str, Any] = {"source": source, "assigned": 0}
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"router-pump-{source}", daemon=True)
@@ -114,7 +118,7 @@ class Pump:
         self._wake()
 
     def counts(self) -> dict[str, tuple[int, int, int, int]]:
-        """Per rule: records in, out (written), filtered, dead-lettered, since the pump started."""
+        """Per rule: records in, out (sent to the sinks), filtered, dead-lettered, since the pump started."""
         with self._counts_lock:
             out = dict(self._base)
             for rule, now in self._table.counts().items():
@@ -189,24 +193,32 @@ class Pump:
 
     def _route(self) -> int:
         runs = self._stream.route(self._table, self._consumer, POLL_RECORDS, POLL_BYTES, 0)
-        for run_id, topic, partition, first, last, _n, size in runs:
+        for run_id, topic, partition, first, last, _n, size, offsets in runs:
             part = self._parts.get((topic, partition))
             if part is None:            # records before the assignment event was taken: the same assignment
                 part = self._parts[(topic, partition)] = _Part(topic, partition)
             if part.offsets is None:
                 part.offsets = PartitionOffsets(start=first)
+                part.stored = first         # where the group stands: nothing to store until past it
             elif first < part.offsets.delivered_end:
                 part.offsets.rewind(first)
             part.offsets.delivered(first, last)
             part.bytes += size
-            self._runs[run_id] = (part, first, last, size)
+            self._runs[run_id] = (part, first, last, size, offsets)
+        skipped = self._consumer.take_message_errors()
+        if skipped is not None:
+            self._skipped += skipped[0]
+            self._skipped_last = skipped[1]
+            log.error("records the source could not give, skipped source=%s errors=%d last=%s", self.source,
+                      skipped[0], skipped[1])
         return len(runs)
 
     def _events(self) -> None:
         for assigned, partitions in self._consumer.take_events():
             for topic, partition in partitions:
                 if assigned:
-                    self._parts[(topic, partition)] = _Part(topic, partition)
+                    # A tracker made by records polled before this event was taken is the same assignment's: kept.
+                    self._parts.setdefault((topic, partition), _Part(topic, partition))
                 else:
                     # Settled runs of it are ignored from now on: its next owner starts at the committed offset.
                     self._parts.pop((topic, partition), None)
@@ -223,16 +235,21 @@ class Pump:
 
     def _settle(self) -> None:
         touched: dict[tuple[str, int], _Part] = {}
-        for run_id, failed, message in self._stream.drain():
+        for run_id, failed, index, message in self._stream.drain():
             entry = self._runs.pop(run_id, None)
             if entry is None:
                 continue
-            part, first, last, size = entry
+            part, first, last, size, offsets = entry
             part.bytes -= size
             if self._parts.get((part.topic, part.partition)) is not part or part.offsets is None:
                 continue            # revoked since
             if failed:
-                self._failed(part, first, failed, message)
+                # Every record before the first failed one reached every target: acknowledged; read again from it.
+                failed_at = array.array("q", offsets)[index]
+                if failed_at > first:
+                    part.offsets.ack(first, failed_at - 1)
+                    touched[(part.topic, part.partition)] = part
+                self._failed(part, failed_at, failed, message)
             else:
                 part.offsets.ack(first, last)
                 touched[(part.topic, part.partition)] = part
@@ -254,6 +271,9 @@ class Pump:
         """A run was not acknowledged by every target: read its partition again from the run's first offset, after a
         backoff. Its records written meanwhile are written again: never lost."""
         assert part.offsets is not None
+        if first >= part.offsets.delivered_end:
+            return          # read again from before it already (another run failed first)
+        # The backoff grows with each seek, not with each failed run: runs failing together count once.
         part.backoff = min(max(BACKOFF_S, part.backoff * 2), BACKOFF_MAX_S)
         part.backoff_until = time.monotonic() + part.backoff
         if message != part.failure:
@@ -261,9 +281,8 @@ class Pump:
                         "failed=%d retry_in_s=%.1f error=%s", self.source, part.topic, part.partition, first, failed,
                         part.backoff, message)
         part.failure = message
-        if first < part.offsets.delivered_end:
-            part.offsets.rewind(first)
-            self._consumer.seek(part.topic, part.partition, first)
+        part.offsets.rewind(first)
+        self._consumer.seek(part.topic, part.partition, first)
 
     def _flow(self) -> None:
         s = self._settings
@@ -298,11 +317,13 @@ class Pump:
             "paused": [f"{p.topic}[{p.partition}]" for p in parts if p.paused][:SNAPSHOT_PARTITIONS],
             "failing": {f"{p.topic}[{p.partition}]": p.failure for p in parts if p.failure},
             "in_flight_runs": len(self._runs),
+            "skipped": self._skipped, "skipped_last": self._skipped_last,
         }
 
     def _drain(self, waiter: select.poll) -> None:
         """Stopping: no more routing; let the runs in flight settle (drain_timeout_s at most) and store them."""
         deadline = time.monotonic() + self._settings.drain_timeout_s
+        waiter.unregister(self._efd)        # stop() wrote to it: only settled runs wake this wait
         while self._runs and time.monotonic() < deadline:
             self._settle()
             if self._runs:

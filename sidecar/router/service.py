@@ -40,8 +40,14 @@ log = logging.getLogger("kafka_mesh.router")
 
 #: The router's producers, over the mesh's defaults: a record waits for a target for as long as the target is down
 #: (message.timeout.ms 0: its source partition pauses meanwhile, and nothing is dropped), in larger batches than an
-#: app's (throughput over latency).
-ROUTER_PRODUCER = {"message.timeout.ms": "0", "linger.ms": "20"}
+#: app's (throughput over latency), and never to a topic the router made by writing to it: a target topic is the
+#: operator's to create (`kafka-mesh topic create`, partitions balanced), and one created by a broker's
+#: auto.create.topics.enable would get the broker's default partition count, which decides where keys go.
+ROUTER_PRODUCER = {"message.timeout.ms": "0", "linger.ms": "20", "allow.auto.create.topics": "false",
+                   # What a sink's producer holds for every source at once: past it a run fails at once and is read
+                   # again after a backoff (a pump never waits on a full queue), so a sink that is down holds at
+                   # most this much of the router's memory.
+                   "queue.buffering.max.kbytes": "262144", "queue.buffering.max.messages": "1000000"}
 #: The router's consumers: a topic a rule starts reading is copied from its beginning where the group has no offset,
 #: and each consumer prefetches at most 16 MiB (librdkafka's default: 64 MiB), fetching again as soon as it is under
 #: that (librdkafka waits fetch.queue.backoff.ms, 1 s by default, which turns a copy into stop-and-go).
@@ -68,13 +74,14 @@ class Router:
         self._pumps: dict[str, tuple[Cluster, Pump]] = {}
         self._partitions: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty = False         # the last reconcile failed: the upkeep tries again
         self.started = time.time()
 
     # -- the mapping ---------------------------------------------------------------------------------------------
 
     def apply(self, mapping: Mapping) -> None:
-        """Follow a mapping revision (called on the loop by the mapping source)."""
-        self._mapping = mapping
+        """Follow a mapping revision (called on the loop by the mapping source). Raises MappingError when a cluster's
+        settings cannot make a client: the mapping in force stays."""
         rules = mapping.rules_for(self._settings.name)
         missing = {(s, t) for s, t in plan_mod.plan(mapping, self._settings.name, {}).targets()
                    if (s, t) not in self._partitions}
@@ -82,7 +89,7 @@ class Router:
             # Blocks the loop for a moment (the loop has nothing else to do meanwhile): keyless records are placed by
             # these counts from their first record on.
             self._partitions.update(self._read_partitions(mapping, missing))
-        self._reconcile()
+        self._reconcile(mapping)
         if not rules:
             named = sorted({r.router for r in mapping.router.values()})
             log.warning("the mapping has no router rule for router %r (its rules name: %s): nothing to copy",
@@ -110,29 +117,41 @@ class Router:
                     out[(sink, topic)] = len(meta.partitions)
         return out
 
-    def _reconcile(self) -> None:
-        mapping = self._mapping
-        if mapping is None:
-            return
+    def _reconcile(self, mapping: Mapping) -> None:
+        """Make producers, tables and pumps what mapping's rules need. The producers are made first: a cluster whose
+        settings are refused leaves everything as it was."""
         plan = plan_mod.plan(mapping, self._settings.name, self._partitions)
-        retired: list[meshcore.Producer] = []
-        producers: list[meshcore.Producer] = []
-        for sink in plan.sinks:
-            cluster = mapping.clusters[sink]
-            have = self._producers.get(sink)
-            if have is None or have[0] != cluster:
-                config = {**PRODUCER_DEFAULTS, **ROUTER_PRODUCER, **cluster.config,
-                          "bootstrap.servers": cluster.bootstrap}
-                try:
-                    created = meshcore.create_producer(sink, config)
-                except meshcore.ConfigError as e:
-                    raise MappingError(f"clusters.{sink}: {e}") from e
-                if have is not None:
-                    retired.append(have[1])
-                self._producers[sink] = have = (cluster, created)
-            producers.append(have[1])
+        made: dict[str, tuple[Cluster, meshcore.Producer]] = {}
+        try:
+            for sink in plan.sinks:
+                cluster = mapping.clusters[sink]
+                have = self._producers.get(sink)
+                if have is None or have[0] != cluster:
+                    config = {**PRODUCER_DEFAULTS, **ROUTER_PRODUCER, **cluster.config,
+                              "bootstrap.servers": cluster.bootstrap}
+                    try:
+                        made[sink] = (cluster, meshcore.create_producer(sink, config))
+                    except meshcore.ConfigError as e:
+                        raise MappingError(f"clusters.{sink}: {e}") from e
+        except BaseException:
+            for _, producer in made.values():
+                producer.close(0)
+            raise
+        retired = [self._producers[s][1] for s in self._producers if s in made or s not in plan.sinks]
         for sink in [s for s in self._producers if s not in plan.sinks]:
-            retired.append(self._producers.pop(sink)[1])
+            del self._producers[sink]
+        self._producers.update(made)
+        producers = [self._producers[sink][1] for sink in plan.sinks]
+        self._mapping = mapping
+        try:
+            self._follow(mapping, plan, producers)
+        finally:
+            for producer in retired:
+                # After the pumps took their new tables: a record still routed to it fails and is read again.
+                self._spawn(self._close_producer(producer))
+
+    def _follow(self, mapping: Mapping, plan: plan_mod.Plan, producers: list[meshcore.Producer]) -> None:
+        """Give each source's pump its new table (a new pump for a new or redefined source), stop the others."""
         for source, sp in plan.sources.items():
             table = meshcore.build_router_table(source, plan.revision, producers, list(sp.rules), sp.programs)
             cluster = mapping.clusters[source]
@@ -146,9 +165,6 @@ class Router:
         for source in [s for s in self._pumps if s not in plan.sources]:
             self._retire_pump(self._pumps.pop(source)[1])
         self._plan = plan
-        for producer in retired:
-            # After the pumps took their new tables: a record still routed to it fails and is read again.
-            self._spawn(self._close_producer(producer))
 
     def _start_pump(self, cluster: Cluster, table: meshcore.RouterTable, topics: list[str]) -> None:
         consumer = consumers.create(cluster, self._settings.group, ROUTER_CONSUMER_RESET,
@@ -194,11 +210,13 @@ class Router:
                 if any(self._partitions.get(k) != v for k, v in counts.items()):
                     self._partitions.update(counts)
                     changed = True
-            if changed:
+            if (changed or self._dirty) and self._mapping is not None:
                 try:
-                    self._reconcile()
-                except MappingError as e:
-                    log.error("router cannot apply the mapping in force: %s", e)
+                    self._reconcile(self._mapping)
+                    self._dirty = False
+                except Exception as e:      # never let the upkeep die: it rebuilds failed pumps
+                    self._dirty = True
+                    log.error("router cannot apply the mapping in force (retrying in %.0f s): %s", REBUILD_AFTER_S, e)
 
     def document(self) -> dict[str, Any]:
         rules: dict[str, dict[str, int]] = {}

@@ -13,10 +13,17 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from sidecar.api.kafkamesh.v1 import mesh_pb2
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int = 3, config: dict[str, str] | None = None) -> None:
+def create_topic(bootstrap: str, topic: str, partitions: int = 3, config: dict[str, str] | None = None,
+                 exist_ok: bool = False) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})]).values():
-        future.result(timeout=30)
+        try:
+            future.result(timeout=30)
+        except KafkaException as e:
+            if not (exist_ok and e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise
 
 
 def request(batch_id: int, topic: str, ids: range, **extra: Any) -> bytes:

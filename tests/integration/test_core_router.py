@@ -5,6 +5,7 @@ report the records a target refused."""
 
 from __future__ import annotations
 
+import array
 import time
 import uuid
 from typing import Any
@@ -16,6 +17,7 @@ from sidecar.clientconf import PRODUCER_DEFAULTS
 from sidecar.consume import consumers
 from sidecar.dev.sandbox import Sandbox
 from sidecar.mapping.model import Cluster
+from sidecar.router.service import ROUTER_PRODUCER
 from tests.integration.kafka_helpers import create_topic, produce_raw_headers, read_all
 from tests.integration.router_proc import produce_records
 
@@ -36,6 +38,9 @@ def _route_all(stream: Any, table: Any, consumer: Any, expected: int,
         time.sleep(0.05)
         settled += stream.drain()
     assert sum(r[5] for r in runs) == expected, f"polled {sum(r[5] for r in runs)} of {expected}"
+    for run in runs:        # each run carries its records' offsets, first to last
+        offsets = array.array("q", run[7])
+        assert len(offsets) == run[5] and (offsets[0], offsets[-1]) == (run[3], run[4])
     assert len(settled) == len(runs), "every run settles"
     return runs, settled
 
@@ -74,7 +79,7 @@ def test_hostile_records_are_routed_or_dead_lettered_natively(sandbox: Sandbox, 
         table = meshcore.build_router_table("c1", 1, [producer], ["r"], {topic: [
             {"rule": 0, "topic": f"{topic}.out", "dead_letter": f"{topic}.dl", "sinks": [(0, 3)], "steps": steps}]})
         runs, settled = _route_all(stream, table, consumer, len(records) + 1)
-        assert all(failed == 0 for _, failed, _ in settled), settled
+        assert all(failed == 0 and first == -1 for _, failed, first, _ in settled), settled
         # in, out, filtered (plain and no-header: no header c), dead-lettered (null-value: c has no value)
         assert table.counts() == {"r": (7, 4, 2, 1)}
     finally:
@@ -100,8 +105,10 @@ def test_a_run_a_target_refuses_is_reported_failed_naming_cluster_and_topic(sand
     create_topic(c1.bootstrap, topic, partitions=1)
     produce_records(c1.bootstrap, topic, [{"value": f"v{i}".encode()} for i in range(20)])
     # The target topic does not exist (and is not auto-created): every record fails, the run with it.
-    producer = meshcore.create_producer("c2", {**PRODUCER_DEFAULTS, "bootstrap.servers": c2.bootstrap,
-                                               "message.timeout.ms": "5000",
+    # The router's own producer settings (no timeout: a target that is down is waited for), with the time a topic
+    # may take to appear in metadata cut short.
+    producer = meshcore.create_producer("c2", {**PRODUCER_DEFAULTS, **ROUTER_PRODUCER,
+                                               "bootstrap.servers": c2.bootstrap,
                                                "topic.metadata.propagation.max.ms": "1000"})
     consumer = _consumer(sandbox, topic)
     stream = meshcore.open_router_stream()
@@ -109,9 +116,9 @@ def test_a_run_a_target_refuses_is_reported_failed_naming_cluster_and_topic(sand
         table = meshcore.build_router_table("c1", 1, [producer], ["r"], {topic: [
             {"rule": 0, "topic": f"{topic}.missing", "dead_letter": "x", "sinks": [(0, 0)], "steps": []}]})
         runs, settled = _route_all(stream, table, consumer, 20)
-        failed = sum(f for _, f, _ in settled)
-        assert failed == 20
-        message = next(m for _, f, m in settled if f)
+        failed = sum(f for _, f, _, _ in settled)
+        assert failed == 20 and all(first == 0 for _, f, first, _ in settled if f)
+        message = next(m for _, f, _, m in settled if f)
         assert message.startswith(f"cluster 'c2': topic '{topic}.missing': ") and "UNKNOWN_TOPIC" in message
     finally:
         stream.close()

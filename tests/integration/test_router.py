@@ -352,3 +352,30 @@ def test_rule_changes_apply_live(sandbox: Sandbox, tmp_path: pathlib.Path) -> No
         assert {f"id-{i}" for i in range(100, 200)} <= v2
     finally:
         assert router.stop() == 0
+
+
+def test_records_a_target_refuses_are_read_again_until_it_takes_them(
+        sandbox: Sandbox, tmp_path: pathlib.Path, topic: str) -> None:
+    """The target topic does not exist yet (a router never creates one): its records fail, the partition is read
+    again after a backoff, status names the cluster, topic and error; once the topic exists, every record arrives."""
+    c1, c2, _ = sandbox.clusters
+    create_topic(c1.bootstrap, topic, partitions=1)
+    ns = new_namespace()
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox, c2={"topic.metadata.propagation.max.ms": "500"}),
+                        "router": {"copy": {"topics": [topic], "from": [{"source": "c1"}],
+                                            "where": [{"sink": "c2"}]}}})
+    _produce_ids(c1.bootstrap, topic, range(200))
+    router = RouterProc(sandbox, tmp_path, ns).start()
+    try:
+        doc = router.wait_for(lambda d: d["sources"].get("c1", {}).get("failing"), 60, "the partition retrying")
+        (part, why), = doc["sources"]["c1"]["failing"].items()
+        assert part == f"{topic}[0]" and why.startswith(f"cluster 'c2': topic '{topic}': ") and "UNKNOWN_TOPIC" in why
+        shown = subprocess.run(["kafka-mesh", "status", "--etcd", sandbox.etcd_endpoint, "--namespace", ns],
+                               capture_output=True, text=True, timeout=60)
+        assert f"{topic}[0] retrying: cluster 'c2'" in shown.stdout, shown.stdout
+        create_topic(c2.bootstrap, topic, partitions=1)
+        got = [_id(m) for m in read_all(c2.bootstrap, topic, 200, timeout=90)]
+        assert set(got) == {f"id-{i}" for i in range(200)}
+        router.wait_for(lambda d: not d["sources"]["c1"]["failing"], 30, "the partition flowing again")
+    finally:
+        assert router.stop() == 0

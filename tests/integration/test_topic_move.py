@@ -72,12 +72,14 @@ def _phase(sandbox: Sandbox, ns: str, topic: str) -> str:
     return asyncio.run(read())
 
 
-def _routed_to_c1(sandbox: Sandbox, prefix: str, partitions: int) -> tuple[str, str]:
-    """A namespace whose mapping routes a new topic (on c1, with partitions) to c1: (namespace, topic)."""
+def _routed_to_c1(sandbox: Sandbox, prefix: str, partitions: int,
+                  **config: dict[str, str]) -> tuple[str, str]:
+    """A namespace whose mapping routes a new topic (on c1, with partitions) to c1: (namespace, topic). config: the
+    clusters' librdkafka overrides, by cluster."""
     ns = new_namespace()
     topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
     create_topic(sandbox.clusters[0].bootstrap, topic, partitions=partitions)
-    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox, **config), "producer": {topic: {"where": [{"sink": "c1"}]}}})
     return ns, topic
 
 
@@ -347,7 +349,10 @@ def test_a_sidecar_paused_past_its_lease_acknowledges_nothing_it_routed_before(
     stop may still reach c1, where no one reads any more: none of it is acknowledged (the app is told to send it
     again), nothing more is written by the old route, and once it has read the mapping anew its records go to c2.
     Every acked record is read by the group."""
-    ns, topic = _routed_to_c1(sandbox, "pause", 2)
+    # c1's producers linger 50 ms: at any moment pause-b holds the last ~50 ms of its batches in librdkafka, so the
+    # stop finds some in flight (with the default 5 ms, a batch is answered before the next is sent, and the stop
+    # could land between two).
+    ns, topic = _routed_to_c1(sandbox, "pause", 2, c1={"linger.ms": "50"})
     a = sidecar_factory(ns, "--host-id", "pause-a", "--status-ttl-s", "3")
     b = sidecar_factory(ns, "--host-id", "pause-b", "--status-ttl-s", "3")
     sub = SubStream(a.target, f"pause-{uuid.uuid4().hex[:6]}", [topic])
