@@ -219,7 +219,7 @@ cdef class RouterTable:
         free(self.counters)
         free(self.source_c)
         km_strmap_free(&self.topics)
-        if KM_DEBUG_ENABLED and self.rules is not None:
+        if KM_DEBUG_ENABLED:
             _tables_freed += 1
 
 
@@ -236,6 +236,8 @@ def build_router_table(str source, uint64_t revision, list producers, list rules
     ("reject",), ("rekey", header), ("drop_header", name), ("add_header", name, value bytes), ("sample", n)."""
     global _tables_created
     cdef RouterTable t = RouterTable.__new__(RouterTable)
+    if KM_DEBUG_ENABLED:
+        _tables_created += 1        # counted now: a refused program still frees the table
     cdef int i, j, k, n_progs = 0
     cdef Prog *p
     cdef Op *op
@@ -256,8 +258,6 @@ def build_router_table(str source, uint64_t revision, list producers, list rules
     t.names = <char *>calloc(max(1, t.names_len), 1)
     if t.counters == NULL or t.handles == NULL or t.name_off == NULL or t.names == NULL:
         raise MemoryError()
-    if KM_DEBUG_ENABLED:
-        _tables_created += 1
     for i, p_ in enumerate(producers):
         t.handles[i] = (<Producer>p_).h
         t.name_off[i] = <uint32_t>off
