@@ -206,6 +206,9 @@ def _add_sidecar_parser(sub: Any) -> None:
                    help="an etcd request's timeout, and how long Produce requests wait for the lease to come back "
                         "before the sidecar routes by the mapping it has (default 5)")
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info (default), warning or error")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (README, \"Metrics\"; default: off; "
+                        ":PORT means 127.0.0.1)")
 
 
 def _sidecar(args: argparse.Namespace) -> int:

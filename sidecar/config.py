@@ -132,6 +132,7 @@ class SidecarSettings:
     etcd_timeout_s: float = 5.0
     status_ttl_s: int = 10
     log_level: str = "info"
+    metrics_listen: str = ""                 # HOST:PORT of GET /metrics (Prometheus); "": no metrics listener
 
     @classmethod
     def build(cls, flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> SidecarSettings:
@@ -211,7 +212,17 @@ class SidecarSettings:
             etcd_timeout_s=float(num("etcd_timeout_s", float, 0.1)),
             status_ttl_s=int(num("status_ttl_s", int, 2)),
             log_level=level,
+            metrics_listen=_metrics_listen(values),
         )
+
+
+def _metrics_listen(values: Mapping[str, object]) -> str:
+    spec = str(values.get("metrics_listen") or "")
+    if spec:
+        from sidecar.metrics import parse_listen
+
+        parse_listen(spec)          # refused at start, with the reason, not at the first scrape
+    return spec
 
 
 @dataclass(frozen=True)
@@ -232,6 +243,7 @@ class RouterSettings:
     etcd_timeout_s: float = 5.0
     status_ttl_s: int = 10
     log_level: str = "info"
+    metrics_listen: str = ""                 # HOST:PORT of GET /metrics (Prometheus); "": no metrics listener
 
     @property
     def group(self) -> str:
@@ -283,4 +295,5 @@ class RouterSettings:
             etcd_timeout_s=float(num("etcd_timeout_s", float, 0.1)),
             status_ttl_s=int(num("status_ttl_s", int, 2)),
             log_level=level,
+            metrics_listen=_metrics_listen(values),
         )

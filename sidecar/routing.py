@@ -43,6 +43,8 @@ class RouteState:
         self._defaults = dict(PRODUCER_DEFAULTS, **{"message.timeout.ms": str(delivery_timeout_ms)})
         self._live: dict[str, _Entry] = {}
         self._retired: list[_Entry] = []
+        #: deliveries (ok, failed) of each cluster's producers closed so far: the counts stay monotonic (metrics)
+        self._closed_counts: dict[str, tuple[int, int]] = {}
         self._on_change = on_change
         self.mapping: Mapping | None = None
         self.table: meshcore.RouteTable | None = None
@@ -230,7 +232,18 @@ class RouteState:
 
     async def _close(self, entry: _Entry) -> None:
         lost = await asyncio.to_thread(entry.producer.close, int(self._defaults["message.timeout.ms"]))
+        ok, failed = self._closed_counts.get(entry.cluster.name, (0, 0))
+        self._closed_counts[entry.cluster.name] = (ok + entry.producer.delivered, failed + entry.producer.failed)
         log.info("producer closed cluster=%s undelivered=%d", entry.cluster.name, lost)
+
+    def delivery_counts(self) -> dict[str, tuple[int, int]]:
+        """Per cluster, the (record, cluster) deliveries its producers settled since the start: (acknowledged,
+        failed). Read from the core's counters in bulk."""
+        out = dict(self._closed_counts)
+        for entry in list(self._live.values()) + self._retired:
+            ok, failed = out.get(entry.cluster.name, (0, 0))
+            out[entry.cluster.name] = (ok + entry.producer.delivered, failed + entry.producer.failed)
+        return out
 
     async def close(self, flush_timeout_ms: int) -> int:
         """Flush and close every producer; returns the records still undelivered (lost)."""

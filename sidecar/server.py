@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +26,7 @@ from sidecar.control.source import MappingSource
 from sidecar.control.status import StatusReporter
 from sidecar.errors import MeshError, UsageError
 from sidecar.mapping.model import Mapping
+from sidecar.metrics import Family, MetricsServer
 from sidecar.routing import RouteState
 from sidecar.servicers.produce import SERVICE, ProduceServicer
 from sidecar.servicers.subscribe import SubscribeServicer
@@ -50,6 +52,37 @@ def _listen_address(spec: str, socket_mode: int) -> str:
     if not sep or not port.isdigit() or not host:
         raise UsageError(f"invalid listen address {spec!r}: expected unix:PATH or HOST:PORT")
     return spec
+
+
+def _families(routes: RouteState, produce: ProduceServicer, subscribe: SubscribeServicer,
+              source: MappingSource) -> list[Family]:
+    """The sidecar's metrics (README, "Metrics"), read at each scrape from what the process keeps anyway."""
+    applied_at = [time.time()]
+    routes.listeners.add(lambda _mapping: applied_at.__setitem__(0, time.time()))
+
+    def deliveries(index: int) -> list[tuple[tuple[str, ...], float]]:
+        return [((cluster,), counts[index]) for cluster, counts in sorted(routes.delivery_counts().items())]
+
+    return [
+        Family("mapping_revision", "The mapping revision in force (0: from a file).", "gauge", (),
+               lambda: [((), routes.revision)]),
+        Family("mapping_applied_timestamp_seconds", "When the mapping in force was applied (Unix time).", "gauge",
+               (), lambda: [((), applied_at[0])]),
+        Family("etcd_connected", "1 while the mapping watch is connected to etcd (0 with a mapping file).", "gauge",
+               (), lambda: [((), float(source.connected.is_set()))]),
+        Family("status_lease_held", "1 while this sidecar's status lease holds (it may acknowledge records).",
+               "gauge", (), lambda: [((), float(meshcore.guard_holds()))]),
+        Family("produce_streams", "Produce streams open.", "gauge", (), lambda: [((), produce.streams)]),
+        Family("subscribe_streams", "Subscribe streams open.", "gauge", (), lambda: [((), subscribe.streams)]),
+        Family("produce_inflight_bytes", "Bytes of Produce requests routed and not yet answered, every stream.",
+               "gauge", (), lambda: [((), produce.inflight_bytes)]),
+        Family("records_delivered", "Records acknowledged by a cluster (each cluster of a route counts its own).",
+               "counter", ("cluster",), lambda: deliveries(0)),
+        Family("records_failed", "Records a cluster did not acknowledge (refused, or not delivered in time).",
+               "counter", ("cluster",), lambda: deliveries(1)),
+        Family("records_queued", "Records a cluster's producer holds, queued or in flight, not yet acknowledged.",
+               "gauge", ("cluster",), lambda: [((c,), n) for c, n in routes.outstanding().items()]),
+    ]
 
 
 async def serve(settings: SidecarSettings) -> int:
@@ -129,6 +162,10 @@ async def serve(settings: SidecarSettings) -> int:
     mesh_health(routes.mapping)
     routes.listeners.add(mesh_health)
     await status.start(reachable=source.connected.is_set())
+    metrics = None
+    if settings.metrics_listen:
+        metrics = MetricsServer(settings.metrics_listen, _families(routes, produce, subscribe, source))
+        metrics.start()
     # Everything allocated so far lives as long as the process: keep it out of the cyclic collector's full passes,
     # which would otherwise walk it (tens of ms) in the middle of the data path.
     gc.freeze()
@@ -165,6 +202,8 @@ async def serve(settings: SidecarSettings) -> int:
     await source.stop()
     await status.stop()
     lost += await routes.close(flush_timeout_ms=int(settings.shutdown_grace_s * 1000))
+    if metrics is not None:
+        metrics.stop()
     librdkafka_log.cancel()
     trimmer.cancel()
     rules_keeper.cancel()

@@ -126,13 +126,13 @@ cdef class Producer:
 
     @property
     def delivered(self):
-        self._check_open()
-        return km_atomic_load(&self.stats.delivered)
+        """Records delivered (acknowledged) so far; still readable once closed (for counters that must not drop)."""
+        return km_atomic_load(&self.stats.delivered) if self.stats != NULL else 0
 
     @property
     def failed(self):
-        self._check_open()
-        return km_atomic_load(&self.stats.failed)
+        """Records failed so far (refused at once, or by their delivery report); readable once closed."""
+        return km_atomic_load(&self.stats.failed) if self.stats != NULL else 0
 
     @property
     def last_error(self):

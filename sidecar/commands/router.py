@@ -44,6 +44,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--status-ttl-s", metavar="S", help="the lease of this process's status entry (default 10)")
     p.add_argument("--etcd-timeout-s", metavar="S", help="an etcd request's timeout (default 5)")
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info (default), warning or error")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; :PORT means 127.0.0.1)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from sidecar.control.keys import Keys
 from sidecar.control.source import MappingSource
 from sidecar.errors import EtcdError, MappingError
 from sidecar.mapping.model import Cluster, Mapping
+from sidecar.metrics import Family, MetricsServer
 from sidecar.router import plan as plan_mod
 from sidecar.router.pump import Pump, PumpSettings
 
@@ -263,6 +264,51 @@ class Router:
                 log.debug("router status registration interrupted error=%s", e)
             await asyncio.sleep(1.0)
 
+    def families(self, source: MappingSource) -> list[Family]:
+        """The router's metrics (README, "Metrics"): per rule, and per source partition it reads."""
+        def rules(index: int) -> list[tuple[tuple[str, ...], float]]:
+            totals: dict[str, float] = {}
+            for _, pump in list(self._pumps.values()):
+                for rule, counts in pump.counts().items():
+                    totals[rule] = totals.get(rule, 0) + counts[index]
+            return [((rule,), n) for rule, n in sorted(totals.items())]
+
+        def per_source(key: str) -> list[tuple[tuple[str, ...], float]]:
+            return [((name,), float(len(p.snapshot.get(key) or ()) if key != "skipped" else p.snapshot.get(key, 0)))
+                    for name, (_, p) in sorted(self._pumps.items())]
+
+        def lag() -> list[tuple[tuple[str, ...], float]]:
+            out: list[tuple[tuple[str, ...], float]] = []
+            for name, (_, pump) in sorted(self._pumps.items()):
+                for part, n in (pump.snapshot.get("lag") or {}).items():
+                    topic, _, rest = part.rpartition("[")
+                    out.append(((name, topic, rest.rstrip("]")), float(n)))
+            return out
+
+        return [
+            Family("mapping_revision", "The mapping revision in force (0: from a file).", "gauge", (),
+                   lambda: [((), self._mapping.revision if self._mapping else -1)]),
+            Family("etcd_connected", "1 while the mapping watch is connected to etcd (0 with a mapping file).",
+                   "gauge", (), lambda: [((), float(source.connected.is_set()))]),
+            Family("router_records_in", "Records a rule read (each record once per rule that reads its topic).",
+                   "counter", ("rule",), lambda: rules(0)),
+            Family("router_records_out", "Records a rule sent to its sinks (again when a partition is read again).",
+                   "counter", ("rule",), lambda: rules(1)),
+            Family("router_records_filtered", "Records a rule's filter or sample left out.", "counter", ("rule",),
+                   lambda: rules(2)),
+            Family("router_records_dead_lettered", "Records a rule's steps could not process, sent to its "
+                   "dead-letter topic.", "counter", ("rule",), lambda: rules(3)),
+            Family("router_lag", "Records of a source partition not yet copied and committed (end offset as last "
+                   "fetched, minus the committable offset).", "gauge", ("source", "topic", "partition"), lag),
+            Family("router_partitions_paused", "Source partitions paused: a target holds their records back.",
+                   "gauge", ("source",), lambda: per_source("paused")),
+            Family("router_partitions_retrying", "Source partitions read again because a target refused a record.",
+                   "gauge", ("source",), lambda: per_source("failing")),
+            Family("router_records_skipped", "Errors the source gave instead of records (a batch that does not "
+                   "decode): their records were not copied.", "counter", ("source",),
+                   lambda: per_source("skipped")),
+        ]
+
     # -- run -----------------------------------------------------------------------------------------------------
 
     async def serve(self) -> int:
@@ -272,6 +318,10 @@ class Router:
             loop.add_signal_handler(sig, stop.set)
         source = MappingSource(self._settings, self.apply)
         await source.start()
+        metrics = None
+        if self._settings.metrics_listen:
+            metrics = MetricsServer(self._settings.metrics_listen, self.families(source))
+            metrics.start()
         background = [loop.create_task(self._upkeep())]
         if self._settings.etcd is not None and self._settings.mapping_file is None:
             background.append(loop.create_task(self._report()))
@@ -292,6 +342,8 @@ class Router:
         self._producers.clear()
         await asyncio.gather(*(asyncio.to_thread(p.close, int(self._settings.drain_timeout_s * 1000))
                                for p in producers))
+        if metrics is not None:
+            metrics.stop()
         return 0
 
 

@@ -1,0 +1,98 @@
+"""GET /metrics of a real sidecar and a real router: the counters equal what the test did."""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.dev.sandbox import Sandbox
+from tests.integration.kafka_helpers import create_topic, read_all
+from tests.integration.router_proc import RouterProc, produce_records
+from tests.integration.sidecar_proc import apply, batch, clusters_doc, new_namespace, produce
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.status == 200
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_a_sidecars_metrics_count_what_it_did(sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
+    from tests.integration.subscribe_stream import SubStream
+
+    c1 = sandbox.clusters[0]
+    create_topic(c1.bootstrap, topic, partitions=2)
+    ns = new_namespace()
+    revision = apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {topic: {"where": [{"sink": "c1"}]}}})
+    port = free_port()
+    sc = sidecar_factory(ns, "--metrics-listen", f"127.0.0.1:{port}")
+    before = scrape(port)
+    assert before[("kafka_mesh_mapping_revision", ())] == revision
+    assert before[("kafka_mesh_etcd_connected", ())] == 1
+    assert before[("kafka_mesh_status_lease_held", ())] == 1
+    assert before.get(("kafka_mesh_records_delivered_total", (("cluster", "c1"),)), 0) == 0
+    responses = produce(sc.target, [batch(b, [(topic, f"id-{b}-{i}") for i in range(100)]) for b in range(3)])
+    assert sum(r.ok_count for r in responses.values()) == 300
+    after = scrape(port)
+    assert after[("kafka_mesh_records_delivered_total", (("cluster", "c1"),))] == 300
+    assert after[("kafka_mesh_records_failed_total", (("cluster", "c1"),))] == 0
+    assert after[("kafka_mesh_records_queued", (("cluster", "c1"),))] == 0
+    assert after[("kafka_mesh_produce_streams", ())] == 0
+    with SubStream(sc.target, f"g-{topic}", [topic]) as s:
+        s.wait(lambda s: len(s.values()) == 300, timeout=60, what="every record")
+        assert scrape(port)[("kafka_mesh_subscribe_streams", ())] == 1
+    deadline = time.monotonic() + 10
+    while scrape(port)[("kafka_mesh_subscribe_streams", ())] != 0:
+        assert time.monotonic() < deadline, "the stream's end is counted"
+        time.sleep(0.2)
+
+
+def test_a_routers_metrics_count_each_rule(sandbox: Sandbox, tmp_path: pathlib.Path, topic: str) -> None:
+    c1, c2, _ = sandbox.clusters
+    create_topic(c1.bootstrap, topic, partitions=2)
+    create_topic(c2.bootstrap, f"eu.{topic}", partitions=2)
+    ns = new_namespace()
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "router": {
+        "eu": {"topics": [topic], "from": [{"source": "c1"}], "where": [{"sink": "c2"}],
+               "steps": [{"filter": {"key_prefix": "eu-"}}, {"rename": {"prefix": "eu."}}]}}})
+    produce_records(c1.bootstrap, topic, [{"value": f"v{i}".encode(), "key": f"{'eu' if i % 4 == 0 else 'us'}-{i}"
+                                           .encode()} for i in range(400)])
+    port = free_port()
+    router = RouterProc(sandbox, tmp_path, ns, "main", "r1", "--metrics-listen", f":{port}").start()
+    try:
+        assert len(read_all(c2.bootstrap, f"eu.{topic}", 100)) == 100
+        deadline = time.monotonic() + 30
+        while True:
+            m = scrape(port)
+            lags = [v for (name, labels), v in m.items() if name == "kafka_mesh_router_lag"
+                    and dict(labels)["source"] == "c1" and dict(labels)["topic"] == topic]
+            if len(lags) == 2 and sum(lags) == 0:
+                break
+            assert time.monotonic() < deadline, f"lag never reached 0: {lags}"
+            time.sleep(0.5)
+        rule = (("rule", "eu"),)
+        assert (m[("kafka_mesh_router_records_in_total", rule)], m[("kafka_mesh_router_records_out_total", rule)],
+                m[("kafka_mesh_router_records_filtered_total", rule)],
+                m[("kafka_mesh_router_records_dead_lettered_total", rule)]) == (400, 100, 300, 0)
+        assert m[("kafka_mesh_router_partitions_paused", (("source", "c1"),))] == 0
+        assert m[("kafka_mesh_router_partitions_retrying", (("source", "c1"),))] == 0
+        assert m[("kafka_mesh_etcd_connected", ())] == 1
+    finally:
+        assert router.stop() == 0
