@@ -209,6 +209,10 @@ def _add_sidecar_parser(sub: Any) -> None:
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (README, \"Metrics\"; default: off; "
                         ":PORT means 127.0.0.1)")
+    p.add_argument("--http-listen", metavar="HOST:PORT",
+                   help="serve HTTP produce at http://HOST:PORT/v1/topics/TOPIC/records (README, \"HTTP produce\"; "
+                        "default: off; :PORT means 127.0.0.1)")
+    p.add_argument("--http-max-body-bytes", metavar="N", help="the largest HTTP produce body (default 16 MiB)")
 
 
 def _sidecar(args: argparse.Namespace) -> int:

@@ -133,6 +133,8 @@ class SidecarSettings:
     status_ttl_s: int = 10
     log_level: str = "info"
     metrics_listen: str = ""                 # HOST:PORT of GET /metrics (Prometheus); "": no metrics listener
+    http_listen: str = ""                    # HOST:PORT of HTTP produce; "": none
+    http_max_body_bytes: int = 16 << 20      # the largest HTTP produce request body
 
     @classmethod
     def build(cls, flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> SidecarSettings:
@@ -212,16 +214,18 @@ class SidecarSettings:
             etcd_timeout_s=float(num("etcd_timeout_s", float, 0.1)),
             status_ttl_s=int(num("status_ttl_s", int, 2)),
             log_level=level,
-            metrics_listen=_metrics_listen(values),
+            metrics_listen=_listener(values, "metrics_listen"),
+            http_listen=_listener(values, "http_listen"),
+            http_max_body_bytes=int(num("http_max_body_bytes", int, 1024)),
         )
 
 
-def _metrics_listen(values: Mapping[str, object]) -> str:
-    spec = str(values.get("metrics_listen") or "")
+def _listener(values: Mapping[str, object], name: str) -> str:
+    spec = str(values.get(name) or "")
     if spec:
         from sidecar.metrics import parse_listen
 
-        parse_listen(spec)          # refused at start, with the reason, not at the first scrape
+        parse_listen(spec, "--" + name.replace("_", "-"))     # refused at start, with the reason
     return spec
 
 
@@ -295,5 +299,5 @@ class RouterSettings:
             etcd_timeout_s=float(num("etcd_timeout_s", float, 0.1)),
             status_ttl_s=int(num("status_ttl_s", int, 2)),
             log_level=level,
-            metrics_listen=_metrics_listen(values),
+            metrics_listen=_listener(values, "metrics_listen"),
         )

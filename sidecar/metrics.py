@@ -30,19 +30,18 @@ log = logging.getLogger("kafka_mesh.metrics")
 PREFIX = "kafka_mesh_"
 
 
-def parse_listen(spec: str) -> tuple[str, int]:
-    """HOST:PORT (or :PORT, meaning 127.0.0.1) of the metrics listener. Any host may be given: loopback is the
-    default, not a rule (a host's Prometheus may scrape from elsewhere)."""
+def parse_listen(spec: str, flag: str = "--metrics-listen") -> tuple[str, int]:
+    """HOST:PORT (or :PORT, meaning 127.0.0.1) of a listener (metrics, HTTP produce): loopback by default, any other
+    address when given on purpose. flag names the setting in refusals."""
     host, sep, port = spec.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"invalid --metrics-listen {spec!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+        raise UsageError(f"invalid {flag} {spec!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
     try:
         ipaddress.ip_address(host)
     except ValueError:
         if host != "localhost":
-            raise UsageError(f"invalid --metrics-listen {spec!r}: the host must be an IP address or localhost") \
-                from None
+            raise UsageError(f"invalid {flag} {spec!r}: the host must be an IP address or localhost") from None
     return host, int(port)
 
 

@@ -28,6 +28,7 @@ from sidecar.errors import MeshError, UsageError
 from sidecar.mapping.model import Mapping
 from sidecar.metrics import Family, MetricsServer
 from sidecar.routing import RouteState
+from sidecar.servicers.http import HttpProduce
 from sidecar.servicers.produce import SERVICE, ProduceServicer
 from sidecar.servicers.subscribe import SubscribeServicer
 from sidecar.subscribe.session import StreamSettings
@@ -166,6 +167,10 @@ async def serve(settings: SidecarSettings) -> int:
     if settings.metrics_listen:
         metrics = MetricsServer(settings.metrics_listen, _families(routes, produce, subscribe, source))
         metrics.start()
+    http = None
+    if settings.http_listen:
+        http = HttpProduce(settings.http_listen, routes, produce, settings.http_max_body_bytes)
+        await http.start()
     # Everything allocated so far lives as long as the process: keep it out of the cyclic collector's full passes,
     # which would otherwise walk it (tens of ms) in the middle of the data path.
     gc.freeze()
@@ -178,6 +183,8 @@ async def serve(settings: SidecarSettings) -> int:
     await stop.wait()
 
     log.info("stopping: no new streams; answering the batches in flight")
+    if http is not None:
+        await http.stop()           # no new requests; those in flight are answered first (aiohttp's own wait)
     await health_servicer.enter_graceful_shutdown()
     produce.shutdown()
     # Produce streams end by themselves once every batch they read is answered. Closing the connections only then,
