@@ -1,7 +1,8 @@
 """HTTP produce beside gRPC Produce, in one run, through one real sidecar process on one topic.
 
 - http: a keep-alive HTTP/1.1 client posting 1,000-record JSON bodies (100-character values, a key each), one request
-  at a time, each answered once every record is acknowledged (synchronous);
+  at a time, each answered once every record is acknowledged (synchronous); http-4: four such clients at once, each
+  with its own connection, a quarter of the bodies each;
 - grpc: the same records as 1,000-record ProduceRequests on one Produce stream, encoded by the client's native
   encoder, every response awaited before the round ends (the stream keeps several batches in flight).
 Rounds alternate between the two; the terminal summary prints records/s and the ratio (http / grpc). Nothing here
@@ -15,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -74,6 +76,37 @@ def test_http_produce(benchmark: Any, sidecar: tuple[SidecarProc, str, int]) -> 
         benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     finally:
         conn.close()
+    benchmark.group = "http-produce"
+    benchmark.extra_info["records"] = BATCH * BATCHES
+
+
+def test_http_produce_4_connections(benchmark: Any, sidecar: tuple[SidecarProc, str, int]) -> None:
+    _, topic, port = sidecar
+    bodies = _bodies()
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(4)]
+    errors: list[str] = []
+
+    def post_all(conn: http.client.HTTPConnection, mine: list[bytes]) -> None:
+        for body in mine:
+            conn.request("POST", f"/v1/topics/{topic}/records", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            answer = json.loads(r.read())
+            if r.status != 200 or answer["ok"] != BATCH:
+                errors.append(str(answer)[:200])
+
+    def run() -> None:
+        threads = [threading.Thread(target=post_all, args=(c, bodies[i::4])) for i, c in enumerate(conns)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+
+    try:
+        benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    finally:
+        for c in conns:
+            c.close()
     benchmark.group = "http-produce"
     benchmark.extra_info["records"] = BATCH * BATCHES
 

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+import meshcore
 from sidecar.api.kafkamesh.v1 import mesh_pb2 as _pb
 from sidecar.metrics import parse_listen
 from sidecar.routing import RouteState
@@ -101,14 +102,15 @@ def _headers(where: str, value: Any, b64: bool) -> list[tuple[str, bytes | None]
     return out
 
 
-def parse_body(topic: str, content_type: str, body: bytes, query_key: str | None) -> _pb.ProduceRequest:
-    """The ProduceRequest a request's body describes. Raises BadRequest naming what is wrong."""
+def parse_body(topic: str, content_type: str, body: bytes, query_key: str | None) -> tuple[bytes, int]:
+    """The encoded ProduceRequest a request's body describes, and its record count. Raises BadRequest naming what
+    is wrong."""
     request = _pb.ProduceRequest(batch_id=1)
     if content_type not in (JSON, BASE64_JSON):
         record = request.records.add(topic=topic, value=body)
         if query_key is not None:
             record.key = _utf8("the key query parameter", query_key)
-        return request
+        return request.SerializeToString(), 1
     b64 = content_type == BASE64_JSON
     try:
         doc = json.loads(body)
@@ -121,6 +123,11 @@ def parse_body(topic: str, content_type: str, body: bytes, query_key: str | None
         raise BadRequest("records: at least one record")
     if len(records) > MAX_RECORDS:
         raise BadRequest(f"records: at most {MAX_RECORDS:,} a request, got {len(records):,}; send several requests")
+    # Records of a key and a value only (the common case) are encoded by the core in one call, with no message
+    # object per record; any other field takes the protobuf runtime's message objects.
+    keys: list[bytes | None] = []
+    values: list[bytes] = []
+    fast = True
     for i, r in enumerate(records):
         where = f"records[{i}]"
         if not isinstance(r, dict):
@@ -133,6 +140,15 @@ def parse_body(topic: str, content_type: str, body: bytes, query_key: str | None
             value = _bytes(f"{where}.{name}", r.get(name), b64)
             if value is not None:
                 fields[name] = value
+        if fast and fields.get("value") is not None and not (
+                r.get("headers") or r.get("partition") is not None or r.get("timestamp_ms") is not None):
+            keys.append(fields.get("key"))
+            values.append(fields["value"])
+            continue
+        if fast:        # this record needs the message objects: so do those before it
+            for key, value in zip(keys, values, strict=True):
+                request.records.add(topic=topic, value=value, **({} if key is None else {"key": key}))
+            fast = False
         if r.get("partition") is not None:
             fields["partition"] = _int(f"{where}.partition", r["partition"], 0, 2**31 - 1)
         if r.get("timestamp_ms") is not None:
@@ -143,7 +159,9 @@ def parse_body(topic: str, content_type: str, body: bytes, query_key: str | None
             header = record.headers.add(key=name)
             if hvalue is not None:
                 header.value = hvalue
-    return request
+    if fast:
+        return meshcore.encode_records(1, topic, values, keys), len(values)
+    return request.SerializeToString(), len(request.records)
 
 
 class _Call:
@@ -239,13 +257,13 @@ class HttpProduce:
         if mapping is None or not mapping.clusters:
             return _problem(503, "the sidecar has no mapping with a cluster in force yet")
         try:
-            produce_request = parse_body(topic, request.content_type, body, request.query.get("key"))
+            encoded, n = parse_body(topic, request.content_type, body, request.query.get("key"))
         except BadRequest as e:
             return _problem(400, str(e))
         call = _Call()
         answers: list[bytes] = []
         try:
-            async for raw in self._produce.produce(_one(produce_request.SerializeToString()), call):
+            async for raw in self._produce.produce(_one(encoded), call):
                 answers.append(raw)
         except _Aborted:
             pass
@@ -254,8 +272,7 @@ class HttpProduce:
             return _problem(503 if code == grpc.StatusCode.UNAVAILABLE else 400, message)
         if len(answers) != 1:
             return _problem(503, "the sidecar is stopping: nothing of this request was written")
-        return web.json_response(self._results(topic, len(produce_request.records),
-                                               _pb.ProduceResponse.FromString(answers[0])))
+        return web.json_response(self._results(topic, n, _pb.ProduceResponse.FromString(answers[0])))
 
     def _results(self, topic: str, n: int, response: _pb.ProduceResponse) -> dict[str, Any]:
         mapping = self._routes.mapping
