@@ -2,10 +2,11 @@
 prometheus_client's own HTTP server on a thread of its own (a scrape never waits for the event loop, nor the loop for
 a scrape).
 
-Nothing is counted on the data path for this: at each scrape the collectors read what the process keeps anyway, in
-bulk (the core's atomic counters per producer, the streams' and pumps' own state), so metrics cost nothing between
-scrapes. The families each process exposes are its own module's (server.py for the sidecar, router/service.py for
-the router); this module holds what they share: the listener, and families made from plain values.
+The data path only counts, in C: the producers' delivery reports add to per-cluster atomic counters (records,
+bytes, failures by code, a latency bucket) with no lock and no Python object. At each scrape the collectors read those
+in bulk, with the streams' and pumps' own state; nothing else runs between scrapes. The families each process
+exposes are its own module's (server.py for the sidecar, router/service.py for the router); this module holds what
+they share: the listener, families made from plain values, and the merging of producers' delivery counts.
 
 Label sets are bounded by what the mapping names: clusters, router rules, and the partitions a router reads.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sidecar.errors import UsageError
@@ -47,15 +48,26 @@ def parse_listen(spec: str, flag: str = "--metrics-listen") -> tuple[str, int]:
 
 @dataclass
 class Family:
-    """One metric family, from values read at scrape time: samples are (label values, value)."""
+    """One metric family, from values read at scrape time: samples are (label values, value); for a histogram the
+    value is (counts per bucket, the last above every bound, sum), over bounds."""
 
     name: str
     help: str
-    kind: str                                   # "counter" or "gauge"
+    kind: str                                   # "counter", "gauge" or "histogram"
     labels: tuple[str, ...]
-    read: Callable[[], Iterable[tuple[tuple[str, ...], float]]]
+    read: Callable[[], Iterable[tuple[tuple[str, ...], Any]]]
+    bounds: tuple[float, ...] = ()
 
     def collect(self) -> Metric:
+        if self.kind == "histogram":
+            histogram = HistogramMetricFamily(PREFIX + self.name, self.help, labels=list(self.labels))
+            for values, (counts, total) in self.read():
+                running, buckets = 0, []
+                for bound, count in zip([*map(str, self.bounds), "+Inf"], counts, strict=True):
+                    running += count
+                    buckets.append((bound, running))
+                histogram.add_metric(list(values), buckets, total)
+            return histogram
         cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
         family = cls(PREFIX + self.name, self.help, labels=list(self.labels))
         for values, value in self.read():
@@ -104,3 +116,14 @@ def scrape(registry: CollectorRegistry) -> bytes:
     from prometheus_client import generate_latest
 
     return bytes(generate_latest(registry))
+
+
+def merge_stats(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any]:
+    """Two Producer.delivery_stats() added up (either may be None)."""
+    if a is None or b is None:
+        return dict(a or b or {})
+    return {"delivered": a["delivered"] + b["delivered"], "failed": a["failed"] + b["failed"],
+            "bytes": a["bytes"] + b["bytes"],
+            "codes": {k: a["codes"].get(k, 0) + b["codes"].get(k, 0) for k in a["codes"].keys() | b["codes"].keys()},
+            "latency": [x + y for x, y in zip(a["latency"], b["latency"], strict=True)],
+            "latency_sum_s": a["latency_sum_s"] + b["latency_sum_s"]}

@@ -14,11 +14,13 @@ import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import meshcore
 from sidecar.clientconf import PRODUCER_DEFAULTS
 from sidecar.errors import MappingError
 from sidecar.mapping.model import DEFAULT_ROUTE, Cluster, Mapping, ProducerRoute
+from sidecar.metrics import merge_stats
 from sidecar.topic_rules import TopicRulesKeeper
 
 log = logging.getLogger("kafka_mesh.routing")
@@ -43,8 +45,8 @@ class RouteState:
         self._defaults = dict(PRODUCER_DEFAULTS, **{"message.timeout.ms": str(delivery_timeout_ms)})
         self._live: dict[str, _Entry] = {}
         self._retired: list[_Entry] = []
-        #: deliveries (ok, failed) of each cluster's producers closed so far: the counts stay monotonic (metrics)
-        self._closed_counts: dict[str, tuple[int, int]] = {}
+        #: what the delivery reports of each cluster's producers closed so far counted: counts stay monotonic
+        self._closed_stats: dict[str, dict[str, Any]] = {}
         self._on_change = on_change
         self.mapping: Mapping | None = None
         self.table: meshcore.RouteTable | None = None
@@ -232,17 +234,17 @@ class RouteState:
 
     async def _close(self, entry: _Entry) -> None:
         lost = await asyncio.to_thread(entry.producer.close, int(self._defaults["message.timeout.ms"]))
-        ok, failed = self._closed_counts.get(entry.cluster.name, (0, 0))
-        self._closed_counts[entry.cluster.name] = (ok + entry.producer.delivered, failed + entry.producer.failed)
+        self._closed_stats[entry.cluster.name] = merge_stats(self._closed_stats.get(entry.cluster.name),
+                                                             entry.producer.delivery_stats())
         log.info("producer closed cluster=%s undelivered=%d", entry.cluster.name, lost)
 
-    def delivery_counts(self) -> dict[str, tuple[int, int]]:
-        """Per cluster, the (record, cluster) deliveries its producers settled since the start: (acknowledged,
-        failed). Read from the core's counters in bulk."""
-        out = dict(self._closed_counts)
+    def delivery_stats(self) -> dict[str, dict[str, Any]]:
+        """Per cluster, what the delivery reports of its producers counted since the start (Producer.
+        delivery_stats: acknowledged, failed, bytes, failures by code, latency buckets). Read from the core's
+        counters in bulk."""
+        out = dict(self._closed_stats)
         for entry in list(self._live.values()) + self._retired:
-            ok, failed = out.get(entry.cluster.name, (0, 0))
-            out[entry.cluster.name] = (ok + entry.producer.delivered, failed + entry.producer.failed)
+            out[entry.cluster.name] = merge_stats(out.get(entry.cluster.name), entry.producer.delivery_stats())
         return out
 
     async def close(self, flush_timeout_ms: int) -> int:

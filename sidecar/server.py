@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 import time
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -55,14 +56,30 @@ def _listen_address(spec: str, socket_mode: int) -> str:
     return spec
 
 
+def code_name(code: int) -> str:
+    """A kafkamesh.v1.ErrorCode number as metrics label it: NO_ROUTE, CLUSTER_UNAVAILABLE, ..."""
+    try:
+        return str(_mesh_pb2.ErrorCode.Name(code)).removeprefix("ERROR_CODE_")
+    except ValueError:
+        return str(code)
+
+
 def _families(routes: RouteState, produce: ProduceServicer, subscribe: SubscribeServicer,
               source: MappingSource) -> list[Family]:
     """The sidecar's metrics (README, "Metrics"), read at each scrape from what the process keeps anyway."""
     applied_at = [time.time()]
     routes.listeners.add(lambda _mapping: applied_at.__setitem__(0, time.time()))
 
-    def deliveries(index: int) -> list[tuple[tuple[str, ...], float]]:
-        return [((cluster,), counts[index]) for cluster, counts in sorted(routes.delivery_counts().items())]
+    def per_cluster(key: str) -> list[tuple[tuple[str, ...], Any]]:
+        return [((cluster,), stats[key]) for cluster, stats in sorted(routes.delivery_stats().items())]
+
+    def failures() -> list[tuple[tuple[str, ...], float]]:
+        return [((cluster, code_name(code)), n) for cluster, stats in sorted(routes.delivery_stats().items())
+                for code, n in sorted(stats["codes"].items())]
+
+    def latency() -> list[tuple[tuple[str, ...], Any]]:
+        return [((cluster,), (stats["latency"], stats["latency_sum_s"]))
+                for cluster, stats in sorted(routes.delivery_stats().items())]
 
     return [
         Family("mapping_revision", "The mapping revision in force (0: from a file).", "gauge", (),
@@ -78,9 +95,18 @@ def _families(routes: RouteState, produce: ProduceServicer, subscribe: Subscribe
         Family("produce_inflight_bytes", "Bytes of Produce requests routed and not yet answered, every stream.",
                "gauge", (), lambda: [((), produce.inflight_bytes)]),
         Family("records_delivered", "Records acknowledged by a cluster (each cluster of a route counts its own).",
-               "counter", ("cluster",), lambda: deliveries(0)),
+               "counter", ("cluster",), lambda: per_cluster("delivered")),
         Family("records_failed", "Records a cluster did not acknowledge (refused, or not delivered in time).",
-               "counter", ("cluster",), lambda: deliveries(1)),
+               "counter", ("cluster",), lambda: per_cluster("failed")),
+        Family("bytes_delivered", "Bytes of keys and values acknowledged by a cluster.", "counter", ("cluster",),
+               lambda: per_cluster("bytes")),
+        Family("delivery_failures", "Records a cluster did not acknowledge, by error code.", "counter",
+               ("cluster", "code"), failures),
+        Family("delivery_latency_seconds", "From a batch routed to each record's acknowledgement (or failure), by "
+               "cluster.", "histogram", ("cluster",), latency, meshcore.LATENCY_BOUNDS_S),
+        Family("produce_errors", "Records answered with an error, by code, whatever the cause (no route, an invalid "
+               "record, a cluster's refusal, no status lease).", "counter", ("code",),
+               lambda: [((code_name(c),), n) for c, n in sorted(meshcore.error_counts().items())]),
         Family("records_queued", "Records a cluster's producer holds, queued or in flight, not yet acknowledged.",
                "gauge", ("cluster",), lambda: [((c,), n) for c, n in routes.outstanding().items()]),
     ]

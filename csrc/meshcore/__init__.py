@@ -34,6 +34,7 @@ from meshcore.errors import ConfigError, CoreError, HandleClosedError, KafkaErro
 from meshcore.produce import (
     REQUEST_RECORDS_LIMIT,
     ProduceStream,
+    error_counts,
     expire_guard,
     guard_epoch,
     guard_holds,
@@ -43,7 +44,7 @@ from meshcore.produce import (
     set_max_timestamp_ahead_ms,
     stale_guard,
 )
-from meshcore.producer import Producer, create_producer, librdkafka_version
+from meshcore.producer import LATENCY_BOUNDS_S, Producer, create_producer, librdkafka_version
 from meshcore.router import RouterStream, RouterTable, build_router_table, open_router_stream
 from meshcore.routes import RouteTable, build_route_table
 from meshcore.subscribe_wire import poll_batch
@@ -80,5 +81,5 @@ __all__ = [
     "set_max_timestamp_ahead_ms", "REQUEST_RECORDS_LIMIT", "guard_epoch", "guard_holds", "renew_guard",
     "expire_guard", "stale_guard", "oldest_revision_in_flight",
     "open_stream", "take_logs", "check_config", "poll_batch", "RouterStream", "RouterTable", "build_router_table",
-    "open_router_stream",
+    "open_router_stream", "error_counts", "LATENCY_BOUNDS_S",
 ]

@@ -244,6 +244,7 @@ typedef struct km_batch {
     struct km_batch *next;
     uint64_t batch_id;
     uint64_t revision;       /* the mapping revision the batch was routed under */
+    int64_t created_ns;      /* when it was routed (CLOCK_MONOTONIC): each delivery's latency is counted from it */
     const km_guard *guard;   /* the lease guard (NULL: none), its epoch when the batch was routed, and whether it */
     uint64_t guard_epoch;    /* was lapsed on purpose then (km_guard_stale) */
     int guard_stale;
@@ -349,6 +350,7 @@ static inline km_batch *km_batch_new(km_stream *s, uint64_t batch_id, uint64_t r
     b->stream = s;
     b->batch_id = batch_id;
     b->revision = revision;
+    b->created_ns = km_monotonic_ns();
     b->n_records = n_records;
     b->n_refs = n_refs;
     /* Every (record, sink) delivery is counted before any is enqueued, plus 1 for the submit itself, so that a

@@ -152,6 +152,16 @@ cdef km_revisions _revisions
 km_revisions_init(&_revisions)
 
 
+#: Records answered with an error, by ErrorCode (every cause: refused before Kafka, failed by a cluster, not
+#: acknowledged under the lease guard). Counted as responses are encoded, on the one thread that drains streams.
+cdef int64_t _error_counts[16]
+
+
+def error_counts():
+    """{ErrorCode number: records answered with it} since the start, for every Produce stream of the process."""
+    return {i: _error_counts[i] for i in range(16) if _error_counts[i]}
+
+
 def oldest_revision_in_flight():
     """The oldest mapping revision with a batch in flight (routed, not yet completed by every sink) in this
     process: 0 when too many revisions were in flight to tell; None when nothing is in flight."""
@@ -780,6 +790,7 @@ cdef object _encode_response(km_batch *b):
         for i in range(b.n_records):
             if b.rec_code[i] != KM_OK:
                 failed += 1
+                _error_counts[b.rec_code[i] & 15] += 1
         put_varint(&out, 0x08)
         put_varint(&out, b.batch_id)
         put_varint(&out, 0x10)

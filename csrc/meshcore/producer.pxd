@@ -22,10 +22,21 @@ cdef extern from "km_poller.h" nogil:
     void km_poller_stop(km_poller *p)
 
 
+cdef enum:
+    # Delivery latency buckets (request routed to acknowledged): their upper bounds are LATENCY_BOUNDS_NS.
+    LATENCY_BUCKETS = 14
+    # kafkamesh.v1.ErrorCode values (km_batch.h), failures counted per code.
+    ERROR_CODES = 11
+
+
 cdef struct DeliveryStats:
     int64_t delivered
     int64_t failed
     int64_t last_error
+    int64_t bytes                              # keys and values delivered
+    int64_t codes[ERROR_CODES]                 # failures by ErrorCode
+    int64_t latency[LATENCY_BUCKETS]           # deliveries by latency bucket (the last: above every bound)
+    int64_t latency_sum_ns
 
 
 cdef class Producer:

@@ -40,21 +40,45 @@ cdef int64_t _handles_destroyed = 0
 
 
 cdef extern from "km_batch.h" nogil:
+    ctypedef struct km_batch:
+        int64_t created_ns
     ctypedef struct km_msgref:
-        pass
+        km_batch *batch
     void km_msgref_delivered(km_msgref *ref, const rd_kafka_message_t *msg)
+    int km_code_for(rd_kafka_resp_err_t err)
+    int64_t km_monotonic_ns()
     # This module's copy of the batch counters: a batch or stream freed on a delivery report is counted here.
     int64_t km_batches_created, km_batches_freed, km_streams_created, km_streams_freed
 
 
+#: The upper bounds of the delivery latency buckets, in nanoseconds (1 ms to 10 s; the last bucket is above them).
+cdef int64_t LATENCY_BOUNDS_NS[LATENCY_BUCKETS - 1]
+for _i, _b in enumerate((1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)):
+    LATENCY_BOUNDS_NS[_i] = <int64_t>(_b * 1000000)
+
+#: The same bounds in seconds, as Prometheus histograms name them.
+LATENCY_BOUNDS_S = tuple(LATENCY_BOUNDS_NS[i] / 1e9 for i in range(LATENCY_BUCKETS - 1))
+
+
 cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) noexcept nogil:
     cdef DeliveryStats *stats = <DeliveryStats *>opaque
+    cdef int code, bucket = 0
+    cdef int64_t latency
     if msg.err == RD_KAFKA_RESP_ERR_NO_ERROR:
         km_atomic_add(&stats.delivered, 1)
+        km_atomic_add(&stats.bytes, <int64_t>(msg.len + msg.key_len))
     else:
         km_atomic_add(&stats.failed, 1)
         stats.last_error = <int64_t>msg.err
+        code = km_code_for(msg.err)
+        km_atomic_add(&stats.codes[code if 0 <= code < ERROR_CODES else 8], 1)     # 8: INTERNAL
     if msg._private != NULL:
+        # Read before the delivery is settled: the last one may free the batch.
+        latency = km_monotonic_ns() - (<km_msgref *>msg._private).batch.created_ns
+        while bucket < LATENCY_BUCKETS - 1 and latency > LATENCY_BOUNDS_NS[bucket]:
+            bucket += 1
+        km_atomic_add(&stats.latency[bucket], 1)
+        km_atomic_add(&stats.latency_sum_ns, latency)
         km_msgref_delivered(<km_msgref *>msg._private, msg)
 
 
@@ -133,6 +157,21 @@ cdef class Producer:
     def failed(self):
         """Records failed so far (refused at once, or by their delivery report); readable once closed."""
         return km_atomic_load(&self.stats.failed) if self.stats != NULL else 0
+
+    def delivery_stats(self):
+        """What the delivery reports counted so far, read at once from the core's atomic counters (readable once
+        closed): {"delivered", "failed", "bytes", "codes": failures by ErrorCode number, "latency": deliveries per
+        bucket of LATENCY_BOUNDS_S (the last above them all), "latency_sum_s"}; latency is from the batch being
+        routed to the record's delivery report, for records sent by a ProduceStream or the router."""
+        cdef int i
+        if self.stats == NULL:
+            return None
+        return {"delivered": km_atomic_load(&self.stats.delivered), "failed": km_atomic_load(&self.stats.failed),
+                "bytes": km_atomic_load(&self.stats.bytes),
+                "codes": {i: km_atomic_load(&self.stats.codes[i]) for i in range(ERROR_CODES)
+                          if km_atomic_load(&self.stats.codes[i])},
+                "latency": [km_atomic_load(&self.stats.latency[i]) for i in range(LATENCY_BUCKETS)],
+                "latency_sum_s": km_atomic_load(&self.stats.latency_sum_ns) / 1e9}
 
     @property
     def last_error(self):

@@ -33,7 +33,7 @@ from sidecar.control.keys import Keys
 from sidecar.control.source import MappingSource
 from sidecar.errors import EtcdError, MappingError
 from sidecar.mapping.model import Cluster, Mapping
-from sidecar.metrics import Family, MetricsServer
+from sidecar.metrics import Family, MetricsServer, merge_stats
 from sidecar.router import plan as plan_mod
 from sidecar.router.pump import Pump, PumpSettings
 
@@ -76,6 +76,7 @@ class Router:
         self._partitions: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty = False         # the last reconcile failed: the upkeep tries again
+        self._closed_stats: dict[str, dict[str, Any]] = {}      # retired producers' counts: metrics stay monotonic
         self.started = time.time()
 
     # -- the mapping ---------------------------------------------------------------------------------------------
@@ -185,6 +186,15 @@ class Router:
     async def _close_producer(self, producer: meshcore.Producer) -> None:
         await asyncio.sleep(1.0)
         await asyncio.to_thread(producer.close, int(self._settings.drain_timeout_s * 1000))
+        self._closed_stats[producer.name] = merge_stats(self._closed_stats.get(producer.name),
+                                                        producer.delivery_stats())
+
+    def delivery_stats(self) -> dict[str, dict[str, Any]]:
+        """Per sink cluster, what its producers' delivery reports counted since the start."""
+        out = dict(self._closed_stats)
+        for name, (_, producer) in list(self._producers.items()):
+            out[name] = merge_stats(out.get(name), producer.delivery_stats())
+        return out
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -290,6 +300,16 @@ class Router:
                    lambda: [((), self._mapping.revision if self._mapping else -1)]),
             Family("etcd_connected", "1 while the mapping watch is connected to etcd (0 with a mapping file).",
                    "gauge", (), lambda: [((), float(source.connected.is_set()))]),
+            Family("records_delivered", "Records a sink cluster acknowledged.", "counter", ("cluster",),
+                   lambda: [((c,), s["delivered"]) for c, s in sorted(self.delivery_stats().items())]),
+            Family("records_failed", "Records a sink cluster did not acknowledge (their runs are read again).",
+                   "counter", ("cluster",),
+                   lambda: [((c,), s["failed"]) for c, s in sorted(self.delivery_stats().items())]),
+            Family("delivery_latency_seconds", "From a run routed to each record's acknowledgement, by sink.",
+                   "histogram", ("cluster",),
+                   lambda: [((c,), (s["latency"], s["latency_sum_s"]))
+                            for c, s in sorted(self.delivery_stats().items())],
+                   meshcore.LATENCY_BOUNDS_S),
             Family("router_records_in", "Records a rule read (each record once per rule that reads its topic).",
                    "counter", ("rule",), lambda: rules(0)),
             Family("router_records_out", "Records a rule sent to its sinks (again when a partition is read again).",

@@ -50,9 +50,19 @@ def test_a_sidecars_metrics_count_what_it_did(sandbox: Sandbox, sidecar_factory:
     assert before.get(("kafka_mesh_records_delivered_total", (("cluster", "c1"),)), 0) == 0
     responses = produce(sc.target, [batch(b, [(topic, f"id-{b}-{i}") for i in range(100)]) for b in range(3)])
     assert sum(r.ok_count for r in responses.values()) == 300
+    unrouted = produce(sc.target, [batch(9, [(f"{topic}-unrouted", f"u-{i}") for i in range(5)])])
+    assert unrouted[9].ok_count == 0
     after = scrape(port)
-    assert after[("kafka_mesh_records_delivered_total", (("cluster", "c1"),))] == 300
-    assert after[("kafka_mesh_records_failed_total", (("cluster", "c1"),))] == 0
+    c1_label = (("cluster", "c1"),)
+    assert after[("kafka_mesh_records_delivered_total", c1_label)] == 300
+    assert after[("kafka_mesh_records_failed_total", c1_label)] == 0
+    # keys and values: "id-B-I" both (batch() uses the id as key and value)
+    assert after[("kafka_mesh_bytes_delivered_total", c1_label)] == sum(
+        2 * len(f"id-{b}-{i}") for b in range(3) for i in range(100))
+    assert after[("kafka_mesh_delivery_latency_seconds_count", c1_label)] == 300
+    assert after[("kafka_mesh_delivery_latency_seconds_bucket", (("cluster", "c1"), ("le", "+Inf")))] == 300
+    assert 0 < after[("kafka_mesh_delivery_latency_seconds_sum", c1_label)] < 300 * 10
+    assert after[("kafka_mesh_produce_errors_total", (("code", "NO_ROUTE"),))] == 5
     assert after[("kafka_mesh_records_queued", (("cluster", "c1"),))] == 0
     assert after[("kafka_mesh_produce_streams", ())] == 0
     with SubStream(sc.target, f"g-{topic}", [topic]) as s:
@@ -91,6 +101,8 @@ def test_a_routers_metrics_count_each_rule(sandbox: Sandbox, tmp_path: pathlib.P
         assert (m[("kafka_mesh_router_records_in_total", rule)], m[("kafka_mesh_router_records_out_total", rule)],
                 m[("kafka_mesh_router_records_filtered_total", rule)],
                 m[("kafka_mesh_router_records_dead_lettered_total", rule)]) == (400, 100, 300, 0)
+        assert m[("kafka_mesh_records_delivered_total", (("cluster", "c2"),))] == 100
+        assert m[("kafka_mesh_delivery_latency_seconds_count", (("cluster", "c2"),))] == 100
         assert m[("kafka_mesh_router_partitions_paused", (("source", "c1"),))] == 0
         assert m[("kafka_mesh_router_partitions_retrying", (("source", "c1"),))] == 0
         assert m[("kafka_mesh_etcd_connected", ())] == 1
