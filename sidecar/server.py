@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -67,6 +68,7 @@ def code_name(code: int) -> str:
 def _families(routes: RouteState, produce: ProduceServicer, subscribe: SubscribeServicer,
               source: MappingSource) -> list[Family]:
     """The sidecar's metrics (README, "Metrics"), read at each scrape from what the process keeps anyway."""
+    loop = asyncio.get_running_loop()
     applied_at = [time.time()]
     routes.listeners.add(lambda _mapping: applied_at.__setitem__(0, time.time()))
 
@@ -76,6 +78,17 @@ def _families(routes: RouteState, produce: ProduceServicer, subscribe: Subscribe
     def failures() -> list[tuple[tuple[str, ...], float]]:
         return [((cluster, code_name(code)), n) for cluster, stats in sorted(routes.delivery_stats().items())
                 for code, n in sorted(stats["codes"].items())]
+
+    def on_loop(read: Callable[[], Any]) -> Any:
+        """read() run on the event loop (the scrape runs on the metrics thread): the streams' state is the loop's."""
+        async def call() -> Any:
+            return read()
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=5)
+
+    def subscribe_lag() -> list[tuple[tuple[str, ...], float]]:
+        samples: list[tuple[tuple[str, ...], float]] = on_loop(
+            lambda: [sample for session in list(subscribe.sessions) for sample in session.lag()])
+        return samples
 
     def latency() -> list[tuple[tuple[str, ...], Any]]:
         return [((cluster,), (stats["latency"], stats["latency_sum_s"]))
@@ -92,6 +105,11 @@ def _families(routes: RouteState, produce: ProduceServicer, subscribe: Subscribe
                "gauge", (), lambda: [((), float(meshcore.guard_holds()))]),
         Family("produce_streams", "Produce streams open.", "gauge", (), lambda: [((), produce.streams)]),
         Family("subscribe_streams", "Subscribe streams open.", "gauge", (), lambda: [((), subscribe.streams)]),
+        Family("subscribe_streams_out_of_credit", "Subscribe streams waiting for their application to grant credit.",
+               "gauge", (), lambda: [((), on_loop(lambda: sum(s.out_of_credit() for s in list(subscribe.sessions))))]),
+        Family("subscribe_lag", "Records of a partition a Subscribe stream reads not yet acked and committed (end "
+               "offset as its consumer last fetched it, minus the committable offset), by group.", "gauge",
+               ("group", "cluster", "topic", "partition"), subscribe_lag),
         Family("produce_inflight_bytes", "Bytes of Produce requests routed and not yet answered, every stream.",
                "gauge", (), lambda: [((), produce.inflight_bytes)]),
         Family("records_delivered", "Records acknowledged by a cluster (each cluster of a route counts its own).",
@@ -236,7 +254,7 @@ async def serve(settings: SidecarSettings) -> int:
     await status.stop()
     lost += await routes.close(flush_timeout_ms=int(settings.shutdown_grace_s * 1000))
     if metrics is not None:
-        metrics.stop()
+        await asyncio.to_thread(metrics.stop)      # a scrape in progress may be waiting for the loop
     librdkafka_log.cancel()
     trimmer.cancel()
     rules_keeper.cancel()

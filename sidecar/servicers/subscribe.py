@@ -79,6 +79,7 @@ class SubscribeServicer:
         self._routes = routes
         self._settings = settings or StreamSettings()
         self.streams = 0
+        self.sessions: set[Session] = set()         # the open streams' sessions (metrics read them)
 
     def method(self) -> grpc.RpcMethodHandler:
         return grpc.stream_stream_rpc_method_handler(self.subscribe)
@@ -110,11 +111,13 @@ class SubscribeServicer:
         failure: list[tuple[grpc.StatusCode, str]] = []
         reader = asyncio.get_running_loop().create_task(self._read(it, session, failure))
         self.streams += 1
+        self.sessions.add(session)
         try:
             while (encoded := await session.out.get()) is not None:
                 yield encoded
         finally:
             self.streams -= 1
+            self.sessions.discard(session)
             reader.cancel()
             await session.close()
             memory.release_soon()        # what the stream's consumers held

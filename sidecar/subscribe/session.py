@@ -430,6 +430,28 @@ class Session:
         if owned:
             self._rebalanced(Rebalanced(cluster, False, sorted(owned)))
 
+    @property
+    def group(self) -> str:
+        return str(self._sub.group)
+
+    def out_of_credit(self) -> bool:
+        """Whether the application granted no more credit than the stream has used (it waits for the app)."""
+        records, nbytes = self.credit.take()
+        return records <= 0 or nbytes <= 0
+
+    def lag(self) -> list[tuple[tuple[str, str, str, str], int]]:
+        """((group, cluster, topic, partition), records not yet acked and committed) for every partition the stream
+        reads: the end offset as its consumer last fetched it, minus the committable offset. On the loop: the
+        consumers listed here are never the ones being closed (they leave the list first)."""
+        out = []
+        for cluster, consumer in list(self.consumers.items()):
+            parts = [(t, p) for (c, t, p) in list(self.offsets) if c == cluster]
+            for topic, partition, high in consumer.watermarks(parts):
+                tracked = self.offsets.get((cluster, topic, partition))
+                if tracked is not None and high >= 0:
+                    out.append(((self.group, cluster, topic, str(partition)), max(0, high - tracked.committable())))
+        return out
+
     def _unacked(self, cluster: str) -> int:
         return sum(p.unacked for (c, _, _), p in self.offsets.items() if c == cluster)
 

@@ -67,7 +67,25 @@ def test_a_sidecars_metrics_count_what_it_did(sandbox: Sandbox, sidecar_factory:
     assert after[("kafka_mesh_produce_streams", ())] == 0
     with SubStream(sc.target, f"g-{topic}", [topic]) as s:
         s.wait(lambda s: len(s.values()) == 300, timeout=60, what="every record")
-        assert scrape(port)[("kafka_mesh_subscribe_streams", ())] == 1
+        m = scrape(port)
+        assert m[("kafka_mesh_subscribe_streams", ())] == 1
+        assert ("kafka_mesh_subscribe_streams_out_of_credit", ()) in m
+        # every record read and acked: both partitions' lag comes to 0, by group
+        deadline = time.monotonic() + 30
+        while True:
+            lag = {dict(labels)["partition"]: v for (name, labels), v in scrape(port).items()
+                   if name == "kafka_mesh_subscribe_lag" and dict(labels)["group"] == f"g-{topic}"
+                   and dict(labels)["cluster"] == "c1" and dict(labels)["topic"] == topic}
+            if lag == {"0": 0, "1": 0}:
+                break
+            assert time.monotonic() < deadline, f"subscribe lag by partition: {lag}"
+            time.sleep(0.3)
+    # a stream that acks nothing: its group's lag is every record it was sent
+    with SubStream(sc.target, f"h-{topic}", [topic], auto_ack=False) as s:
+        s.wait(lambda s: len(s.values()) == 300, timeout=60, what="every record, unacked")
+        lag = sum(v for (name, labels), v in scrape(port).items()
+                  if name == "kafka_mesh_subscribe_lag" and dict(labels)["group"] == f"h-{topic}")
+        assert lag == 300
     deadline = time.monotonic() + 10
     while scrape(port)[("kafka_mesh_subscribe_streams", ())] != 0:
         assert time.monotonic() < deadline, "the stream's end is counted"
