@@ -14,7 +14,7 @@ from sidecar.commands import clusters as clusters_command
 from sidecar.commands import router as router_command
 from sidecar.commands import status as status_command
 from sidecar.commands import topic as topic_command
-from sidecar.commands.args import whole
+from sidecar.commands.args import add_process_flags, whole
 from sidecar.config import ControlSettings, DevSettings
 from sidecar.errors import ConflictError, MappingError, MeshError, MoveError, UsageError
 
@@ -205,10 +205,10 @@ def _add_sidecar_parser(sub: Any) -> None:
     p.add_argument("--etcd-timeout-s", metavar="S",
                    help="an etcd request's timeout, and how long Produce requests wait for the lease to come back "
                         "before the sidecar routes by the mapping it has (default 5)")
-    p.add_argument("--log-level", metavar="LEVEL", help="debug, info (default), warning or error")
-    p.add_argument("--metrics-listen", metavar="HOST:PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics (README, \"Metrics\"; default: off; "
-                        ":PORT means 127.0.0.1)")
+    add_process_flags(p, "README, \"Metrics\"; ")
+    p.add_argument("--metrics-topics", metavar="N",
+                   help="the metrics label records by topic for the first N topics the mapping's producer routes "
+                        "name; every other topic counts under __default__ (default 1000; 0: none by name)")
     p.add_argument("--http-listen", metavar="HOST:PORT",
                    help="serve HTTP produce at http://HOST:PORT/v1/topics/TOPIC/records (README, \"HTTP produce\"; "
                         "default: off; :PORT means 127.0.0.1)")

@@ -133,6 +133,8 @@ class SidecarSettings:
     status_ttl_s: int = 10
     log_level: str = "info"
     metrics_listen: str = ""                 # HOST:PORT of GET /metrics (Prometheus); "": no metrics listener
+    metrics_topics: int = 1000               # topics the metrics name (the mapping's first); the rest: __default__
+    statistics_interval_ms: int = 15_000     # librdkafka's statistics, with metrics on; 0: none
     http_listen: str = ""                    # HOST:PORT of HTTP produce; "": none
     http_max_body_bytes: int = 16 << 20      # the largest HTTP produce request body
 
@@ -215,6 +217,8 @@ class SidecarSettings:
             status_ttl_s=int(num("status_ttl_s", int, 2)),
             log_level=level,
             metrics_listen=_listener(values, "metrics_listen"),
+            metrics_topics=int(num("metrics_topics", int, 0)),
+            statistics_interval_ms=int(num("statistics_interval_ms", int, 0)),
             http_listen=_listener(values, "http_listen"),
             http_max_body_bytes=int(num("http_max_body_bytes", int, 1024)),
         )
@@ -248,6 +252,7 @@ class RouterSettings:
     status_ttl_s: int = 10
     log_level: str = "info"
     metrics_listen: str = ""                 # HOST:PORT of GET /metrics (Prometheus); "": no metrics listener
+    statistics_interval_ms: int = 15_000     # librdkafka's statistics, with metrics on; 0: none
 
     @property
     def group(self) -> str:
@@ -300,4 +305,5 @@ class RouterSettings:
             status_ttl_s=int(num("status_ttl_s", int, 2)),
             log_level=level,
             metrics_listen=_listener(values, "metrics_listen"),
+            statistics_interval_ms=int(num("statistics_interval_ms", int, 0)),
         )

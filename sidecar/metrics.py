@@ -8,14 +8,17 @@ in bulk, with the streams' and pumps' own state; nothing else runs between scrap
 exposes are its own module's (server.py for the sidecar, router/service.py for the router); this module holds what
 they share: the listener, families made from plain values, and the merging of producers' delivery counts.
 
-Label sets are bounded by what the mapping names: clusters, router rules, and the partitions a router reads.
+Label sets are bounded by what the mapping names: clusters, router rules, the partitions a router reads, and topics
+the mapping's producer routes name (TopicLabels: up to a limit, the rest under __default__).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +27,16 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+import meshcore
 from sidecar.errors import UsageError
 
 log = logging.getLogger("kafka_mesh.metrics")
 
 PREFIX = "kafka_mesh_"
+
+#: The topic label of every topic without one of its own: routed by the default route, not named by the mapping, or
+#: named past the limit.
+DEFAULT_TOPIC = "__default__"
 
 
 def parse_listen(spec: str, flag: str = "--metrics-listen") -> tuple[str, int]:
@@ -109,6 +117,125 @@ class MetricsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class TopicLabels:
+    """Which topics the metrics name: those the mapping's producer routes name, the first `limit` of them (in the
+    order mappings named them: sorted within one), each under a slot of the core's per-topic counters that it keeps
+    for the life of the process, so its counters stay monotonic when it leaves the mapping and comes back. Every other
+    topic counts under DEFAULT_TOPIC. The series a topic family can have are thus at most (limit + 1), times the
+    clusters for the per-cluster ones, however many topics the apps write."""
+
+    def __init__(self, limit: int) -> None:
+        if not 0 <= limit < meshcore.MAX_TOPIC_SLOT:
+            raise UsageError(f"invalid --metrics-topics {limit}: 0 to {meshcore.MAX_TOPIC_SLOT - 1}")
+        self.limit = limit
+        self._slots: dict[str, int] = {}
+        self._names: dict[int, str] = {1: DEFAULT_TOPIC}
+        self.slots = meshcore.build_topic_slots({})
+
+    def admit(self, topics: Iterable[str]) -> meshcore.TopicSlots:
+        """Give the topics not yet named a slot each, while the limit allows; returns the slots now in force."""
+        added = False
+        for topic in topics:
+            if len(self._slots) >= self.limit:
+                break
+            if topic not in self._slots:
+                self._slots[topic] = slot = len(self._slots) + 2       # 0: not counted, 1: DEFAULT_TOPIC
+                self._names[slot] = topic
+                added = True
+        if added:
+            self.slots = meshcore.build_topic_slots(self._slots)
+        return self.slots
+
+    def name(self, slot: int) -> str:
+        return self._names.get(slot, DEFAULT_TOPIC)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+
+def merge_topic_stats(a: dict[int, tuple[int, int, int]], b: dict[int, tuple[int, int, int]]
+                      ) -> dict[int, tuple[int, int, int]]:
+    """Two Producer.topic_stats() added up, slot by slot."""
+    out = dict(a)
+    for slot, (x, y, z) in b.items():
+        p, q, r = out.get(slot, (0, 0, 0))
+        out[slot] = (p + x, q + y, r + z)
+    return out
+
+
+class ClientStatistics:
+    """librdkafka's statistics of each producer (statistics.interval.ms), as metrics families: the last each handed
+    out (Producer.statistics()), parsed at scrape time, never on the data path. producers() gives the producers in
+    use by cluster name; a cluster that left is forgotten."""
+
+    def __init__(self, producers: Callable[[], dict[str, Any]]) -> None:
+        self._producers = producers
+        self._last: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            producers = self._producers()
+            for name in list(self._last):
+                if name not in producers:
+                    del self._last[name]
+            for name, producer in producers.items():
+                try:
+                    raw = producer.statistics()
+                except Exception:       # closed meanwhile
+                    continue
+                if raw:
+                    try:
+                        self._last[name] = json.loads(raw)
+                    except ValueError:
+                        log.warning("librdkafka statistics of cluster %s do not parse as JSON", name)
+            return dict(self._last)
+
+    def _per_client(self, key: str, scale: float = 1.0) -> list[tuple[tuple[str, ...], float]]:
+        return [((name,), float(stats.get(key, 0)) * scale) for name, stats in sorted(self.read().items())]
+
+    def _per_broker(self, read: Callable[[dict[str, Any]], float | None]) -> list[tuple[tuple[str, ...], float]]:
+        out: list[tuple[tuple[str, ...], float]] = []
+        for name, stats in sorted(self.read().items()):
+            for broker in (stats.get("brokers") or {}).values():
+                value = read(broker)
+                if broker.get("nodeid", -1) >= 0 and value is not None:     # not the bootstrap servers' own entries
+                    out.append(((name, str(broker["nodeid"])), float(value)))
+        return out
+
+    def families(self) -> list[Family]:
+        def rtt(quantile: str) -> Callable[[dict[str, Any]], float | None]:
+            def read(broker: dict[str, Any]) -> float | None:
+                window = broker.get("rtt") or {}
+                # Over the last interval (microseconds); none when no request went out in it (not a 0 s trip).
+                return float(window.get(quantile, 0)) / 1e6 if window.get("cnt") else None
+            return read
+
+        return [
+            Family("librdkafka_queue_messages", "Records a cluster's producer holds (queued or in flight), as "
+                   "librdkafka's last statistics counted them (msg_cnt).", "gauge", ("cluster",),
+                   lambda: self._per_client("msg_cnt")),
+            Family("librdkafka_queue_bytes", "Bytes of those records (msg_size).", "gauge", ("cluster",),
+                   lambda: self._per_client("msg_size")),
+            Family("librdkafka_statistics_age_seconds", "How old librdkafka's last statistics of a cluster's producer "
+                   "are.", "gauge", ("cluster",),
+                   lambda: [((n,), max(0.0, time.time() - float(s.get("time", 0))))
+                            for n, s in sorted(self.read().items())]),
+            Family("librdkafka_broker_up", "1 while the producer's connection to a broker is up.", "gauge",
+                   ("cluster", "broker"), lambda: self._per_broker(lambda b: float(b.get("state") == "UP"))),
+            Family("librdkafka_broker_rtt_avg_seconds", "A broker's round-trip time, averaged over the last "
+                   "statistics interval (absent when no request went out in it).", "gauge", ("cluster", "broker"),
+                   lambda: self._per_broker(rtt("avg"))),
+            Family("librdkafka_broker_rtt_p99_seconds", "A broker's round-trip time, 99th percentile over the last "
+                   "statistics interval.", "gauge", ("cluster", "broker"), lambda: self._per_broker(rtt("p99"))),
+            Family("librdkafka_broker_requests_waiting", "Requests sent to a broker and awaiting its response "
+                   "(waitresp_cnt).", "gauge", ("cluster", "broker"),
+                   lambda: self._per_broker(lambda b: b.get("waitresp_cnt", 0))),
+            Family("librdkafka_broker_requests_queued", "Requests queued for a broker, not yet sent (outbuf_cnt).",
+                   "gauge", ("cluster", "broker"), lambda: self._per_broker(lambda b: b.get("outbuf_cnt", 0))),
+        ]
 
 
 def scrape(registry: CollectorRegistry) -> bytes:

@@ -20,7 +20,7 @@ import meshcore
 from sidecar.clientconf import PRODUCER_DEFAULTS
 from sidecar.errors import MappingError
 from sidecar.mapping.model import DEFAULT_ROUTE, Cluster, Mapping, ProducerRoute
-from sidecar.metrics import merge_stats
+from sidecar.metrics import TopicLabels, merge_stats, merge_topic_stats
 from sidecar.topic_rules import TopicRulesKeeper
 
 log = logging.getLogger("kafka_mesh.routing")
@@ -40,13 +40,19 @@ class RouteState:
     """The routing table in force, and the producers behind it."""
 
     def __init__(self, delivery_timeout_ms: int, on_change: Callable[[Mapping], None] | None = None,
-                 topic_rules: TopicRulesKeeper | None = None) -> None:
+                 topic_rules: TopicRulesKeeper | None = None, topic_labels: TopicLabels | None = None,
+                 statistics_interval_ms: int = 0) -> None:
         self._topic_rules = topic_rules
+        #: The topics the core counts under a slot of their own (None: no per-topic counting, metrics off).
+        self.topic_labels = topic_labels
         self._defaults = dict(PRODUCER_DEFAULTS, **{"message.timeout.ms": str(delivery_timeout_ms)})
+        if statistics_interval_ms:      # a cluster's own config may still set another
+            self._defaults["statistics.interval.ms"] = str(statistics_interval_ms)
         self._live: dict[str, _Entry] = {}
         self._retired: list[_Entry] = []
         #: what the delivery reports of each cluster's producers closed so far counted: counts stay monotonic
         self._closed_stats: dict[str, dict[str, Any]] = {}
+        self._closed_topic_stats: dict[str, dict[int, tuple[int, int, int]]] = {}
         self._on_change = on_change
         self.mapping: Mapping | None = None
         self.table: meshcore.RouteTable | None = None
@@ -90,11 +96,12 @@ class RouteState:
         for topic, sinks in delta.items():
             groups.setdefault(sinks, []).append(topic)
         default = mapping.default_sinks
+        slots = self._slots(sorted(t for t, sinks in changed.items() if sinks))
         try:
             table = meshcore.build_route_table(mapping.revision, self._producers,
                                                [(topics, list(sinks)) for sinks, topics in groups.items()],
                                                [self._index[s] for s in default] if default else None,
-                                               base=self._whole)
+                                               base=self._whole, slots=slots)
         except meshcore.CoreError as e:
             raise MappingError(f"producer: {e}") from e
         routed: dict[str, list[str]] = {}
@@ -129,11 +136,12 @@ class RouteState:
                     groups.setdefault(sinks, []).extend(ProducerRoute.topics_of(key))
             default = mapping.default_sinks
             producers = [entries[n].producer for n in used]
+            slots = self._slots(sorted(t for topics in groups.values() for t in topics))
             try:
                 table = meshcore.build_route_table(mapping.revision, producers,
                                                    [(topics, [index[s] for s in sinks])
                                                     for sinks, topics in groups.items()],
-                                                   [index[s] for s in default] if default else None)
+                                                   [index[s] for s in default] if default else None, slots=slots)
             except meshcore.CoreError as e:
                 raise MappingError(f"producer: {e}") from e
         except BaseException:
@@ -151,6 +159,14 @@ class RouteState:
         self._install(mapping, entries, table, routed)
         log.info("mapping applied revision=%d clusters=%d routes=%d default=%s", mapping.revision, len(used),
                  len(mapping.routes), ",".join(default) if default else "-")
+
+    def _slots(self, named: list[str]) -> meshcore.TopicSlots | None:
+        """The per-topic counters' slots, the topics the mapping names admitted (while the limit allows)."""
+        if self.topic_labels is None:
+            return None
+        if len(self.topic_labels) >= self.topic_labels.limit:
+            return self.topic_labels.slots
+        return self.topic_labels.admit(named)
 
     def _install(self, mapping: Mapping, entries: dict[str, _Entry], table: meshcore.RouteTable,
                  routed: dict[str, list[str]]) -> None:
@@ -203,6 +219,10 @@ class RouteState:
             except meshcore.HandleClosedError:
                 pass            # closed at shutdown meanwhile
 
+    def producers(self) -> dict[str, meshcore.Producer]:
+        """The producer in use for each cluster."""
+        return {name: entry.producer for name, entry in list(self._live.items())}
+
     def outstanding(self) -> dict[str, int]:
         """Records each cluster's producer holds unacknowledged (queued or in flight), by cluster."""
         out: dict[str, int] = {}
@@ -236,6 +256,8 @@ class RouteState:
         lost = await asyncio.to_thread(entry.producer.close, int(self._defaults["message.timeout.ms"]))
         self._closed_stats[entry.cluster.name] = merge_stats(self._closed_stats.get(entry.cluster.name),
                                                              entry.producer.delivery_stats())
+        self._closed_topic_stats[entry.cluster.name] = merge_topic_stats(
+            self._closed_topic_stats.get(entry.cluster.name, {}), entry.producer.topic_stats())
         log.info("producer closed cluster=%s undelivered=%d", entry.cluster.name, lost)
 
     def delivery_stats(self) -> dict[str, dict[str, Any]]:
@@ -245,6 +267,14 @@ class RouteState:
         out = dict(self._closed_stats)
         for entry in list(self._live.values()) + self._retired:
             out[entry.cluster.name] = merge_stats(out.get(entry.cluster.name), entry.producer.delivery_stats())
+        return out
+
+    def topic_stats(self) -> dict[str, dict[int, tuple[int, int, int]]]:
+        """Per cluster, per topic slot (topic_labels), what its producers' delivery reports counted since the start:
+        (records delivered, bytes delivered, records failed)."""
+        out = dict(self._closed_topic_stats)
+        for entry in list(self._live.values()) + self._retired:
+            out[entry.cluster.name] = merge_topic_stats(out.get(entry.cluster.name, {}), entry.producer.topic_stats())
         return out
 
     async def close(self, flush_timeout_ms: int) -> int:

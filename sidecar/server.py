@@ -28,7 +28,7 @@ from sidecar.control.source import MappingSource
 from sidecar.control.status import StatusReporter
 from sidecar.errors import MeshError, UsageError
 from sidecar.mapping.model import Mapping
-from sidecar.metrics import Family, MetricsServer
+from sidecar.metrics import ClientStatistics, Family, MetricsServer, TopicLabels
 from sidecar.routing import RouteState
 from sidecar.servicers.http import HttpProduce
 from sidecar.servicers.produce import SERVICE, ProduceServicer
@@ -90,6 +90,16 @@ def _families(routes: RouteState, produce: ProduceServicer, subscribe: Subscribe
             lambda: [sample for session in list(subscribe.sessions) for sample in session.lag()])
         return samples
 
+    labels = routes.topic_labels
+    assert labels is not None
+
+    def received(index: int) -> list[tuple[tuple[str, ...], float]]:
+        return [((labels.name(slot),), counts[index]) for slot, counts in sorted(meshcore.received_counts().items())]
+
+    def per_topic(index: int) -> list[tuple[tuple[str, ...], float]]:
+        return [((cluster, labels.name(slot)), counts[index]) for cluster, slots in sorted(routes.topic_stats().items())
+                for slot, counts in sorted(slots.items())]
+
     def latency() -> list[tuple[tuple[str, ...], Any]]:
         return [((cluster,), (stats["latency"], stats["latency_sum_s"]))
                 for cluster, stats in sorted(routes.delivery_stats().items())]
@@ -127,6 +137,17 @@ def _families(routes: RouteState, produce: ProduceServicer, subscribe: Subscribe
                lambda: [((code_name(c),), n) for c, n in sorted(meshcore.error_counts().items())]),
         Family("records_queued", "Records a cluster's producer holds, queued or in flight, not yet acknowledged.",
                "gauge", ("cluster",), lambda: [((c,), n) for c, n in routes.outstanding().items()]),
+        Family("topic_records_received", "Records Produce requests carried, by topic (__default__: every topic "
+               "without a label of its own).", "counter", ("topic",), lambda: received(0)),
+        Family("topic_bytes_received", "Bytes of keys and values Produce requests carried, by topic.", "counter",
+               ("topic",), lambda: received(1)),
+        Family("topic_records_delivered", "Records acknowledged by a cluster, by topic.", "counter",
+               ("cluster", "topic"), lambda: per_topic(0)),
+        Family("topic_bytes_delivered", "Bytes of keys and values acknowledged by a cluster, by topic.", "counter",
+               ("cluster", "topic"), lambda: per_topic(1)),
+        Family("topic_records_failed", "Records a cluster did not acknowledge, by topic.", "counter",
+               ("cluster", "topic"), lambda: per_topic(2)),
+        *ClientStatistics(routes.producers).families(),
     ]
 
 
@@ -135,7 +156,10 @@ async def serve(settings: SidecarSettings) -> int:
     loop = asyncio.get_running_loop()
     status = StatusReporter(settings)
     rules = TopicRulesKeeper() if settings.topic_checks else None
-    routes = RouteState(settings.delivery_timeout_ms, on_change=status.applied, topic_rules=rules)
+    metrics_on = bool(settings.metrics_listen)
+    routes = RouteState(settings.delivery_timeout_ms, on_change=status.applied, topic_rules=rules,
+                        topic_labels=TopicLabels(settings.metrics_topics) if metrics_on else None,
+                        statistics_interval_ms=settings.statistics_interval_ms if metrics_on else 0)
     meshcore.set_max_timestamp_ahead_ms(settings.max_timestamp_ahead_ms)
 
     def secrets() -> list[str]:

@@ -40,13 +40,14 @@ from meshcore.produce import (
     guard_holds,
     oldest_revision_in_flight,
     open_stream,
+    received_counts,
     renew_guard,
     set_max_timestamp_ahead_ms,
     stale_guard,
 )
 from meshcore.producer import LATENCY_BOUNDS_S, Producer, create_producer, librdkafka_version
 from meshcore.router import RouterStream, RouterTable, build_router_table, open_router_stream
-from meshcore.routes import RouteTable, build_route_table
+from meshcore.routes import MAX_TOPIC_SLOT, RouteTable, TopicSlots, build_route_table, build_topic_slots
 from meshcore.subscribe_wire import poll_batch
 from meshcore.topicrules import TopicRules, build_topic_rules
 from meshcore.wire import decode_produce_request, encode_records
@@ -81,5 +82,6 @@ __all__ = [
     "set_max_timestamp_ahead_ms", "REQUEST_RECORDS_LIMIT", "guard_epoch", "guard_holds", "renew_guard",
     "expire_guard", "stale_guard", "oldest_revision_in_flight",
     "open_stream", "take_logs", "check_config", "poll_batch", "RouterStream", "RouterTable", "build_router_table",
-    "open_router_stream", "error_counts", "LATENCY_BOUNDS_S",
+    "open_router_stream", "error_counts", "LATENCY_BOUNDS_S", "MAX_TOPIC_SLOT", "TopicSlots", "build_topic_slots",
+    "received_counts",
 ]

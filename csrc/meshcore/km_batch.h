@@ -226,6 +226,7 @@ typedef struct km_msgref {
     struct km_batch *batch;
     uint32_t index;   /* record index in the request */
     uint16_t sink;    /* index of the sink cluster in the route table the batch was routed by */
+    uint16_t topic;   /* the record's topic slot for the per-topic counters (km_counts.h); 0: none */
 } km_msgref;
 
 typedef struct km_stream {

@@ -18,5 +18,7 @@ static inline void km_atomic_add(int64_t *p, int64_t v) { __atomic_fetch_add(p, 
 static inline int64_t km_atomic_load(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 /* A flag another thread sets once (a handle or stream closing), read where a loop may stop early. */
 static inline int km_flag_load(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+/* A buffer handed from one thread to another: whoever swaps the pointer out owns what it held. */
+static inline char *km_swap_ptr(char **p, char *v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
 
 #endif

@@ -18,6 +18,7 @@ from libc.stdlib cimport calloc, free, malloc, strtoll
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from libc.string cimport memcmp, memcpy, strlen
 
+from meshcore.counts cimport km_topic_count, km_topic_table, topic_counts
 from meshcore.message cimport MAX_TOPIC_LEN, produce_record
 from meshcore.rdkafka cimport *
 from meshcore.producer cimport Producer
@@ -69,6 +70,7 @@ cdef extern from "km_batch.h" nogil:
         km_batch *batch
         uint32_t index
         uint16_t sink
+        uint16_t topic
     ctypedef struct km_stream:
         int efd
         int stop
@@ -160,6 +162,17 @@ cdef int64_t _error_counts[16]
 def error_counts():
     """{ErrorCode number: records answered with it} since the start, for every Produce stream of the process."""
     return {i: _error_counts[i] for i in range(16) if _error_counts[i]}
+
+
+#: Records (and bytes of keys and values) Produce requests carried, per topic slot (km_counts.h): counted as each
+#: batch is routed, in runs of one slot, by the threads that submit (atomics).
+cdef km_topic_table _received
+
+
+def received_counts():
+    """{topic slot: (records, bytes, 0)} that Produce requests carried since the start, routed by a table with
+    TopicSlots (the slots' topics are the control plane's)."""
+    return topic_counts(&_received)
 
 
 def oldest_revision_in_flight():
@@ -340,6 +353,9 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
     cdef const Route *route
     cdef const Route **routes = <const Route **>malloc((view.count if view.count else 1) * sizeof(void *))
     cdef uint8_t *codes = <uint8_t *>malloc(view.count if view.count else 1)
+    cdef uint16_t *slots = <uint16_t *>malloc((view.count if view.count else 1) * sizeof(uint16_t))
+    cdef uint16_t slot = 0
+    cdef int64_t run_records = 0, run_bytes = 0
     cdef km_batch *b
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
@@ -347,18 +363,31 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
     if view.count > MAX_REQUEST_RECORDS:
         free(routes)
         free(codes)
+        free(slots)
         with gil:
             raise ValueError(f"a ProduceRequest may hold at most {MAX_REQUEST_RECORDS:,} records, got "
                              f"{view.count:,}: send them as several requests")
-    if routes == NULL or codes == NULL:
+    if routes == NULL or codes == NULL or slots == NULL:
         free(routes)
         free(codes)
+        free(slots)
         with gil:
             raise MemoryError()
     for i in range(view.count):
         rec = &view.records[i]
         routes[i] = NULL
         codes[i] = KM_OK
+        # The topic's counters' slot: looked up again only when the topic differs from the record before's (a
+        # batch is mostly of one topic), and counted in runs of one slot.
+        if i == 0 or rec.topic.n != view.records[i - 1].topic.n or memcmp(
+                rec.topic.p, view.records[i - 1].topic.p, rec.topic.n) != 0:
+            if i:
+                km_topic_count(&_received, slot, run_records, run_bytes, 0)
+                run_records = run_bytes = 0
+            slot = table.topic_slot(rec.topic.p, rec.topic.n)
+        slots[i] = slot
+        run_records += 1
+        run_bytes += (rec.key.n if rec.has_key else 0) + (rec.value.n if rec.has_value else 0)
         if not valid_topic(rec.topic.p, rec.topic.n):
             codes[i] = KM_INVALID_TOPIC
             continue
@@ -373,9 +402,12 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
             continue
         routes[i] = route
         n_refs += route.n
+    if view.count:
+        km_topic_count(&_received, slot, run_records, run_bytes, 0)
     if n_refs > MAX_REFS:
         free(routes)
         free(codes)
+        free(slots)
         with gil:
             raise ValueError(f"a batch may hold at most {MAX_REFS} (record, sink) deliveries, got {n_refs}")
     b = km_batch_new(stream, view.batch_id, table.revision, view.count, <uint32_t>n_refs, nbytes, table.names,
@@ -383,6 +415,7 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
     if b == NULL:
         free(routes)
         free(codes)
+        free(slots)
         with gil:
             raise MemoryError()
     b.guard = &_guard
@@ -409,6 +442,7 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
             b.refs[ref].batch = b
             b.refs[ref].index = i
             b.refs[ref].sink = s
+            b.refs[ref].topic = slots[i]
             ref += 1
             if rks[s] == NULL:
                 if km_batch_fail(b, i, KM_CLUSTER_UNAVAILABLE, <int32_t>RD_KAFKA_RESP_ERR__DESTROY, s):
@@ -435,6 +469,7 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
     _topic_cache_clear(&topics)
     free(routes)
     free(codes)
+    free(slots)
     km_batch_settle(b, 1)   # the submit guard: the batch may complete from here on
     return 0
 

@@ -1,5 +1,6 @@
 from libc.stdint cimport int64_t
 
+from meshcore.counts cimport km_topic_table
 from meshcore.rdkafka cimport rd_kafka_t
 
 
@@ -37,6 +38,9 @@ cdef struct DeliveryStats:
     int64_t codes[ERROR_CODES]                 # failures by ErrorCode
     int64_t latency[LATENCY_BUCKETS]           # deliveries by latency bucket (the last: above every bound)
     int64_t latency_sum_ns
+    km_topic_table topics                      # per topic slot (km_counts.h): delivered, bytes, failed
+    char *statistics                           # librdkafka's last statistics (JSON, NUL-terminated), or NULL:
+                                               # swapped atomically, owned by whoever holds the pointer
 
 
 cdef class Producer:

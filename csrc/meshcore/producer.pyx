@@ -10,14 +10,15 @@ delivery report can never reach a freed wrapper.
 import warnings
 
 from cpython.bytes cimport PyBytes_AsString
-from libc.stdint cimport int32_t, int64_t, uint8_t
-from libc.stdlib cimport calloc, free
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
 from meshcore.conf cimport conf_from_dict, forget_client, register_client
+from meshcore.counts cimport km_topic_count, km_topic_table_free, topic_counts
 from meshcore.message cimport MAX_TOPIC_LEN, produce_record
 from meshcore.rdkafka cimport *
-from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_add, km_atomic_load
+from meshcore.support cimport KM_DEBUG_ENABLED, km_atomic_add, km_atomic_load, km_swap_ptr
 from meshcore.wire cimport (
     ProduceRequestView, RecordView, produce_request_parse, produce_request_view_free,
 )
@@ -44,6 +45,7 @@ cdef extern from "km_batch.h" nogil:
         int64_t created_ns
     ctypedef struct km_msgref:
         km_batch *batch
+        uint16_t topic
     void km_msgref_delivered(km_msgref *ref, const rd_kafka_message_t *msg)
     int km_code_for(rd_kafka_resp_err_t err)
     int64_t km_monotonic_ns()
@@ -64,22 +66,39 @@ cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaq
     cdef DeliveryStats *stats = <DeliveryStats *>opaque
     cdef int code, bucket = 0
     cdef int64_t latency
+    cdef km_msgref *ref = <km_msgref *>msg._private
     if msg.err == RD_KAFKA_RESP_ERR_NO_ERROR:
         km_atomic_add(&stats.delivered, 1)
         km_atomic_add(&stats.bytes, <int64_t>(msg.len + msg.key_len))
+        if ref != NULL:
+            km_topic_count(&stats.topics, ref.topic, 1, <int64_t>(msg.len + msg.key_len), 0)
     else:
+        if ref != NULL:
+            km_topic_count(&stats.topics, ref.topic, 0, 0, 1)
         km_atomic_add(&stats.failed, 1)
         stats.last_error = <int64_t>msg.err
         code = km_code_for(msg.err)
         km_atomic_add(&stats.codes[code if 0 <= code < ERROR_CODES else 8], 1)     # 8: INTERNAL
-    if msg._private != NULL:
+    if ref != NULL:
         # Read before the delivery is settled: the last one may free the batch.
-        latency = km_monotonic_ns() - (<km_msgref *>msg._private).batch.created_ns
+        latency = km_monotonic_ns() - ref.batch.created_ns
         while bucket < LATENCY_BUCKETS - 1 and latency > LATENCY_BOUNDS_NS[bucket]:
             bucket += 1
         km_atomic_add(&stats.latency[bucket], 1)
         km_atomic_add(&stats.latency_sum_ns, latency)
-        km_msgref_delivered(<km_msgref *>msg._private, msg)
+        km_msgref_delivered(ref, msg)
+
+
+cdef int _on_statistics(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) noexcept nogil:
+    """librdkafka's statistics (statistics.interval.ms), on the poll thread: a copy replaces the last one, for
+    the metrics to read when they are scraped; nothing is parsed here."""
+    cdef DeliveryStats *stats = <DeliveryStats *>opaque
+    cdef char *copy = <char *>malloc(json_len + 1)
+    if copy != NULL:
+        memcpy(copy, json, json_len)
+        copy[json_len] = 0
+        free(km_swap_ptr(&stats.statistics, copy))
+    return 0        # librdkafka frees json
 
 
 cdef raise_kafka_error(rd_kafka_resp_err_t err):
@@ -172,6 +191,27 @@ cdef class Producer:
                           if km_atomic_load(&self.stats.codes[i])},
                 "latency": [km_atomic_load(&self.stats.latency[i]) for i in range(LATENCY_BUCKETS)],
                 "latency_sum_s": km_atomic_load(&self.stats.latency_sum_ns) / 1e9}
+
+    def statistics(self):
+        """librdkafka's statistics (JSON bytes) taken since the last call, or None when none was: each is handed
+        out once."""
+        cdef char *json
+        if self.stats == NULL:
+            return None
+        json = km_swap_ptr(&self.stats.statistics, NULL)
+        if json == NULL:
+            return None
+        try:
+            return <bytes>json
+        finally:
+            free(json)
+
+    def topic_stats(self):
+        """What the delivery reports counted per topic slot (km_counts.h) of the records a ProduceStream sent with
+        one: {slot: (delivered, bytes delivered, failed)} of every slot that counted anything; readable once closed."""
+        if self.stats == NULL:
+            return {}
+        return topic_counts(&self.stats.topics)
 
     @property
     def last_error(self):
@@ -281,6 +321,9 @@ cdef class Producer:
         self.h = NULL
         free(self.poller)
         self.poller = NULL
+        if self.stats != NULL:
+            km_topic_table_free(&self.stats.topics)
+            free(self.stats.statistics)
         free(self.stats)      # after rd_kafka_destroy: no delivery report can reach it any more
         self.stats = NULL
 
@@ -331,6 +374,7 @@ def create_producer(str name, dict config):
         rd_kafka_conf_destroy(conf)
         raise MemoryError()
     rd_kafka_conf_set_dr_msg_cb(conf, _on_delivery)
+    rd_kafka_conf_set_stats_cb(conf, _on_statistics)      # called only with statistics.interval.ms set
     rd_kafka_conf_set_opaque(conf, stats)
     rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr))
     if rk == NULL:

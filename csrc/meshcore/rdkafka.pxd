@@ -128,6 +128,8 @@ cdef extern from "librdkafka/rdkafka.h" nogil:
     rd_kafka_t *rd_kafka_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, size_t errstr_size)
     void rd_kafka_destroy(rd_kafka_t *rk)
     int rd_kafka_poll(rd_kafka_t *rk, int timeout_ms)
+    void rd_kafka_conf_set_stats_cb(rd_kafka_conf_t *conf,
+                                    int (*stats_cb)(rd_kafka_t *rk, char *json, size_t json_len, void *opaque))
     rd_kafka_resp_err_t rd_kafka_flush(rd_kafka_t *rk, int timeout_ms)
     int rd_kafka_outq_len(rd_kafka_t *rk)
     rd_kafka_resp_err_t rd_kafka_purge(rd_kafka_t *rk, int purge_flags)

@@ -1,4 +1,4 @@
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
 from meshcore.producer cimport km_handle
 from meshcore.rdkafka cimport rd_kafka_t
@@ -11,6 +11,11 @@ cdef enum:
 cdef struct Route:
     int n
     int sinks[MAX_SINKS]     # indices into RouteTable.handles
+
+
+cdef class TopicSlots:
+    # topic -> its slot for the per-topic counters (km_counts.h); immutable, shared by the tables built with it.
+    cdef km_strmap map
 
 
 cdef class RouteTable:
@@ -32,6 +37,9 @@ cdef class RouteTable:
     cdef const km_strmap *base_topics
     cdef const Route *base_routes
     cdef object __weakref__
+    cdef TopicSlots _slots   # None: records are not counted per topic (slot KM_SLOT_NONE)
+
+    cdef uint16_t topic_slot(self, const unsigned char *topic, size_t n) noexcept nogil
 
     cdef const Route *lookup(self, const unsigned char *topic, size_t n) noexcept nogil
     cdef void acquire_all(self, rd_kafka_t **out) noexcept nogil

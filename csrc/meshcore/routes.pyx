@@ -10,10 +10,11 @@ rd_kafka_t handles for the time of one call (acquire_all), which a producer's cl
 whose producer was closed as NULL.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
+from meshcore.counts cimport KM_SLOT_CHUNK, KM_SLOT_CHUNKS, KM_SLOT_DEFAULT, KM_SLOT_NONE
 from meshcore.producer cimport Producer, km_handle, km_handle_acquire, km_handle_release
 from meshcore.rdkafka cimport rd_kafka_outq_len, rd_kafka_t
 from meshcore.strmap cimport km_strmap_free, km_strmap_get, km_strmap_init, km_strmap_put
@@ -25,8 +26,50 @@ cdef int64_t _tables_created = 0
 cdef int64_t _tables_freed = 0
 
 
+#: The per-topic counters' slots: 0 (not counted), 1 (__default__), then one per named topic up to this.
+MAX_TOPIC_SLOT = KM_SLOT_CHUNK * KM_SLOT_CHUNKS - 1
+
+
+cdef class TopicSlots:
+    """Which topics are counted under a slot of their own (built by build_topic_slots(); immutable)."""
+
+    def __init__(self):
+        raise TypeError("TopicSlots cannot be instantiated directly; use build_topic_slots()")
+
+    def __len__(self):
+        return self.map.count
+
+    def __dealloc__(self):
+        km_strmap_free(&self.map)
+
+
+def build_topic_slots(dict slots):
+    """A TopicSlots of {topic: slot} (slots 2..MAX_TOPIC_SLOT; every other topic counts under 1, __default__)."""
+    cdef TopicSlots t = TopicSlots.__new__(TopicSlots)
+    cdef bytes raw
+    encoded = {}
+    for topic, slot in slots.items():
+        if not 2 <= slot <= MAX_TOPIC_SLOT:
+            raise CoreError(f"topic slot {slot} of {topic!r} is out of range (2..{MAX_TOPIC_SLOT})")
+        encoded[(<str?>topic).encode()] = slot
+    if km_strmap_init(&t.map, len(encoded), sum(len(k) for k in encoded)) != 0:
+        raise MemoryError()
+    for raw, slot in encoded.items():
+        if km_strmap_put(&t.map, <char *>raw, len(raw), slot) != 0:
+            raise CoreError(f"topic {raw.decode()!r} cannot have a slot: a topic name is 1 to 249 bytes")
+    return t
+
+
 cdef class RouteTable:
     """Built by build_route_table(); immutable."""
+
+    cdef uint16_t topic_slot(self, const unsigned char *topic, size_t n) noexcept nogil:
+        """The slot topic is counted under (KM_SLOT_NONE when the table has no TopicSlots)."""
+        cdef int32_t s
+        if self._slots is None:
+            return KM_SLOT_NONE
+        s = km_strmap_get(&self._slots.map, topic, n)
+        return <uint16_t>s if s >= 0 else KM_SLOT_DEFAULT
 
     def __init__(self):
         raise TypeError("RouteTable cannot be instantiated directly; use build_route_table()")
@@ -105,7 +148,8 @@ cdef class RouteTable:
         km_strmap_free(&self.topics)
 
 
-def build_route_table(uint64_t revision, list producers, list routes, default_sinks=None, RouteTable base=None):
+def build_route_table(uint64_t revision, list producers, list routes, default_sinks=None, RouteTable base=None,
+                      TopicSlots slots=None):
     """Compile a routing table.
 
     producers: the Producer of each sink, in sink-index order (its name is the cluster's name).
@@ -113,6 +157,7 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
     default_sinks: the sink indices of __default__, or None.
     base: build an overlay over this whole table (not itself an overlay, and with the same producers): routes are
     then the topics whose routes differ from base's, and a route of no sinks says its topics have none of their own.
+    slots: the per-topic counters' slots the records routed by this table are counted under (None: not counted).
     """
     global _tables_created
     cdef RouteTable t = RouteTable.__new__(RouteTable)
@@ -124,6 +169,7 @@ def build_route_table(uint64_t revision, list producers, list routes, default_si
         raise CoreError(f"the default route needs 1 to {MAX_SINKS} sinks, got {len(default_sinks)}")
     t.revision = revision
     t.default_route = -1
+    t._slots = slots
     if base is not None:
         if base.base_topics != NULL:
             raise CoreError("an overlay route table cannot be the base of another")

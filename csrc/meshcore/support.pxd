@@ -6,3 +6,4 @@ cdef extern from "km_support.h" nogil:
     void km_atomic_add(int64_t *p, int64_t v)
     int64_t km_atomic_load(const int64_t *p)
     int km_flag_load(const int *p)
+    char *km_swap_ptr(char **p, char *v)

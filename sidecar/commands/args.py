@@ -34,3 +34,14 @@ def key_values(pairs: list[str], what: str) -> dict[str, str]:
             raise UsageError(f"--config: {key.strip()!r} is given twice")
         config[key.strip()] = value
     return config
+
+
+def add_process_flags(p: argparse.ArgumentParser, metrics_help: str) -> None:
+    """The flags of a long-running process (the sidecar, the router): its log level and its metrics."""
+    p.add_argument("--log-level", metavar="LEVEL", help="debug, info (default), warning or error")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help=f"serve Prometheus metrics at http://HOST:PORT/metrics ({metrics_help}default: off; :PORT "
+                        "means 127.0.0.1)")
+    p.add_argument("--statistics-interval-ms", metavar="MS",
+                   help="with --metrics-listen, how often librdkafka's statistics (queue depths, broker round "
+                        "trips) are taken (default 15000; 0: none)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sidecar.commands.args import add_process_flags
+
 EPILOG = """examples:
   kafka-mesh router --etcd http://127.0.0.1:2379                 # runs the rules of router "main"
   kafka-mesh router --etcd http://127.0.0.1:2379 --name eu       # runs the rules whose "router" is "eu"
@@ -43,9 +45,7 @@ def add_parser(sub: Any) -> None:
                    help="at stop: wait this long for the records in flight before committing (default 10)")
     p.add_argument("--status-ttl-s", metavar="S", help="the lease of this process's status entry (default 10)")
     p.add_argument("--etcd-timeout-s", metavar="S", help="an etcd request's timeout (default 5)")
-    p.add_argument("--log-level", metavar="LEVEL", help="debug, info (default), warning or error")
-    p.add_argument("--metrics-listen", metavar="HOST:PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; :PORT means 127.0.0.1)")
+    add_process_flags(p, "")
 
 
 def run(args: argparse.Namespace) -> int:

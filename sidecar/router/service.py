@@ -33,7 +33,7 @@ from sidecar.control.keys import Keys
 from sidecar.control.source import MappingSource
 from sidecar.errors import EtcdError, MappingError
 from sidecar.mapping.model import Cluster, Mapping
-from sidecar.metrics import Family, MetricsServer, merge_stats
+from sidecar.metrics import ClientStatistics, Family, MetricsServer, merge_stats
 from sidecar.router import plan as plan_mod
 from sidecar.router.pump import Pump, PumpSettings
 
@@ -72,6 +72,9 @@ class Router:
         self._mapping: Mapping | None = None
         self._plan: plan_mod.Plan | None = None
         self._producers: dict[str, tuple[Cluster, meshcore.Producer]] = {}
+        #: librdkafka's statistics for the metrics (a cluster's own config may still set another interval)
+        self._statistics = ({"statistics.interval.ms": str(settings.statistics_interval_ms)}
+                            if settings.metrics_listen and settings.statistics_interval_ms else {})
         self._pumps: dict[str, tuple[Cluster, Pump]] = {}
         self._partitions: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -129,7 +132,7 @@ class Router:
                 cluster = mapping.clusters[sink]
                 have = self._producers.get(sink)
                 if have is None or have[0] != cluster:
-                    config = {**PRODUCER_DEFAULTS, **ROUTER_PRODUCER, **cluster.config,
+                    config = {**PRODUCER_DEFAULTS, **ROUTER_PRODUCER, **self._statistics, **cluster.config,
                               "bootstrap.servers": cluster.bootstrap}
                     try:
                         made[sink] = (cluster, meshcore.create_producer(sink, config))
@@ -327,6 +330,7 @@ class Router:
             Family("router_records_skipped", "Errors the source gave instead of records (a batch that does not "
                    "decode): their records were not copied.", "counter", ("source",),
                    lambda: per_source("skipped")),
+            *ClientStatistics(lambda: {n: p for n, (_, p) in list(self._producers.items())}).families(),
         ]
 
     # -- run -----------------------------------------------------------------------------------------------------

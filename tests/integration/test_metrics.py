@@ -65,6 +65,15 @@ def test_a_sidecars_metrics_count_what_it_did(sandbox: Sandbox, sidecar_factory:
     assert after[("kafka_mesh_produce_errors_total", (("code", "NO_ROUTE"),))] == 5
     assert after[("kafka_mesh_records_queued", (("cluster", "c1"),))] == 0
     assert after[("kafka_mesh_produce_streams", ())] == 0
+    # by topic: the mapping names the topic; the unrouted one counts under __default__
+    assert after[("kafka_mesh_topic_records_received_total", (("topic", topic),))] == 300
+    assert after[("kafka_mesh_topic_records_received_total", (("topic", "__default__"),))] == 5
+    assert after[("kafka_mesh_topic_bytes_received_total", (("topic", "__default__"),))] == sum(
+        2 * len(f"u-{i}") for i in range(5))
+    assert after[("kafka_mesh_topic_records_delivered_total", (("cluster", "c1"), ("topic", topic)))] == 300
+    assert after[("kafka_mesh_topic_bytes_delivered_total", (("cluster", "c1"), ("topic", topic)))] == \
+        after[("kafka_mesh_bytes_delivered_total", c1_label)]
+    assert ("kafka_mesh_topic_records_delivered_total", (("cluster", "c1"), ("topic", "__default__"))) not in after
     with SubStream(sc.target, f"g-{topic}", [topic]) as s:
         s.wait(lambda s: len(s.values()) == 300, timeout=60, what="every record")
         m = scrape(port)
@@ -90,6 +99,61 @@ def test_a_sidecars_metrics_count_what_it_did(sandbox: Sandbox, sidecar_factory:
     while scrape(port)[("kafka_mesh_subscribe_streams", ())] != 0:
         assert time.monotonic() < deadline, "the stream's end is counted"
         time.sleep(0.2)
+
+
+def test_topic_labels_are_bounded_and_librdkafka_statistics_are_exposed(
+        sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
+    """--metrics-topics 2: the first two topics the mapping names (sorted) get labels, the third and any unnamed
+    topic count under __default__; each label keeps its counters when the mapping drops its topic."""
+    c1, c2, _ = sandbox.clusters
+    names = [f"{topic}-a", f"{topic}-b", f"{topic}-c"]
+    for name in names:
+        create_topic(c1.bootstrap, name, partitions=1)
+        create_topic(c2.bootstrap, name, partitions=1)
+    ns = new_namespace()
+    route = {"where": [{"sink": "c1"}, {"sink": "c2"}]}
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {name: route for name in names}})
+    port = free_port()
+    sc = sidecar_factory(ns, "--metrics-listen", f"127.0.0.1:{port}", "--metrics-topics", "2",
+                         "--statistics-interval-ms", "200")
+    responses = produce(sc.target, [batch(k, [(name, f"id-{k}-{i}") for i in range(10)])
+                                    for k, name in enumerate(names)])
+    assert all(r.ok_count == 10 for r in responses.values())
+    m = scrape(port)
+    received = {dict(labels)["topic"]: v for (name, labels), v in m.items()
+                if name == "kafka_mesh_topic_records_received_total"}
+    assert received == {names[0]: 10, names[1]: 10, "__default__": 10}
+    for cluster in ("c1", "c2"):
+        delivered = {dict(labels)["topic"]: v for (name, labels), v in m.items()
+                     if name == "kafka_mesh_topic_records_delivered_total" and dict(labels)["cluster"] == cluster}
+        assert delivered == {names[0]: 10, names[1]: 10, "__default__": 10}
+    # the mapping drops names[0]: it keeps its label (its counters stay monotonic); its records have no route now
+    revision = apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {name: route for name in names[1:]}})
+    deadline = time.monotonic() + 30
+    while scrape(port)[("kafka_mesh_mapping_revision", ())] != revision:
+        assert time.monotonic() < deadline, "the new mapping is applied"
+        time.sleep(0.2)
+    assert produce(sc.target, [batch(7, [(names[0], f"late-{i}") for i in range(5)])])[7].ok_count == 0
+    m = scrape(port)
+    assert m[("kafka_mesh_topic_records_received_total", (("topic", names[0]),))] == 15
+    assert m[("kafka_mesh_topic_records_delivered_total", (("cluster", "c1"), ("topic", names[0])))] == 10
+    # librdkafka's statistics: each cluster's producer, its one broker up, a round trip measured (while records go)
+    deadline = time.monotonic() + 30
+    k = 100
+    while True:
+        k += 1
+        assert produce(sc.target, [batch(k, [(names[1], f"more-{k}")])])[k].ok_count == 1
+        m = scrape(port)
+        up = {dict(labels)["cluster"]: v for (name, labels), v in m.items()
+              if name == "kafka_mesh_librdkafka_broker_up"}
+        rtt = {dict(labels)["cluster"]: v for (name, labels), v in m.items()
+               if name == "kafka_mesh_librdkafka_broker_rtt_avg_seconds"}
+        if up.get("c1") == 1 and up.get("c2") == 1 and rtt.get("c1", 0) > 0 and rtt.get("c2", 0) > 0:
+            break
+        assert time.monotonic() < deadline, f"librdkafka statistics: up {up}, rtt {rtt}"
+        time.sleep(0.3)
+    assert ("kafka_mesh_librdkafka_queue_messages", (("cluster", "c1"),)) in m
+    assert 0 <= m[("kafka_mesh_librdkafka_statistics_age_seconds", (("cluster", "c1"),))] < 5
 
 
 def test_a_routers_metrics_count_each_rule(sandbox: Sandbox, tmp_path: pathlib.Path, topic: str) -> None:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import time
+from typing import Any
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.errors import UsageError
-from sidecar.metrics import Family, MetricsServer, parse_listen, scrape
+from sidecar.metrics import (
+    DEFAULT_TOPIC,
+    ClientStatistics,
+    Family,
+    MetricsServer,
+    TopicLabels,
+    parse_listen,
+    scrape,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -44,3 +56,46 @@ def test_families_are_read_at_each_scrape_and_one_failing_spares_the_others() ->
     assert not any(name.startswith("kafka_mesh_broken") for name, _ in samples)
     count[0] = 42
     assert b'kafka_mesh_records_delivered_total{cluster="c1"} 42.0' in scrape(server.registry)
+
+
+def test_topic_labels_are_bounded_and_keep_their_slots() -> None:
+    labels = TopicLabels(3)
+    first = labels.admit(["b", "a"])
+    assert [labels.name(s) for s in (2, 3)] == ["b", "a"] and len(first) == 2
+    assert labels.admit(["a", "b"]) is first                        # nothing new: the same slots in force
+    labels.admit(["c", "d", "e"])                                   # the limit: only c gets one
+    assert (len(labels), labels.name(4), labels.name(5), labels.name(1)) == (3, "c", DEFAULT_TOPIC, DEFAULT_TOPIC)
+    assert labels.admit(["a"]) is labels.slots
+    assert len(TopicLabels(0).admit(["x"])) == 0                   # 0: no topic by name
+    for bad in (-1, 65535, 10**9):
+        with pytest.raises(UsageError, match="invalid --metrics-topics"):
+            TopicLabels(bad)
+
+
+class _Client:
+    """What ClientStatistics reads of a producer: statistics() hands out each JSON once."""
+
+    def __init__(self, *docs: Any) -> None:
+        self.docs = list(docs)
+
+    def statistics(self) -> bytes | None:
+        return self.docs.pop(0) if self.docs else None
+
+
+def test_librdkafka_statistics_become_families() -> None:
+    doc = {"time": int(time.time()), "msg_cnt": 7, "msg_size": 700, "brokers": {
+        "127.0.0.1:9092/bootstrap": {"nodeid": -1, "state": "UP", "rtt": {"cnt": 1, "avg": 5}},
+        "127.0.0.1:9092/1": {"nodeid": 1, "state": "UP", "rtt": {"cnt": 4, "avg": 2500, "p99": 9000},
+                             "waitresp_cnt": 2, "outbuf_cnt": 1},
+        "127.0.0.1:9093/2": {"nodeid": 2, "state": "DOWN", "rtt": {"cnt": 0, "avg": 0, "p99": 0}}}}
+    clients = {"c1": _Client(json.dumps(doc).encode()), "c2": _Client(b"{not json", None)}
+    families = {f.name: f for f in ClientStatistics(lambda: clients).families()}
+    assert list(families["librdkafka_queue_messages"].read()) == [(("c1",), 7.0)]
+    assert list(families["librdkafka_queue_bytes"].read()) == [(("c1",), 700.0)]     # the JSON kept, read again
+    assert list(families["librdkafka_broker_up"].read()) == [(("c1", "1"), 1.0), (("c1", "2"), 0.0)]
+    # a window without a request has no round trip, not one of 0 s
+    assert list(families["librdkafka_broker_rtt_avg_seconds"].read()) == [(("c1", "1"), 0.0025)]
+    assert list(families["librdkafka_broker_rtt_p99_seconds"].read()) == [(("c1", "1"), 0.009)]
+    assert list(families["librdkafka_broker_requests_waiting"].read()) == [(("c1", "1"), 2.0), (("c1", "2"), 0.0)]
+    del clients["c1"]                                               # a cluster that left is forgotten
+    assert list(families["librdkafka_queue_messages"].read()) == []

@@ -346,3 +346,44 @@ def test_messages_name_the_topic_the_size_and_the_limit(producers: list[meshcore
     assert got[1] == (mesh_pb2.ERROR_CODE_INVALID_TOPIC, "invalid topic name '\\xff\\x27\\x5c\\xc3\\xa9"
                       + "x" * 59 + "'... (305 bytes): it must be 1 to 249 characters of [a-zA-Z0-9._-] and not '.' "
                       "or '..'")
+
+
+def test_records_are_counted_by_their_topics_slot(producers: list[meshcore.Producer]) -> None:
+    """Per-topic counters: received as routed, failed (here: nowhere to deliver) by the delivery reports, each under
+    the slot TopicSlots gives the topic, __default__ (1) for every other; a table without slots counts none."""
+    slots = meshcore.build_topic_slots({"named": 2, "far": meshcore.MAX_TOPIC_SLOT})
+    assert len(slots) == 2
+    t = meshcore.build_route_table(1, producers, [(["named", "far"], [0])], [1], slots=slots)
+    before = meshcore.received_counts()
+    s = meshcore.open_stream()
+    try:
+        req = mesh_pb2.ProduceRequest(batch_id=1)
+        for topic, n in (("named", 3), ("unnamed", 2), ("named", 1), ("far", 2), ("bad/name", 1)):
+            for i in range(n):
+                req.records.add(topic=topic, key=b"k", value=b"v" * (i + 1))
+        s.submit(t, req.SerializeToString())
+        # the same topics by a table without slots: not counted per topic
+        s.submit(meshcore.build_route_table(2, producers, [(["named"], [0])], [1]),
+                 mesh_pb2.ProduceRequest(batch_id=2, records=[mesh_pb2.Record(topic="named")]).SerializeToString())
+        assert {r.ok_count for r in responses(s, 2)} == {0}
+    finally:
+        s.close()
+    after = meshcore.received_counts()
+    delta = {slot: tuple(a - b for a, b in zip(counts, before.get(slot, (0, 0, 0)), strict=True))
+             for slot, counts in after.items()}
+    # keys and values: a 1-byte key and 1..n bytes of value each
+    assert delta[2] == (4, (2 + 3 + 4) + 2, 0)
+    assert delta[meshcore.MAX_TOPIC_SLOT] == (2, 2 + 3, 0)
+    assert delta[1] == (3, (2 + 3) + 2, 0)            # "unnamed" x2 and the invalid name
+    assert producers[0].topic_stats() == {2: (0, 0, 4), meshcore.MAX_TOPIC_SLOT: (0, 0, 2)}
+    assert producers[1].topic_stats() == {1: (0, 0, 2)}
+    assert producers[2].topic_stats() == {}
+
+
+@pytest.mark.parametrize("slots, error", [
+    ({"t": 0}, "slot 0 of 't' is out of range"), ({"t": 1}, "out of range"), ({"t": 65536}, "out of range"),
+    ({"t": -1}, "out of range"), ({"": 2}, "a topic name is 1 to 249 bytes"),
+])
+def test_bad_topic_slots_are_refused(slots: dict[str, int], error: str) -> None:
+    with pytest.raises(meshcore.CoreError, match=error):
+        meshcore.build_topic_slots(slots)
