@@ -142,6 +142,18 @@ class ProduceServicer:
         """Request bytes in flight over every Produce stream (read, not yet answered)."""
         return sum(stream.inflight_bytes for stream in self._readers.values())
 
+    def inflight(self) -> tuple[int, int]:
+        """(request bytes, batches) in flight over every Produce stream, for the metrics thread: the streams are
+        listed at once (the loop may add or drop one meanwhile), and one closed meanwhile counts nothing."""
+        nbytes = batches = 0
+        for stream in list(self._readers.values()):
+            try:
+                nbytes += stream.inflight_bytes
+                batches += stream.inflight_batches
+            except meshcore.HandleClosedError:
+                pass
+        return nbytes, batches
+
     def _responses_sent(self) -> None:
         freed, self._freed = self._freed, asyncio.Event()
         freed.set()

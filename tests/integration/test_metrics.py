@@ -65,6 +65,7 @@ def test_a_sidecars_metrics_count_what_it_did(sandbox: Sandbox, sidecar_factory:
     assert after[("kafka_mesh_produce_errors_total", (("code", "NO_ROUTE"),))] == 5
     assert after[("kafka_mesh_records_queued", (("cluster", "c1"),))] == 0
     assert after[("kafka_mesh_produce_streams", ())] == 0
+    assert after[("kafka_mesh_produce_inflight_batches", ())] == after[("kafka_mesh_produce_inflight_bytes", ())] == 0
     # by topic: the mapping names the topic; the unrouted one counts under __default__
     assert after[("kafka_mesh_topic_records_received_total", (("topic", topic),))] == 300
     assert after[("kafka_mesh_topic_records_received_total", (("topic", "__default__"),))] == 5
