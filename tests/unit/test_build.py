@@ -48,3 +48,14 @@ def test_a_core_built_for_another_confluent_kafka_refuses_to_import_and_says_how
     assert r.returncode != 0
     assert "meshcore was built against the librdkafka of confluent-kafka 2.99.0" in r.stderr
     assert "rebuild the core with `make build`" in r.stderr
+
+
+def test_every_package_of_the_tree_is_installed() -> None:
+    """A package left out of pyproject.toml works in an editable install and breaks a normal one."""
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    tree = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "sidecar").rglob("__init__.py")}
+    assert tree - listed == set(), "packages missing from pyproject.toml"
+    assert "meshcore" in listed
