@@ -8,7 +8,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from sidecar.commands import clusters as clusters_command
 from sidecar.commands import router as router_command
@@ -52,8 +52,16 @@ def _progress(msg: str) -> None:
     print(f"kafka-mesh: {msg}", file=sys.stderr, flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's, with its refusals on one line (no usage block above them), like the command's own: the subcommand
+    parsers are of this class too (add_subparsers makes them of their parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kafka-mesh",
         description="kafka-mesh: use many Kafka clusters as one, through a per-host gRPC sidecar.",
     )

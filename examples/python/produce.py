@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                      for i in range(args.count)]
             orders = [producer.send(Order(f"customer-{i % 3}", 100 * i)) for i in range(args.count)]
             fast = producer.send_batch(args.topic, [f"fast {i}".encode() for i in range(args.count)])
+            # On purpose, a record that fails alone (its topic name is invalid), to show a per-record error.
+            bad = producer.send("not a topic!", b"refused")
             # leaving the block flushes: every future below is done
     except StreamError as e:
         print(f"produce.py: {e}", file=sys.stderr)
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"send {args.topic} record {i}: {outcome(f)}")
     for i, f in enumerate(orders):
         print(f"send Order {i}: {outcome(f)}")
+    print(f"send to 'not a topic!' (on purpose): {outcome(bad)}")
     try:
         batch = fast.result()
     except StreamError as e:

@@ -69,6 +69,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                         help="move even when C2 has the topic with another partition count (keys change partition)")
     t_move.add_argument("--timeout", type=positive, default=3600, metavar="S",
                         help="give up waiting after S seconds (default 3600); the move stays where it is")
+    t_move.add_argument("--json", action="store_true",
+                        help="print each progress line as a JSON object: time, phase, message (one per line)")
 
 
 EPILOG_MOVE = """examples:
@@ -86,7 +88,11 @@ def _move(args: argparse.Namespace, settings: ControlSettings) -> int:
     from sidecar.manage.move import Move
 
     def say(line: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+        if args.json:       # the phase is what a line starts with: "switched: ...", "drain: ..."
+            phase = line.split(":", 1)[0] if ":" in line.split(" ", 1)[0] else ""
+            print(json.dumps({"time": time.time(), "phase": phase, "message": line}), flush=True)
+        else:
+            print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
     async def go() -> None:
         async with Etcd(settings.etcd_endpoint) as etcd:

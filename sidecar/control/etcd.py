@@ -180,14 +180,14 @@ class Etcd:
         except Exception as e:
             raise self._error("transaction", e) from e
 
-    async def swap(self, key: str, value: bytes, expect_mod_revision: int) -> int | None:
-        """Put key only if its mod_revision is still expect_mod_revision (0: the key does not exist): returns the
-        new revision, or None when someone changed the key first."""
+    async def swap(self, key: str, value: bytes, expect_mod_revision: int, lease: Any = None) -> int | None:
+        """Put key (attached to lease, when given) only if its mod_revision is still expect_mod_revision (0: the key
+        does not exist): returns the new revision, or None when someone changed the key first."""
         tx = self._client.transactions
         try:
             ok, responses = await self._client.transaction(
-                compare=[tx.mod(key.encode()) == expect_mod_revision], success=[tx.put(key.encode(), value)],
-                failure=[])
+                compare=[tx.mod(key.encode()) == expect_mod_revision],
+                success=[tx.put(key.encode(), value, lease=lease)], failure=[])
         except Exception as e:
             raise self._error(f"swap {key}", e) from e
         if not ok:

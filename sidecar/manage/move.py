@@ -5,13 +5,16 @@ again after it died resumes where it stopped:
 
     created    the topic exists on C2 with C1's partition count
     reading    consumer route [C1, C2] applied by every live sidecar (subscribers read both)
+    switching  saved just before the producer route names C2: from here on the move cannot be aborted
     switched   producer route with C2 in C1's place applied by every live sidecar, and each has nothing left in
                flight to C1 (or had time to deliver or fail it)
     fenced     C1's end offsets for the topic stayed still for a quiet window (the fence)
     drained    every consumer group with offsets for the topic on C1 committed the fence
     done       consumer route without C1; C1's copy of the topic is left for the operator to delete
 
-`--abort` before `switched` puts both routes back as they were; after it, it is refused: records are on C2 then.
+`--abort` before `switching` puts both routes back as they were; from it on, it is refused: records may be on C2.
+One command at a time runs (or aborts) a topic's move: it holds a lock under a lease in etcd (move-locks/<topic>),
+so a second is refused, and a command killed holds the move for at most LOCK_TTL_S.
 
 Runs on the caller's event loop; the Kafka calls (confluent-kafka's AdminClient) run in worker threads.
 """
@@ -19,9 +22,12 @@ Runs on the caller's event loop; the Kafka calls (confluent-kafka's AdminClient)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,7 +38,9 @@ from sidecar.manage import drain, status, topics
 from sidecar.manage.mapping import edit, load
 from sidecar.mapping.model import DEFAULT_ROUTE, Mapping, ProducerRoute
 
-PHASES = ("created", "reading", "switched", "fenced", "drained", "done")
+#: "switching" is saved before the producer route is written: from then on, records may be acknowledged on the
+#: target, so the move can no longer be aborted.
+PHASES = ("created", "reading", "switching", "switched", "fenced", "drained", "done")
 #: How long C1's end offsets must stay still before the move trusts that nothing writes there any more.
 QUIET_S = 5.0
 #: How often the waits look again.
@@ -63,6 +71,15 @@ class State:
 
 def key(keys: Keys, topic: str) -> str:
     return f"{keys.root}moves/{topic}"
+
+
+def lock_key(keys: Keys, topic: str) -> str:
+    """Held, under a lease, by the one command running (or aborting) the move of topic."""
+    return f"{keys.root}move-locks/{topic}"
+
+
+#: The lock's lease: a command killed holds its move for at most this long.
+LOCK_TTL_S = 10
 
 
 Progress = Callable[[str], None]
@@ -154,7 +171,50 @@ class Move:
 
     # -- the move -------------------------------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _locked(self, topic: str) -> AsyncIterator[None]:
+        """Hold the move's lock for the time of one command: a second command for the same topic (a move run
+        twice at once, or an --abort while it runs) is refused, naming who holds it."""
+        lease = await self._etcd.lease(LOCK_TTL_S)
+        where = lock_key(self._keys, topic)
+        owner = f"{socket.gethostname()} pid {os.getpid()}"
+        taken, who = False, "it just ended"
+        for _ in range(2):
+            if await self._etcd.swap(where, owner.encode(), 0, lease=lease) is not None:
+                taken = True
+                break
+            held = await self._etcd.get(where)
+            if held is None:
+                continue                                # ended meanwhile
+            who = held[0].decode(errors="replace")
+            # A holder on this host whose process is gone (killed, and the command run again at once) need not be
+            # waited out: its lock is taken over, unless someone changed it meanwhile.
+            if not (_dead_here(who) and await self._etcd.delete_unchanged({where: held[1]}, 1)):
+                break
+        if not taken:
+            await self._etcd.revoke(lease)
+            raise MoveError(f"another `topic move` of {topic} is running ({who}); wait for it, or stop it (its lock "
+                            f"lapses {LOCK_TTL_S} s after it dies)")
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(LOCK_TTL_S / 3)
+                await self._etcd.refresh(lease)
+
+        keeper = asyncio.get_running_loop().create_task(keep())
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            with contextlib.suppress(Exception):        # it lapses by itself otherwise
+                await self._etcd.revoke(lease)
+
     async def run(self, topic: str, target: str, source: str | None, force: bool) -> State:
+        async with self._locked(topic):
+            return await self._run(topic, target, source, force)
+
+    async def _run(self, topic: str, target: str, source: str | None, force: bool) -> State:
         state, version = await self._read(topic)
         mapping = await load(self._etcd, self._keys)
         if state is None:
@@ -184,6 +244,8 @@ class Move:
             state.revisions["reading"] = rev
             version = await self._advance(state, "reading", version)
         if _before(state, "switched"):
+            if _before(state, "switching"):
+                version = await self._advance(state, "switching", version)
             rev = await self._edit("producers write to the new cluster", lambda m: _producer_doc(m, state))
             seen = time.time()
             await self._wait_applied(rev, "switched")
@@ -271,19 +333,37 @@ class Move:
         await self._until(check)
 
     async def abort(self, topic: str) -> State:
+        async with self._locked(topic):
+            return await self._abort(topic)
+
+    async def _abort(self, topic: str) -> State:
         state, version = await self._read(topic)
         if state is None:
             raise UsageError(f"no move of topic {topic} is under way")
-        if not _before(state, "switched"):
-            raise MoveError(f"the move of {topic} is past the producer switch (phase {state.phase}): records are "
-                            f"on {state.target} now, so it cannot be undone; run the command without --abort to "
-                            "finish it")
+        if not _before(state, "switching"):
+            raise MoveError(f"the move of {topic} is at or past the producer switch (phase {state.phase}): records "
+                            f"may be on {state.target} now, so it cannot be undone; run the command without --abort "
+                            "to finish it")
         rev = await self._edit("routes put back as they were", lambda m: {
             **_producer_doc(m, state, restore=True), **_consumer_doc(m, topic, None, state.consumer_before)})
         await self._wait_applied(rev, "aborted")
         await self._etcd.delete_batched([key(self._keys, topic)], 1)
         self._say(f"aborted: {topic} is routed as before the move; its copy on {state.target} is left as it is")
         return state
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether a lock's owner ("HOST pid N") is a process of this host that no longer runs."""
+    host, _, pid = owner.rpartition(" pid ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False            # alive, another user's
+    return False
 
 
 def _before(state: State, phase: str) -> bool:

@@ -73,12 +73,15 @@ def test_the_java_example(sandbox: Sandbox, sidecar_factory: Any, topic: str) ->
 
 
 def test_the_python_examples(sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
-    """examples/python: produce.py writes 5 records each of three ways, consume.py reads the 15 back."""
+    """examples/python: produce.py writes 5 records each of three ways (and one that fails alone, on purpose),
+    consume.py reads the 15 back."""
     sc = _sidecar_for(sandbox, sidecar_factory, topic)
     produced = subprocess.run([sys.executable, str(ROOT / "examples/python/produce.py"), "--target", sc.target,
                                "--topic", topic, "--count", "5"], capture_output=True, text=True, timeout=120)
     assert produced.returncode == 0, produced.stdout + produced.stderr
     assert produced.stdout.count(": written (batch") == 10 and "send_batch of 5: 5 written" in produced.stdout
+    assert "send to 'not a topic!' (on purpose): failed: INVALID_TOPIC: invalid topic name 'not a topic!'" in \
+        produced.stdout, produced.stdout
     read = subprocess.run([sys.executable, str(ROOT / "examples/python/consume.py"), "--target", sc.target,
                            "--group", f"py-{topic}", "--start", "earliest", "--count", "15", topic],
                           capture_output=True, text=True, timeout=120)

@@ -198,6 +198,51 @@ def test_move_refusals_and_abort(sandbox: Sandbox, sidecar_factory: Any) -> None
     assert (r.returncode, r.stderr) == (2, f"kafka-mesh: error: no move of topic {topic} is under way\n")
 
 
+def test_more_move_refusals_and_one_command_at_a_time(sandbox: Sandbox, sidecar_factory: Any) -> None:
+    ns = new_namespace()
+    topic, both = f"mv-{uuid.uuid4().hex[:8]}", f"mv-{uuid.uuid4().hex[:8]}"
+    create_topic(sandbox.clusters[0].bootstrap, topic, partitions=2)
+    apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {
+        topic: {"where": [{"sink": "c1"}]}, both: {"where": [{"sink": "c1"}, {"sink": "c2"}]}}})
+    refusals = {
+        ("nowhere", "--to", "c2"): "topic nowhere has no producer route (and there is no __default__): nothing to "
+                                   "move",
+        (both, "--to", "c3"): f"topic {both} is written to c1, c2: say which one to move with --from",
+        (both, "--to", "c3", "--from", "c3"): f"--from c3: topic {both} is written to c1, c2, not c3",
+    }
+    for args, message in refusals.items():
+        r = _cli(sandbox, ns, "topic", "move", *args)
+        assert (r.returncode, r.stderr) == (2, f"kafka-mesh: error: {message}\n"), args
+
+    sidecar_factory(ns)
+    # One command at a time: while a move runs (here, at its fence's quiet window), the same command again, and
+    # --abort, are refused naming the holder; the first one finishes.
+    first = _Move(sandbox, ns, topic, "--to", "c2", "--json")
+    first.wait_for("no sidecar has records in flight", timeout=60)          # its fence's 5 s window begins
+    for extra in ((), ("--abort",)):
+        r = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", *extra)
+        assert r.returncode == 4 and f"another `topic move` of {topic} is running (" in r.stderr, r.stderr
+        assert f"pid {first.proc.pid})" in r.stderr
+    code, out, err = first.finish(timeout=120)
+    assert code == 0, err
+    progress = [json.loads(line) for line in out.splitlines()]        # --json: an object a line
+    phases = [p["phase"] for p in progress]
+    assert {"created", "reading", "switched", "fenced", "drained", "done"} <= set(phases) and phases[-1] == "done"
+    assert progress[-1]["message"].startswith(f"done: {topic} is on c2") and progress[-1]["time"] > 0
+
+    # A move recorded at "switching" (its command died after deciding to switch, perhaps mid-write): --abort is
+    # refused, since the producer route may name c2 already.
+    from sidecar.manage.move import State
+
+    async def record() -> None:
+        async with Etcd(sandbox.etcd_endpoint) as etcd:
+            await etcd.put(move_key(Keys(ns), both), State(both, "c1", "c3", phase="switching").encode())
+
+    asyncio.run(record())
+    r = _cli(sandbox, ns, "topic", "move", both, "--to", "c3", "--abort")
+    assert r.returncode == 4 and f"the move of {both} is at or past the producer switch (phase switching)" in r.stderr
+
+
 def test_a_writer_outside_the_mesh_stalls_the_fence_and_a_group_behind_holds_the_drain(
         sandbox: Sandbox, sidecar_factory: Any) -> None:
     """A producer writing to c1 directly keeps the move at the fence (exit 4, the partitions named); once it stops,
@@ -239,9 +284,9 @@ def test_a_writer_outside_the_mesh_stalls_the_fence_and_a_group_behind_holds_the
                      held.stdout), held.stdout
     assert f"drain: group(s) {behind} have not read {topic} on c1 up to the fence" in held.stderr
     late = _cli(sandbox, ns, "topic", "move", topic, "--to", "c2", "--abort")
-    assert (late.returncode, late.stderr) == (4, f"kafka-mesh: error: the move of {topic} is past the producer "
-                                                 f"switch (phase fenced): records are on c2 now, so it cannot be "
-                                                 "undone; run the command without --abort to finish it\n")
+    assert (late.returncode, late.stderr) == (4, f"kafka-mesh: error: the move of {topic} is at or past the "
+                                                 f"producer switch (phase fenced): records may be on c2 now, so it "
+                                                 "cannot be undone; run the command without --abort to finish it\n")
     # The group catches up: it commits c1's end offsets. The move, run again, finishes.
     ends = json.loads(_cli(sandbox, ns, "topic", "describe", topic, "--json").stdout)["clusters"][0]["end_offsets"]
     group.commit(offsets=[TopicPartition(topic, int(p), o) for p, o in ends.items()], asynchronous=False)

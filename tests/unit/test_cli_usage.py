@@ -108,3 +108,25 @@ def test_clusters_add_refuses_bad_input_before_contacting_etcd(tmp_path: pathlib
         assert (r.returncode, r.stdout, r.stderr) == (2, "", f"kafka-mesh: error: {message}\n"), args
     r = _cli("clusters", "add", "c1", "--bootstrap", "h:1", "--role", "leader", *nowhere, state=tmp_path / "s")
     assert r.returncode == 2 and "invalid choice: 'leader'" in r.stderr
+
+
+def test_argument_errors_are_one_line_naming_the_command(tmp_path: pathlib.Path) -> None:
+    nowhere = ["--etcd", "http://127.0.0.1:9"]
+    cases = {
+        ("topic", "create", "t", "--cluster", "c1", "--partitions", "3", "--partitions-per-broker", "2", *nowhere):
+            "kafka-mesh topic create: error: argument --partitions-per-broker: not allowed with argument "
+            "--partitions (see kafka-mesh topic create --help)",
+        ("topic", "create", "t", "--cluster", "c1", "--partitions", "0", *nowhere):
+            "kafka-mesh topic create: error: argument --partitions: expected 1 or more, got 0 (see kafka-mesh "
+            "topic create --help)",
+        ("status", "--watch", "abc", *nowhere):
+            "kafka-mesh status: error: argument --watch: expected seconds, got 'abc' (see kafka-mesh status --help)",
+        ("topic", "move", "t", *nowhere):
+            "kafka-mesh topic move: error: the following arguments are required: --to (see kafka-mesh topic move "
+            "--help)",
+        ("bogus",): "kafka-mesh: error: argument COMMAND: invalid choice: 'bogus' (choose from 'dev', 'mapping', "
+                    "'clusters', 'topic', 'status', 'sidecar', 'router') (see kafka-mesh --help)",
+    }
+    for args, line in cases.items():
+        r = _cli(*args, state=tmp_path / "s")
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", line + "\n"), args

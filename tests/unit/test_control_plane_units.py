@@ -104,3 +104,19 @@ def test_cluster_ids_never_start_with_a_dash() -> None:
 
     ids = [new_cluster_id() for _ in range(5000)]   # about 1 in 64 raw ids starts with '-'
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_a_move_lock_is_taken_over_only_from_a_dead_process_of_this_host() -> None:
+    import os
+    import socket
+    import subprocess
+
+    from sidecar.manage.move import _dead_here
+
+    here = socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert _dead_here(f"{here} pid {gone.pid}")
+    assert not _dead_here(f"{here} pid {os.getpid()}")                 # alive
+    assert not _dead_here(f"{here}-elsewhere pid {gone.pid}")           # another host's: cannot tell
+    assert not _dead_here("garbage") and not _dead_here(f"{here} pid x")
