@@ -349,6 +349,25 @@ def test_a_topic_added_to_a_running_clusters_consumer_is_read_from_its_beginning
                what="what was written to the added topic before it was read")
 
 
+def test_a_cluster_added_to_a_running_stream_is_read_from_its_earliest_offset(
+        sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
+    """What a topic move relies on: a stream that started at "latest" on c1 reads c2, once the mapping adds it, from
+    c2's earliest offset (its group has none there), so nothing written to c2 before the stream joined it is lost."""
+    c1, c2 = sandbox.clusters[0], sandbox.clusters[1]
+    for c in (c1, c2):
+        create_topic(c.bootstrap, topic, partitions=2)
+    ns = new_namespace()
+    apply(sandbox, ns, _consumer_mapping(sandbox, topic, ["c1"]))
+    sc = sidecar_factory(ns)
+    with SubStream(sc.target, f"g-{topic}", [topic], start=M.START_POSITION_LATEST) as s:
+        s.wait(lambda s: "assigned" in s.event_kinds(), timeout=60, what="c1 assigned")
+        produce_direct(c2.bootstrap, topic, [f"c2-early-{i}" for i in range(20)])    # before the stream reads c2
+        apply(sandbox, ns, {"consumer": {topic: [{"vip": "c1"}, {"vip": "c2"}]}})
+        s.wait(lambda s: sorted(s.values()) == sorted(f"c2-early-{i}" for i in range(20)), timeout=60,
+               what="c2's records written before the stream joined it")
+        assert {r[0] for r in s.records} == {"c2"}
+
+
 def test_a_cluster_removed_and_added_back_while_it_drains_is_read_again(
         sandbox: Sandbox, sidecar_factory: Any, topic: str) -> None:
     ns = _two_clusters(sandbox, topic, partitions=1, per_cluster=10)

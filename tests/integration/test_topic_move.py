@@ -159,6 +159,12 @@ def test_a_move_under_produce_and_two_groups_loses_nothing(sandbox: Sandbox, sid
     # At the end nothing reads c1 for the topic: the route reads c2, and each stream was told so.
     described = json.loads(_cli(sandbox, ns, "topic", "describe", topic, "--json").stdout)
     assert described["routes"]["read_from"] == ["c2"] and described["routes"]["producer_sinks"] == ["c2"]
+    # Nothing reached c1 after the fence, though both sidecars went on producing past the move's end: c1's end
+    # offsets now are those the fence took.
+    fenced = re.search(r"fenced: c1's end offsets for \S+ stayed still for \S+ s: (.*)", move.stdout).group(1)
+    [c1_now] = [c for c in described["clusters"] if c["cluster"] == "c1"]
+    assert {int(p): o for p, o in c1_now["end_offsets"].items()} == {
+        int(p): int(o) for p, o in (x.split(":") for x in fenced.split(", "))}, move.stdout
     for sub in subs:
         sub.wait(lambda s: any(e.WhichOneof("kind") == "clusters_changed" and list(e.clusters_changed.clusters)
                                == ["c2"] for e in s.events), 30, "clusters_changed to c2")
