@@ -54,3 +54,24 @@ def test_status_lists_live_sidecars_and_cluster_reachability(sandbox: Sandbox, s
     # A sidecar gone: its entry goes with its lease (revoked at an orderly stop).
     sc.stop()
     assert _until(sandbox, ns, lambda d: not d["sidecars"])["sidecars"] == []
+
+
+def test_status_watch_follows_a_change_until_interrupted(sandbox: Sandbox, sidecar_factory: Any) -> None:
+    """--watch --json: an object a line at each interval, a mapping change seen in a later one; Ctrl-C ends it
+    with exit 0."""
+    import signal
+
+    ns = new_namespace()
+    rev = apply(sandbox, ns, {"clusters": clusters_doc(sandbox), "producer": {"__default__": {"where": [
+        {"sink": "c1"}]}}})
+    watch = subprocess.Popen(["kafka-mesh", "status", "--etcd", sandbox.etcd_endpoint, "--namespace", ns, "--watch",
+                              "0.5", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ))
+    time.sleep(2)
+    later = apply(sandbox, ns, {"producer": {"__default__": {"where": [{"sink": "c2"}]}}})
+    time.sleep(2)
+    watch.send_signal(signal.SIGINT)
+    out, err = watch.communicate(timeout=30)
+    assert watch.returncode == 0, err
+    revisions = [json.loads(line)["revision"] for line in out.splitlines()]
+    assert len(revisions) >= 4 and revisions[0] == rev and revisions[-1] == later, revisions
