@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class RouteState:
         #: what the delivery reports of each cluster's producers closed so far counted: counts stay monotonic
         self._closed_stats: dict[str, dict[str, Any]] = {}
         self._closed_topic_stats: dict[str, dict[int, tuple[int, int, int]]] = {}
+        #: retired producers being flushed and closed: their counts are read live until merged above
+        self._closing_entries: list[_Entry] = []
+        self._stats_lock = threading.Lock()
         self._on_change = on_change
         self.mapping: Mapping | None = None
         self.table: meshcore.RouteTable | None = None
@@ -247,6 +251,7 @@ class RouteState:
             if len(entry.tables):
                 keep.append(entry)
                 continue
+            self._closing_entries.append(entry)        # still counted until its counts are merged
             task = asyncio.get_running_loop().create_task(self._close(entry))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
@@ -254,27 +259,33 @@ class RouteState:
 
     async def _close(self, entry: _Entry) -> None:
         lost = await asyncio.to_thread(entry.producer.close, int(self._defaults["message.timeout.ms"]))
-        self._closed_stats[entry.cluster.name] = merge_stats(self._closed_stats.get(entry.cluster.name),
-                                                             entry.producer.delivery_stats())
-        self._closed_topic_stats[entry.cluster.name] = merge_topic_stats(
-            self._closed_topic_stats.get(entry.cluster.name, {}), entry.producer.topic_stats())
+        # Under the lock the scrape thread reads with: a scrape counts the producer once, never twice or not at all.
+        with self._stats_lock:
+            self._closed_stats[entry.cluster.name] = merge_stats(self._closed_stats.get(entry.cluster.name),
+                                                                 entry.producer.delivery_stats())
+            self._closed_topic_stats[entry.cluster.name] = merge_topic_stats(
+                self._closed_topic_stats.get(entry.cluster.name, {}), entry.producer.topic_stats())
+            self._closing_entries.remove(entry)
         log.info("producer closed cluster=%s undelivered=%d", entry.cluster.name, lost)
 
     def delivery_stats(self) -> dict[str, dict[str, Any]]:
         """Per cluster, what the delivery reports of its producers counted since the start (Producer.
         delivery_stats: acknowledged, failed, bytes, failures by code, latency buckets). Read from the core's
         counters in bulk."""
-        out = dict(self._closed_stats)
-        for entry in list(self._live.values()) + self._retired:
-            out[entry.cluster.name] = merge_stats(out.get(entry.cluster.name), entry.producer.delivery_stats())
+        with self._stats_lock:
+            out = dict(self._closed_stats)
+            for entry in list(self._live.values()) + self._retired + self._closing_entries:
+                out[entry.cluster.name] = merge_stats(out.get(entry.cluster.name), entry.producer.delivery_stats())
         return out
 
     def topic_stats(self) -> dict[str, dict[int, tuple[int, int, int]]]:
         """Per cluster, per topic slot (topic_labels), what its producers' delivery reports counted since the start:
         (records delivered, bytes delivered, records failed)."""
-        out = dict(self._closed_topic_stats)
-        for entry in list(self._live.values()) + self._retired:
-            out[entry.cluster.name] = merge_topic_stats(out.get(entry.cluster.name, {}), entry.producer.topic_stats())
+        with self._stats_lock:
+            out = dict(self._closed_topic_stats)
+            for entry in list(self._live.values()) + self._retired + self._closing_entries:
+                out[entry.cluster.name] = merge_topic_stats(out.get(entry.cluster.name, {}),
+                                                            entry.producer.topic_stats())
         return out
 
     async def close(self, flush_timeout_ms: int) -> int:

@@ -147,7 +147,8 @@ def _families(routes: RouteState, produce: ProduceServicer, subscribe: Subscribe
                ("cluster", "topic"), lambda: per_topic(0)),
         Family("topic_bytes_delivered", "Bytes of keys and values acknowledged by a cluster, by topic.", "counter",
                ("cluster", "topic"), lambda: per_topic(1)),
-        Family("topic_records_failed", "Records a cluster did not acknowledge, by topic.", "counter",
+        Family("topic_records_failed", "Records a cluster's delivery reports failed, by topic (records refused "
+               "before they were sent count in produce_errors only).", "counter",
                ("cluster", "topic"), lambda: per_topic(2)),
         *ClientStatistics(routes.producers).families(),
     ]

@@ -378,16 +378,11 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
         routes[i] = NULL
         codes[i] = KM_OK
         # The topic's counters' slot: looked up again only when the topic differs from the record before's (a
-        # batch is mostly of one topic), and counted in runs of one slot.
+        # batch is mostly of one topic).
         if i == 0 or rec.topic.n != view.records[i - 1].topic.n or memcmp(
                 rec.topic.p, view.records[i - 1].topic.p, rec.topic.n) != 0:
-            if i:
-                km_topic_count(&_received, slot, run_records, run_bytes, 0)
-                run_records = run_bytes = 0
             slot = table.topic_slot(rec.topic.p, rec.topic.n)
         slots[i] = slot
-        run_records += 1
-        run_bytes += (rec.key.n if rec.has_key else 0) + (rec.value.n if rec.has_value else 0)
         if not valid_topic(rec.topic.p, rec.topic.n):
             codes[i] = KM_INVALID_TOPIC
             continue
@@ -402,8 +397,6 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
             continue
         routes[i] = route
         n_refs += route.n
-    if view.count:
-        km_topic_count(&_received, slot, run_records, run_bytes, 0)
     if n_refs > MAX_REFS:
         free(routes)
         free(codes)
@@ -418,6 +411,17 @@ cdef int _submit(km_stream *stream, RouteTable table, rd_kafka_t **rks, km_rules
         free(slots)
         with gil:
             raise MemoryError()
+    # The records received, counted once the request is taken (a request refused whole counts nothing), in runs
+    # of one slot.
+    for i in range(view.count):
+        if i and slots[i] != slots[i - 1]:
+            km_topic_count(&_received, slots[i - 1], run_records, run_bytes, 0)
+            run_records = run_bytes = 0
+        run_records += 1
+        run_bytes += (view.records[i].key.n if view.records[i].has_key else 0) + \
+            (view.records[i].value.n if view.records[i].has_value else 0)
+    if view.count:
+        km_topic_count(&_received, slots[view.count - 1], run_records, run_bytes, 0)
     b.guard = &_guard
     b.guard_epoch = epoch
     b.guard_stale = km_guard_stale(&_guard, epoch)

@@ -174,36 +174,52 @@ class Move:
     @contextlib.asynccontextmanager
     async def _locked(self, topic: str) -> AsyncIterator[None]:
         """Hold the move's lock for the time of one command: a second command for the same topic (a move run
-        twice at once, or an --abort while it runs) is refused, naming who holds it."""
+        twice at once, or an --abort while it runs) is refused, naming who holds it. Should the lock be lost (its
+        lease not renewed in time: etcd unreachable, the process stalled), the command stops at once."""
         lease = await self._etcd.lease(LOCK_TTL_S)
         where = lock_key(self._keys, topic)
-        owner = f"{socket.gethostname()} pid {os.getpid()}"
         taken, who = False, "it just ended"
         for _ in range(2):
-            if await self._etcd.swap(where, owner.encode(), 0, lease=lease) is not None:
+            if await self._etcd.swap(where, _owner(os.getpid()).encode(), 0, lease=lease) is not None:
                 taken = True
                 break
             held = await self._etcd.get(where)
             if held is None:
                 continue                                # ended meanwhile
             who = held[0].decode(errors="replace")
-            # A holder on this host whose process is gone (killed, and the command run again at once) need not be
-            # waited out: its lock is taken over, unless someone changed it meanwhile.
+            # A holder of this very host and pid namespace whose process is gone (killed, and the command run
+            # again at once) need not be waited out: its lock is taken over, unless someone changed it meanwhile.
             if not (_dead_here(who) and await self._etcd.delete_unchanged({where: held[1]}, 1)):
                 break
         if not taken:
             await self._etcd.revoke(lease)
-            raise MoveError(f"another `topic move` of {topic} is running ({who}); wait for it, or stop it (its lock "
-                            f"lapses {LOCK_TTL_S} s after it dies)")
+            raise MoveError(f"another `topic move` of {topic} is running ({who.split(' boot ')[0]}); wait for it, "
+                            f"or stop it (its lock lapses {LOCK_TTL_S} s after it dies)")
+        command = asyncio.current_task()
+        lost: list[str] = []
 
         async def keep() -> None:
+            renewed = time.monotonic()
             while True:
-                await asyncio.sleep(LOCK_TTL_S / 3)
-                await self._etcd.refresh(lease)
+                await asyncio.sleep(1.0 if lost else LOCK_TTL_S / 3)
+                try:
+                    await self._etcd.refresh(lease)
+                    renewed = time.monotonic()
+                    lost.clear()
+                except Exception as e:          # noqa: BLE001 (etcd errors of every kind: retried to the deadline)
+                    lost[:] = [str(e)]
+                    if time.monotonic() - renewed > LOCK_TTL_S - 2 and command is not None:
+                        command.cancel()        # the lock may be someone else's by now: do nothing more
+                        return
 
         keeper = asyncio.get_running_loop().create_task(keep())
         try:
             yield
+        except asyncio.CancelledError:
+            if keeper.done() and lost:
+                raise MoveError(f"lost the lock of the move of {topic} ({lost[0]}): stopped; run the command "
+                                "again once etcd answers") from None
+            raise
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -347,15 +363,33 @@ class Move:
         rev = await self._edit("routes put back as they were", lambda m: {
             **_producer_doc(m, state, restore=True), **_consumer_doc(m, topic, None, state.consumer_before)})
         await self._wait_applied(rev, "aborted")
-        await self._etcd.delete_batched([key(self._keys, topic)], 1)
+        await self._etcd.delete_unchanged({key(self._keys, topic): version}, 1)
         self._say(f"aborted: {topic} is routed as before the move; its copy on {state.target} is left as it is")
         return state
 
 
+def _machine() -> str:
+    """This boot of this machine, and this pid namespace: hosts (or containers) that share a host name but not
+    their processes differ here."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return "unknown"
+    return f"{boot}/{pidns}"
+
+
+def _owner(pid: int) -> str:
+    """A lock's owner as stored: "HOST pid N boot MACHINE" (messages show what comes before " boot ")."""
+    return f"{socket.gethostname()} pid {pid} boot {_machine()}"
+
+
 def _dead_here(owner: str) -> bool:
-    """Whether a lock's owner ("HOST pid N") is a process of this host that no longer runs."""
-    host, _, pid = owner.rpartition(" pid ")
-    if host != socket.gethostname() or not pid.isdigit():
+    """Whether a lock's owner (_owner) is a process of this boot of this host, in this pid namespace, that no
+    longer runs; any doubt says no (the lock is then waited out)."""
+    who, _, machine = owner.partition(" boot ")
+    host, _, pid = who.rpartition(" pid ")
+    if host != socket.gethostname() or machine != _machine() or machine == "unknown" or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)

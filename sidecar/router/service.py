@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -80,6 +81,8 @@ class Router:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty = False         # the last reconcile failed: the upkeep tries again
         self._closed_stats: dict[str, dict[str, Any]] = {}      # retired producers' counts: metrics stay monotonic
+        self._closing: list[meshcore.Producer] = []              # retired producers not yet closed
+        self._stats_lock = threading.Lock()
         self.started = time.time()
 
     # -- the mapping ---------------------------------------------------------------------------------------------
@@ -187,16 +190,20 @@ class Router:
         self._spawn(asyncio.to_thread(pump.stop))
 
     async def _close_producer(self, producer: meshcore.Producer) -> None:
+        self._closing.append(producer)          # counted live until its counts are merged (metrics stay monotonic)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(producer.close, int(self._settings.drain_timeout_s * 1000))
-        self._closed_stats[producer.name] = merge_stats(self._closed_stats.get(producer.name),
-                                                        producer.delivery_stats())
+        with self._stats_lock:                  # the scrape thread reads under it: counted once, never 0 or 2 times
+            self._closed_stats[producer.name] = merge_stats(self._closed_stats.get(producer.name),
+                                                            producer.delivery_stats())
+            self._closing.remove(producer)
 
     def delivery_stats(self) -> dict[str, dict[str, Any]]:
         """Per sink cluster, what its producers' delivery reports counted since the start."""
-        out = dict(self._closed_stats)
-        for name, (_, producer) in list(self._producers.items()):
-            out[name] = merge_stats(out.get(name), producer.delivery_stats())
+        with self._stats_lock:
+            out = dict(self._closed_stats)
+            for producer in [p for _, p in list(self._producers.values())] + self._closing:
+                out[producer.name] = merge_stats(out.get(producer.name), producer.delivery_stats())
         return out
 
     def _spawn(self, coro: Any) -> None:

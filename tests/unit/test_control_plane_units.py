@@ -111,12 +111,15 @@ def test_a_move_lock_is_taken_over_only_from_a_dead_process_of_this_host() -> No
     import socket
     import subprocess
 
-    from sidecar.manage.move import _dead_here
+    from sidecar.manage.move import _dead_here, _owner
 
     here = socket.gethostname()
     gone = subprocess.Popen(["true"])
     gone.wait()
-    assert _dead_here(f"{here} pid {gone.pid}")
-    assert not _dead_here(f"{here} pid {os.getpid()}")                 # alive
-    assert not _dead_here(f"{here}-elsewhere pid {gone.pid}")           # another host's: cannot tell
+    assert _dead_here(_owner(gone.pid))
+    assert not _dead_here(_owner(os.getpid()))                         # alive
+    dead = _owner(gone.pid)
+    assert not _dead_here(dead.replace(here, here + "-elsewhere", 1))  # another host's: cannot tell
+    assert not _dead_here(dead.split(" boot ")[0] + " boot other-boot/1")  # another boot or pid namespace
+    assert not _dead_here(f"{here} pid {gone.pid}")                    # no machine identity: wait it out
     assert not _dead_here("garbage") and not _dead_here(f"{here} pid x")
