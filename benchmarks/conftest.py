@@ -4,11 +4,36 @@ confluent-kafka baseline. Run with: python -m pytest benchmarks --benchmark-only
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
+from sidecar.dev.sandbox import Sandbox
 from tests.integration.conftest import sandbox, topic  # noqa: F401  (fixtures)
+
+
+def _topics(admin: AdminClient) -> set[str]:
+    return {t for t in admin.list_topics(timeout=30).topics if not t.startswith("__")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def topics_deleted_after(sandbox: Sandbox) -> Iterator[None]:  # noqa: F811  (the fixture imported above)
+    """Every topic a benchmark module made is deleted once it is done: they write gigabytes, and the sandbox keeps
+    its brokers' logs in memory (a few runs of the whole folder filled it)."""
+    admins = {c.name: AdminClient({"bootstrap.servers": c.bootstrap}) for c in sandbox.clusters}
+    before = {name: _topics(admin) for name, admin in admins.items()}
+    yield
+    for name, admin in admins.items():
+        made = sorted(_topics(admin) - before[name])
+        for future in (admin.delete_topics(made, operation_timeout=30).values() if made else ()):
+            try:
+                future.result(timeout=60)
+            except KafkaException as e:         # deleted by the module itself meanwhile
+                if e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -38,7 +38,7 @@ import pytest
 import meshcore
 from benchmarks.procstat import cpu_s
 from sidecar.dev.sandbox import Sandbox
-from tests.integration.kafka_helpers import create_topic, delete_topic
+from tests.integration.kafka_helpers import create_topic
 from tests.integration.sidecar_proc import SidecarProc, apply, clusters_doc, new_namespace
 
 BATCH = 1000
@@ -113,7 +113,6 @@ def test_metrics_cost(benchmark: Any, sandbox: Sandbox, tmp_path_factory: pytest
         thread.join(5)
         for side in sides.values():
             side.stop()
-        delete_topic(sandbox.clusters[0].bootstrap, topic)
     n = BATCH * BATCHES
 
     def rate_ratios(name: str) -> list[float]:         # per trio: records/s of name / records/s of "off"
@@ -196,7 +195,6 @@ def test_per_topic_counting_cost_in_the_core(benchmark: Any, sandbox: Sandbox) -
     finally:
         stream.close()
         producer.close()
-        delete_topic(bootstrap, topic)
     counted = producer.topic_stats()[2][0]
     assert counted == (1 + len(block_ns["slots"])) * CORE_BLOCK * BATCH      # every record the slots routed
 

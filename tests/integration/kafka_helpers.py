@@ -26,13 +26,6 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 3, config: dict[s
                 raise
 
 
-def delete_topic(bootstrap: str, topic: str) -> None:
-    """Delete a topic (benchmarks write gigabytes: a sandbox whose logs live in memory must get them back)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.delete_topics([topic], operation_timeout=30).values():
-        future.result(timeout=60)
-
-
 def request(batch_id: int, topic: str, ids: range, **extra: Any) -> bytes:
     req = mesh_pb2.ProduceRequest(batch_id=batch_id)
     for i in ids:
