@@ -155,6 +155,53 @@ class TopicLabels:
         return len(self._slots)
 
 
+class ProducerCounts:
+    """What the delivery reports of a process's producers counted, per cluster, monotonic across producers retired
+    and closed (a cluster's definition changed, a sink left): a producer being closed is read live until its counts
+    are merged with those of the closed ones, under a lock the scrape thread shares, so a scrape counts it once,
+    never twice or not at all. Producers are named by their cluster."""
+
+    def __init__(self) -> None:
+        self._closed: dict[str, dict[str, Any]] = {}
+        self._closed_topics: dict[str, dict[int, tuple[int, int, int]]] = {}
+        self._closing: list[Any] = []
+        self._lock = threading.Lock()
+
+    def closing(self, producer: Any) -> None:
+        """producer is leaving use: it is read live until closed() merges it."""
+        with self._lock:
+            self._closing.append(producer)
+
+    def closed(self, producer: Any) -> None:
+        with self._lock:
+            name = producer.name
+            self._closed[name] = merge_stats(self._closed.get(name), producer.delivery_stats())
+            self._closed_topics[name] = merge_topic_stats(self._closed_topics.get(name, {}), producer.topic_stats())
+            if producer in self._closing:
+                self._closing.remove(producer)
+
+    def delivery(self, live: list[Any]) -> dict[str, dict[str, Any]]:
+        """Per cluster, Producer.delivery_stats() of the closed, closing and live producers added up."""
+        with self._lock:
+            out = dict(self._closed)
+            for producer in _each(live + self._closing):
+                out[producer.name] = merge_stats(out.get(producer.name), producer.delivery_stats())
+        return out
+
+    def topics(self, live: list[Any]) -> dict[str, dict[int, tuple[int, int, int]]]:
+        """Per cluster, Producer.topic_stats() of the closed, closing and live producers added up, slot by slot."""
+        with self._lock:
+            out = dict(self._closed_topics)
+            for producer in _each(live + self._closing):
+                out[producer.name] = merge_topic_stats(out.get(producer.name, {}), producer.topic_stats())
+        return out
+
+
+def _each(producers: list[Any]) -> list[Any]:
+    """Each producer once: one moving from retired to closing may be listed in both for a moment."""
+    return list({id(p): p for p in producers}.values())
+
+
 def merge_topic_stats(a: dict[int, tuple[int, int, int]], b: dict[int, tuple[int, int, int]]
                       ) -> dict[int, tuple[int, int, int]]:
     """Two Producer.topic_stats() added up, slot by slot."""

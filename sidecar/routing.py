@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import meshcore
 from sidecar.clientconf import PRODUCER_DEFAULTS
 from sidecar.errors import MappingError
 from sidecar.mapping.model import DEFAULT_ROUTE, Cluster, Mapping, ProducerRoute
-from sidecar.metrics import TopicLabels, merge_stats, merge_topic_stats
+from sidecar.metrics import ProducerCounts, TopicLabels
 from sidecar.topic_rules import TopicRulesKeeper
 
 log = logging.getLogger("kafka_mesh.routing")
@@ -51,12 +50,8 @@ class RouteState:
             self._defaults["statistics.interval.ms"] = str(statistics_interval_ms)
         self._live: dict[str, _Entry] = {}
         self._retired: list[_Entry] = []
-        #: what the delivery reports of each cluster's producers closed so far counted: counts stay monotonic
-        self._closed_stats: dict[str, dict[str, Any]] = {}
-        self._closed_topic_stats: dict[str, dict[int, tuple[int, int, int]]] = {}
-        #: retired producers being flushed and closed: their counts are read live until merged above
-        self._closing_entries: list[_Entry] = []
-        self._stats_lock = threading.Lock()
+        #: what the delivery reports of each cluster's producers counted (monotonic across producers closed)
+        self._counts = ProducerCounts()
         self._on_change = on_change
         self.mapping: Mapping | None = None
         self.table: meshcore.RouteTable | None = None
@@ -251,7 +246,7 @@ class RouteState:
             if len(entry.tables):
                 keep.append(entry)
                 continue
-            self._closing_entries.append(entry)        # still counted until its counts are merged
+            self._counts.closing(entry.producer)
             task = asyncio.get_running_loop().create_task(self._close(entry))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
@@ -259,34 +254,19 @@ class RouteState:
 
     async def _close(self, entry: _Entry) -> None:
         lost = await asyncio.to_thread(entry.producer.close, int(self._defaults["message.timeout.ms"]))
-        # Under the lock the scrape thread reads with: a scrape counts the producer once, never twice or not at all.
-        with self._stats_lock:
-            self._closed_stats[entry.cluster.name] = merge_stats(self._closed_stats.get(entry.cluster.name),
-                                                                 entry.producer.delivery_stats())
-            self._closed_topic_stats[entry.cluster.name] = merge_topic_stats(
-                self._closed_topic_stats.get(entry.cluster.name, {}), entry.producer.topic_stats())
-            self._closing_entries.remove(entry)
+        self._counts.closed(entry.producer)
         log.info("producer closed cluster=%s undelivered=%d", entry.cluster.name, lost)
 
     def delivery_stats(self) -> dict[str, dict[str, Any]]:
         """Per cluster, what the delivery reports of its producers counted since the start (Producer.
         delivery_stats: acknowledged, failed, bytes, failures by code, latency buckets). Read from the core's
         counters in bulk."""
-        with self._stats_lock:
-            out = dict(self._closed_stats)
-            for entry in list(self._live.values()) + self._retired + self._closing_entries:
-                out[entry.cluster.name] = merge_stats(out.get(entry.cluster.name), entry.producer.delivery_stats())
-        return out
+        return self._counts.delivery([e.producer for e in list(self._live.values()) + self._retired])
 
     def topic_stats(self) -> dict[str, dict[int, tuple[int, int, int]]]:
         """Per cluster, per topic slot (topic_labels), what its producers' delivery reports counted since the start:
         (records delivered, bytes delivered, records failed)."""
-        with self._stats_lock:
-            out = dict(self._closed_topic_stats)
-            for entry in list(self._live.values()) + self._retired + self._closing_entries:
-                out[entry.cluster.name] = merge_topic_stats(out.get(entry.cluster.name, {}),
-                                                            entry.producer.topic_stats())
-        return out
+        return self._counts.topics([e.producer for e in list(self._live.values()) + self._retired])
 
     async def close(self, flush_timeout_ms: int) -> int:
         """Flush and close every producer; returns the records still undelivered (lost)."""

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from typing import Any
 
@@ -34,7 +33,7 @@ from sidecar.control.keys import Keys
 from sidecar.control.source import MappingSource
 from sidecar.errors import EtcdError, MappingError
 from sidecar.mapping.model import Cluster, Mapping
-from sidecar.metrics import ClientStatistics, Family, MetricsServer, merge_stats
+from sidecar.metrics import ClientStatistics, Family, MetricsServer, ProducerCounts
 from sidecar.router import plan as plan_mod
 from sidecar.router.pump import Pump, PumpSettings
 
@@ -80,9 +79,7 @@ class Router:
         self._partitions: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty = False         # the last reconcile failed: the upkeep tries again
-        self._closed_stats: dict[str, dict[str, Any]] = {}      # retired producers' counts: metrics stay monotonic
-        self._closing: list[meshcore.Producer] = []              # retired producers not yet closed
-        self._stats_lock = threading.Lock()
+        self._counts = ProducerCounts()                         # metrics stay monotonic across producers closed
         self.started = time.time()
 
     # -- the mapping ---------------------------------------------------------------------------------------------
@@ -190,21 +187,14 @@ class Router:
         self._spawn(asyncio.to_thread(pump.stop))
 
     async def _close_producer(self, producer: meshcore.Producer) -> None:
-        self._closing.append(producer)          # counted live until its counts are merged (metrics stay monotonic)
+        self._counts.closing(producer)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(producer.close, int(self._settings.drain_timeout_s * 1000))
-        with self._stats_lock:                  # the scrape thread reads under it: counted once, never 0 or 2 times
-            self._closed_stats[producer.name] = merge_stats(self._closed_stats.get(producer.name),
-                                                            producer.delivery_stats())
-            self._closing.remove(producer)
+        self._counts.closed(producer)
 
     def delivery_stats(self) -> dict[str, dict[str, Any]]:
         """Per sink cluster, what its producers' delivery reports counted since the start."""
-        with self._stats_lock:
-            out = dict(self._closed_stats)
-            for producer in [p for _, p in list(self._producers.values())] + self._closing:
-                out[producer.name] = merge_stats(out.get(producer.name), producer.delivery_stats())
-        return out
+        return self._counts.delivery([p for _, p in list(self._producers.values())])
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -15,6 +15,7 @@ from sidecar.metrics import (
     ClientStatistics,
     Family,
     MetricsServer,
+    ProducerCounts,
     TopicLabels,
     parse_listen,
     scrape,
@@ -99,3 +100,28 @@ def test_librdkafka_statistics_become_families() -> None:
     assert list(families["librdkafka_broker_requests_waiting"].read()) == [(("c1", "1"), 2.0), (("c1", "2"), 0.0)]
     del clients["c1"]                                               # a cluster that left is forgotten
     assert list(families["librdkafka_queue_messages"].read()) == []
+
+
+class _Counted:
+    """What ProducerCounts reads of a producer."""
+
+    def __init__(self, name: str, delivered: int) -> None:
+        self.name, self.n = name, delivered
+
+    def delivery_stats(self) -> dict[str, Any]:
+        return {"delivered": self.n, "failed": 0, "bytes": 10 * self.n, "codes": {}, "latency": [self.n],
+                "latency_sum_s": 0.0}
+
+    def topic_stats(self) -> dict[int, tuple[int, int, int]]:
+        return {2: (self.n, 10 * self.n, 0)}
+
+
+def test_producer_counts_stay_monotonic_while_a_producer_closes() -> None:
+    counts = ProducerCounts()
+    old, new = _Counted("c1", 5), _Counted("c1", 3)
+    assert counts.delivery([old])["c1"]["delivered"] == 5
+    counts.closing(old)                                             # retired: read live, once even if listed twice
+    assert counts.delivery([old, new])["c1"]["delivered"] == 8
+    counts.closed(old)
+    assert counts.delivery([new])["c1"]["delivered"] == 8
+    assert counts.topics([new]) == {"c1": {2: (8, 80, 0)}}
